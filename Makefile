@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine:
+#   make study STUDY=hinton_mnist PROFILE=quick     (runs a study)
+#   make test                                        (runs the tests)
+# Both create .venv when it is missing and install the project into it.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+STUDY ?= hinton_mnist
+PROFILE ?= quick
+ARGS ?=
+
+.PHONY: venv test study figures bench clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[test,notebooks]' $(TORCH_PINS)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+study: $(STAMP)
+	$(PY) -m studies.$(STUDY) --profile $(PROFILE) $(ARGS)
+
+# Executes every notebook headless, in place; each one rewrites its figures/ files.
+figures: $(STAMP)
+	for nb in notebooks/*.ipynb; do \
+		$(PY) -m jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; \
+	done
+
+bench: $(STAMP)
+	$(PY) -m kd.bench $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,55 @@
+"""A cache of trained models on disk, keyed by everything that decides their weights.
+
+Studies share teachers through it (an architecture, data set, seed and schedule trained once),
+and a killed study does not train its teacher again. The key is a hash of a JSON spec; change
+any field of the spec (or ``CACHE_VERSION``, when training code changes meaning) and it misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from kd.data import cache_root
+
+CACHE_VERSION = 1
+
+
+def spec_key(spec: dict) -> str:
+    """A stable short hash of a JSON-serializable spec (key order does not matter)."""
+    text = json.dumps({"cache_version": CACHE_VERSION, **spec}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+class ModelCache:
+    """Model weights (and a small metadata dict) stored as ``<root>/models/<key>.pt``."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = (cache_root() if root is None else Path(root)) / "models"
+
+    def path(self, spec: dict) -> Path:
+        return self.root / f"{spec_key(spec)}.pt"
+
+    def load(self, spec: dict) -> dict | None:
+        """``{"state_dict", "meta", "spec"}`` for a hit; None for a miss or an unreadable file."""
+        path = self.path(spec)
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None
+        except Exception:  # a truncated or foreign file is a miss, retrained and overwritten
+            return None
+        return entry if entry.get("spec") == json.loads(json.dumps(spec, default=str)) else None
+
+    def save(self, spec: dict, state_dict: dict, meta: dict | None = None) -> Path:
+        path = self.path(spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"spec": json.loads(json.dumps(spec, default=str)), "meta": meta or {},
+                    "state_dict": state_dict}, tmp)
+        os.replace(tmp, path)
+        return path

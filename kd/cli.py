@@ -1,0 +1,49 @@
+"""What every study's command line shares: its arguments and how errors end the process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from kd.errors import KDError
+
+EXIT_BAD_INPUT = 2
+
+
+def study_parser(description: str, profiles: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--profile", choices=list(profiles), default="quick",
+                        help="smoke: seconds, for tests; quick: a 2-core CPU in minutes; "
+                             "paper: the paper's settings, for a GPU")
+    parser.add_argument("--seeds", type=positive_int, default=None,
+                        help="number of seeds (0, 1, ..., N-1); default: the profile's")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--results", default=None,
+                        help="results root (default $KD_RESULTS or results/)")
+    return parser
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Run a study's ``main``; a :class:`KDError` becomes one line on stderr and exit code 2."""
+    try:
+        main(argv)
+    except KDError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: finished rows are saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0

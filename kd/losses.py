@@ -1,0 +1,67 @@
+"""Distillation losses. Each docstring gives the formula it computes; tests check it by hand.
+
+Notation: s and t are student and teacher logits ``[N, C]``, T the temperature, y the labels,
+softmax_T(z) = softmax(z / T), and KL(p ‖ q) = Σ_c p_c (log p_c − log q_c).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kd.errors import ConfigError
+
+
+def _check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+        raise ConfigError(f"student and teacher logits must both be [N, C] and of one shape, got "
+                          f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+
+
+def _check_temperature(temperature: float) -> None:
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Soft-target loss of Hinton et al. (2015), scaled by T².
+
+        kd = T² · (1/N) Σ_i KL(softmax_T(t_i) ‖ softmax_T(s_i))
+
+    The T² keeps the gradient's size independent of T: ∂kd/∂s_i = (T/N) (q_i − p_i), with
+    q = softmax_T(s), p = softmax_T(t) (the paper's (1/T)(q − p) per example, times T²).
+    The teacher's logits get no gradient.
+    """
+    _check_logits(student_logits, teacher_logits)
+    _check_temperature(temperature)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    return temperature ** 2 * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                      temperature: float, alpha: float) -> Tensor:
+    """Weighted sum of the label loss and the soft-target loss.
+
+        L = (1 − α) · CE(s, y) + α · kd_loss(s, t, T)
+
+    with CE the mean cross-entropy at temperature 1 and α ∈ [0, 1] the weight of the soft term.
+    """
+    ce, kd = distillation_terms(student_logits, teacher_logits, targets, temperature, alpha)
+    return (1 - alpha) * ce + alpha * kd
+
+
+def distillation_terms(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
+                       temperature: float, alpha: float) -> tuple[Tensor, Tensor]:
+    """The two unweighted terms of :func:`distillation_loss`, (CE, kd), for separate logging."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    _check_logits(student_logits, teacher_logits)
+    if targets.shape != student_logits.shape[:1]:
+        raise ConfigError(f"targets must be [N] = [{student_logits.shape[0]}], "
+                          f"got {tuple(targets.shape)}")
+    ce = F.cross_entropy(student_logits.float(), targets)
+    return ce, kd_loss(student_logits, teacher_logits, temperature)
+
+
+__all__ = ["kd_loss", "distillation_loss", "distillation_terms"]

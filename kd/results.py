@@ -1,0 +1,101 @@
+"""Result tables: one CSV per study and profile, one row per trained model.
+
+Rows are appended by rewriting the file to a temporary name and renaming it over the old one,
+so a crash at any moment leaves either the old file or the new one, never a partial row. A rerun
+asks :meth:`ResultsTable.done` and skips the (cell, seed) pairs already present.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+PROVENANCE_COLUMNS = ("wall_s", "device", "hardware", "torch", "git_commit", "finished_at")
+
+
+def results_root() -> Path:
+    """``$KD_RESULTS`` or ``results/``."""
+    return Path(os.environ.get("KD_RESULTS", "results"))
+
+
+class ResultsTable:
+    """``<root>/<study>/<profile>.csv``; key columns ``study, profile, cell, seed`` come first."""
+
+    KEY = ("study", "profile", "cell", "seed")
+
+    def __init__(self, study: str, profile: str, root: Path | None = None):
+        self.study, self.profile = study, profile
+        self.path = (results_root() if root is None else Path(root)) / study / f"{profile}.csv"
+
+    def read(self) -> pd.DataFrame:
+        if not self.path.exists():
+            return pd.DataFrame(columns=list(self.KEY))
+        return pd.read_csv(self.path)
+
+    def done(self) -> set[tuple[str, int]]:
+        frame = self.read()
+        return {(str(c), int(s)) for c, s in zip(frame["cell"], frame["seed"])}
+
+    def append(self, row: dict) -> None:
+        """Add one row atomically; its key must not be in the table yet."""
+        row = {"study": self.study, "profile": self.profile, **row}
+        if (str(row["cell"]), int(row["seed"])) in self.done():
+            raise ValueError(f"row {row['cell']!r} seed {row['seed']} is already in {self.path}")
+        frame = pd.concat([self.read(), pd.DataFrame([row])], ignore_index=True)
+        first = [*self.KEY]
+        last = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
+        middle = [c for c in frame.columns if c not in first and c not in last]
+        frame = frame[first + middle + last]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", newline="") as handle:
+                frame.to_csv(handle, index=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@lru_cache(maxsize=None)
+def git_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, check=True,
+                                capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@lru_cache(maxsize=None)
+def hardware(device_type: str) -> str:
+    """A readable name of the machine that ran: the GPU, or the CPU model and its core count."""
+    if device_type == "cuda":
+        return torch.cuda.get_device_name()
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            name = next(line.split(":", 1)[1].strip() for line in handle
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device, wall_s: float) -> dict:
+    """The columns every row ends with: how long, where, with what, from which commit."""
+    return {"wall_s": round(wall_s, 2), "device": str(device), "hardware": hardware(device.type),
+            "torch": torch.__version__, "git_commit": git_commit(),
+            "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

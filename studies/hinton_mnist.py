@@ -1,0 +1,366 @@
+"""Hinton, Vinyals & Dean (2015), Section 3: distillation on MNIST and the effect of temperature.
+
+Cells (each a trained model and one row of ``results/hinton_mnist/<profile>.csv``):
+
+* ``teacher``: 784-1200-1200-10 ReLU MLP, dropout 20 % on the input and 50 % on hidden units,
+  max-norm weight constraint, inputs jittered by up to 2 pixels.
+* ``<w>x2/hard``: a 784-w-w-10 student on hard labels only, no regularization (w = 800, 300, 30).
+* ``<w>x2/T<T>``: the same student distilled from the teacher at temperature T on the unaugmented
+  training set, L = (1 − α) CE + α T² KL, with α = 0.9 (the paper gives no weights; it says a
+  considerably lower weight on the hard-label term worked best, and keeps the T² factor).
+* ``no_3``: the 800-800 student distilled on a transfer set with every 3 removed; evaluated as is,
+  with the paper's +3.5 on the bias of class 3, and with a shift fitted on the training set.
+* ``only_7_8``: the same with a transfer set of only 7s and 8s; the paper's shift is −7.6 on the
+  biases of 7 and 8.
+
+The fitted shift: the one value, on a 0.1 grid from −20 to 20, added to the shifted classes'
+logits that makes the fewest errors on the full training split (all 60,000 images, including
+the classes the student never saw); the paper chose its shifts on the test set instead.
+
+Run ``python -m studies.hinton_mnist --help``. The paper's numbers live in
+``studies/reference/hinton_mnist.csv`` and are never written into a result row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pandas as pd
+import torch
+from torch import nn
+
+from kd import data, engine, metrics
+from kd.cache import ModelCache
+from kd.cli import run_main, study_parser
+from kd.distill import CrossEntropy, Distill
+from kd.engine import TrainConfig
+from kd.errors import ConfigError
+from kd.models import MLP, parameter_count
+from kd.results import ResultsTable, provenance
+
+STUDY = "hinton_mnist"
+REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
+
+TEACHER_ARCH = {"hidden": (1200, 1200), "input_dropout": 0.2, "hidden_dropout": 0.5,
+                "max_norm": 3.5}
+JITTER_PIXELS = 2
+
+
+@dataclass(frozen=True)
+class Profile:
+    description: str
+    seeds: int
+    teacher: TrainConfig
+    student: TrainConfig
+    temperatures: tuple[float, ...]
+    widths: tuple[int, ...]  # students' hidden width, two hidden layers each
+    alpha: float = 0.9  # weight of the soft-target term
+    transfer_width: int = 800  # the student of the omitted-class cells
+    transfer_temperature: float = 20.0
+    train_limit: int | None = None  # first n training / test images (smoke only)
+    test_limit: int | None = None
+
+
+PROFILES = {
+    "smoke": Profile(
+        description="seconds: 2,000 training and 1,000 test images, 1 epoch, two temperatures",
+        seeds=1, train_limit=2000, test_limit=1000, temperatures=(1.0, 20.0), widths=(30,),
+        transfer_width=30,
+        teacher=TrainConfig(epochs=1, batch_size=128, lr=0.02),
+        student=TrainConfig(epochs=1, batch_size=128, lr=0.05)),
+    "quick": Profile(
+        description="all of MNIST on a 2-core CPU in about 20 minutes: teacher 12 epochs, "
+                    "students 10 epochs, one seed",
+        seeds=1, temperatures=(1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0),
+        widths=(800, 300, 30),
+        teacher=TrainConfig(epochs=12, batch_size=128, lr=0.02),
+        student=TrainConfig(epochs=10, batch_size=128, lr=0.05)),
+    "paper": Profile(
+        description="long training for a GPU: teacher 200 epochs, students 100 epochs, 3 seeds",
+        seeds=3, temperatures=(1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0),
+        widths=(800, 300, 30),
+        teacher=TrainConfig(epochs=200, batch_size=128, lr=0.02),
+        student=TrainConfig(epochs=100, batch_size=128, lr=0.05)),
+}
+
+
+@dataclass(frozen=True)
+class TransferSet:
+    """Which training images the student is distilled on, and which logits a bias fix shifts."""
+
+    select: Callable[[data.Split], data.Split]
+    shifted_classes: tuple[int, ...] = ()
+
+
+TRANSFER_SETS = {
+    "all": TransferSet(lambda split: split),
+    "no_3": TransferSet(lambda split: split.without_classes([3]), (3,)),
+    "only_7_8": TransferSet(lambda split: split.only_classes([7, 8]), (7, 8)),
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    width: int | None = None  # None: the teacher
+    temperature: float | None = None  # None: hard labels only
+    transfer: str = "all"
+
+
+def plan(profile: Profile) -> list[Cell]:
+    """Every cell of one seed, the teacher first."""
+    cells = [Cell("teacher")]
+    for width in profile.widths:
+        cells.append(Cell(f"{width}x2/hard", width))
+        cells += [Cell(f"{width}x2/T{t:g}", width, t) for t in profile.temperatures]
+    cells += [Cell(name, profile.transfer_width, profile.transfer_temperature, name)
+              for name in TRANSFER_SETS if name != "all"]
+    return cells
+
+
+def paper_shifts() -> dict[str, float]:
+    """The paper's bias shifts per transfer set, read from the reference table."""
+    reference = pd.read_csv(REFERENCE)
+    rows = reference[reference["quantity"] == "logit_shift"]
+    return dict(zip(rows["cell"], rows["value"].astype(float)))
+
+
+class Run:
+    """One profile and seed: the data on the device, the teacher, and a runner per cell."""
+
+    def __init__(self, profile: Profile, seed: int, device: torch.device, cache: ModelCache):
+        self.profile, self.seed, self.device, self.cache = profile, seed, device, cache
+        self.train = data.load("mnist", train=True).head(profile.train_limit).to(device)
+        self.test = data.load("mnist", train=False).head(profile.test_limit).to(device)
+        self._teacher: nn.Module | None = None
+        self.teacher_train_s: float | None = None
+
+    # -- the teacher, trained once per seed and kept in the model cache ------------------------
+    def teacher_spec(self) -> dict:
+        return {"data": "mnist", "train_limit": self.profile.train_limit, "arch": TEACHER_ARCH,
+                "jitter": JITTER_PIXELS, "train": dataclasses.asdict(self.profile.teacher),
+                "seed": self.seed}
+
+    def teacher(self) -> nn.Module:
+        if self._teacher is None:
+            engine.seed_everything(self.seed)
+            model = engine.prepare_model(MLP(784, **TEACHER_ARCH), self.device)
+            hit = self.cache.load(self.teacher_spec())
+            if hit is None:
+                fitted = engine.fit(model, self.train, CrossEntropy(), self.profile.teacher,
+                                    seed=self.seed, augment=data.RandomTranslate(JITTER_PIXELS),
+                                    desc=f"teacher seed {self.seed}")
+                self.teacher_train_s = fitted.wall_s
+                self.cache.save(self.teacher_spec(), model.state_dict(),
+                                {"train_s": fitted.wall_s})
+            else:
+                model.load_state_dict(hit["state_dict"])
+                self.teacher_train_s = hit["meta"].get("train_s")
+            self._teacher = model.eval()
+        return self._teacher
+
+    @functools.cached_property
+    def teacher_test_logits(self) -> torch.Tensor:
+        return engine.predict(self.teacher(), self.test)
+
+    # -- cells ---------------------------------------------------------------------------------
+    def run(self, cell: Cell) -> dict:
+        if cell.width is None:
+            model = self.teacher()
+            config, transfer_n = self.profile.teacher, len(self.train)
+            row = {"model": "mlp-784-1200-1200-10", **TEACHER_ARCH, "jitter": JITTER_PIXELS,
+                   "hidden": "1200-1200", "train_s": self.teacher_train_s}
+        else:
+            model, transfer_n, train_s = self.train_student(cell)
+            config = self.profile.student
+            row = {"train_s": train_s, "model": f"mlp-784-{cell.width}-{cell.width}-10", "hidden":
+                   f"{cell.width}-{cell.width}", "temperature": cell.temperature,
+                   "alpha": None if cell.temperature is None else self.profile.alpha}
+        row.update({"width": cell.width or TEACHER_ARCH["hidden"][0], "transfer": cell.transfer,
+                    "transfer_n": transfer_n, "params": parameter_count(model),
+                    "epochs": config.epochs, "batch_size": config.batch_size,
+                    "optimizer": config.optimizer, "lr": config.lr, "schedule": config.schedule})
+        row.update(self.evaluate(model, cell))
+        return row
+
+    def train_student(self, cell: Cell) -> tuple[nn.Module, int, float]:
+        transfer = TRANSFER_SETS[cell.transfer].select(self.train)
+        objective = (CrossEntropy() if cell.temperature is None else
+                     Distill(self.teacher(), cell.temperature, self.profile.alpha))
+        engine.seed_everything(self.seed)
+        student = engine.prepare_model(MLP(784, (cell.width, cell.width)), self.device)
+        fitted = engine.fit(student, transfer, objective, self.profile.student, seed=self.seed,
+                            desc=f"{cell.name} seed {self.seed}")
+        return student, len(transfer), fitted.wall_s
+
+    def evaluate(self, model: nn.Module, cell: Cell) -> dict:
+        logits = engine.predict(model, self.test)
+        labels = self.test.labels
+        out = summarize(logits, labels, prefix="test_")
+        if cell.width is not None:
+            teacher_logits = self.teacher_test_logits
+            out["test_agreement"] = metrics.agreement(logits, teacher_logits)
+            out["test_kl_teacher_student"] = metrics.predictive_kl(teacher_logits, logits)
+        classes = TRANSFER_SETS[cell.transfer].shifted_classes
+        if classes:
+            out["shifted_class_n"] = int(torch.isin(labels, torch.tensor(classes, device=labels.device)).sum())
+            out["shifted_class_errors"] = errors_among(logits, labels, classes)
+            fitted = metrics.fit_logit_shift(engine.predict(model, self.train), self.train.labels,
+                                             classes)
+            for tag, shift in (("paper", paper_shifts()[cell.transfer]), ("fitted", fitted)):
+                shifted = metrics.shift_logits(logits, classes, shift)
+                out[f"shift_{tag}"] = round(shift, 4)
+                out.update({f"{k}_shift_{tag}": v for k, v in
+                            summarize(shifted, labels, "test_", per_class=False).items()})
+                out[f"shifted_class_errors_shift_{tag}"] = errors_among(shifted, labels, classes)
+        return out
+
+
+def summarize(logits: torch.Tensor, labels: torch.Tensor, prefix: str,
+              per_class: bool = True) -> dict:
+    errors = metrics.error_count(logits, labels)
+    out = {f"{prefix}errors": errors, f"{prefix}error_pct": 100 * errors / labels.numel(),
+           f"{prefix}n": labels.numel()}
+    if per_class:
+        out[f"{prefix}ece"] = metrics.expected_calibration_error(logits, labels)
+        counts = metrics.per_class_errors(logits, labels, 10).tolist()
+        out.update({f"{prefix}errors_class{c}": n for c, n in enumerate(counts)})
+    return out
+
+
+def errors_among(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[int, ...]) -> int:
+    """Errors on the test examples whose true class is one of ``classes``."""
+    mask = torch.isin(labels, torch.tensor(classes, device=labels.device))
+    return metrics.error_count(logits[mask], labels[mask])
+
+
+# ----------------------------------------------------------------------------------------------
+# Paper vs ours
+
+def mean_std(values: pd.Series, digits: int = 1) -> str:
+    """``mean ± std (n seeds)``; the std is left out for a single seed."""
+    values = values.dropna().astype(float)
+    if values.empty:
+        return "not run"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f} (1 seed)"
+    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} ({len(values)} seeds)"
+
+
+def best_temperature(rows: pd.DataFrame, width: int) -> str:
+    """The temperature with the fewest mean test errors among one width's distilled students."""
+    grid = rows[(rows["width"] == width) & rows["temperature"].notna() & (rows["transfer"] == "all")]
+    if grid.empty:
+        return "not run"
+    means = grid.groupby("temperature")["test_errors"].mean()
+    return f"T = {means.idxmin():g} ({means.min():.1f} errors)"
+
+
+def spread_above(rows: pd.DataFrame, width: int, temperature: float) -> str:
+    grid = rows[(rows["width"] == width) & (rows["temperature"] >= temperature)
+                & (rows["transfer"] == "all")]
+    if grid.empty:
+        return "not run"
+    means = grid.groupby("temperature")["test_errors"].mean()
+    return f"{means.min():.1f} to {means.max():.1f} errors over T = {means.index.min():g}..{means.index.max():g}"
+
+
+def comparison(rows: pd.DataFrame) -> pd.DataFrame:
+    """Every number of the paper's Section 3 beside ours (mean ± std over seeds, final epoch)."""
+    ref = pd.read_csv(REFERENCE).set_index(["quantity", "cell"])["value"]
+    cell = lambda name: rows[rows["cell"] == name]
+    table = [
+        ("teacher 1200-1200, test errors", ref["test_errors", "teacher"],
+         mean_std(cell("teacher")["test_errors"])),
+        ("800-800 hard labels, test errors", ref["test_errors", "800x2/hard"],
+         mean_std(cell("800x2/hard")["test_errors"])),
+        ("800-800 distilled at T = 20, test errors", ref["test_errors", "800x2/T20"],
+         mean_std(cell("800x2/T20")["test_errors"])),
+        ("800-800 best temperature", "20 (the one reported)", best_temperature(rows, 800)),
+        ("300-300 errors for T >= 8", "all temperatures above 8 fairly similar",
+         spread_above(rows, 300, ref["alike_above_temperature", "300x2"])),
+        ("30-30 hard labels, test errors", "not reported", mean_std(cell("30x2/hard")["test_errors"])),
+        ("30-30 best temperature", f"{ref['best_temperature_low', '30x2']:g} to "
+         f"{ref['best_temperature_high', '30x2']:g}", best_temperature(rows, 30)),
+        ("no 3s in transfer set, test errors", ref["test_errors", "no_3"],
+         mean_std(cell("no_3")["test_errors"])),
+        ("no 3s, errors on the 1,010 test 3s", ref["shifted_class_errors", "no_3"],
+         mean_std(cell("no_3")["shifted_class_errors"])),
+        ("no 3s, bias of 3 +3.5: test errors", ref["test_errors_shifted", "no_3"],
+         mean_std(cell("no_3")["test_errors_shift_paper"])),
+        ("no 3s, bias of 3 +3.5: errors on 3s", ref["shifted_class_errors_shifted", "no_3"],
+         mean_std(cell("no_3")["shifted_class_errors_shift_paper"])),
+        ("no 3s, shift fitted on training data", "3.5 (chosen on the test set)",
+         mean_std(cell("no_3")["shift_fitted"])),
+        ("no 3s, fitted shift: test errors / errors on 3s", "",
+         f"{mean_std(cell('no_3')['test_errors_shift_fitted'])} / "
+         f"{mean_std(cell('no_3')['shifted_class_errors_shift_fitted'])}"),
+        ("only 7s and 8s, test error %", ref["test_error_pct", "only_7_8"],
+         mean_std(cell("only_7_8")["test_error_pct"])),
+        ("only 7s and 8s, biases of 7, 8 -7.6: test error %", ref["test_error_pct_shifted", "only_7_8"],
+         mean_std(cell("only_7_8")["test_error_pct_shift_paper"])),
+        ("only 7s and 8s, shift fitted on training data", "-7.6 (chosen on the test set)",
+         mean_std(cell("only_7_8")["shift_fitted"])),
+        ("only 7s and 8s, fitted shift: test error %", "",
+         mean_std(cell("only_7_8")["test_error_pct_shift_fitted"])),
+    ]
+    return pd.DataFrame(table, columns=["quantity", "paper", "ours"])
+
+
+def report(rows: pd.DataFrame) -> str:
+    """A Markdown table of :func:`comparison` with the run's profile, hardware and wall time."""
+    frame = comparison(rows)
+    lines = ["| quantity | paper | ours |", "| --- | --- | --- |"]
+    lines += [f"| {q} | {p} | {o} |" for q, p, o in frame.itertuples(index=False)]
+    profiles = ", ".join(sorted(rows["profile"].unique()))
+    hardware = "; ".join(sorted(rows["hardware"].unique()))
+    commits = ", ".join(sorted(rows["git_commit"].astype(str).unique()))
+    lines.append(f"\nProfile {profiles}; seeds {sorted(rows['seed'].unique().tolist())}; "
+                 f"{hardware}; {rows['wall_s'].sum() / 60:.1f} min of training and evaluation "
+                 f"in all; commit {commits}.")
+    return "\n".join(lines)
+
+
+def pending(profile: Profile, seeds: int, table: ResultsTable) -> Iterator[tuple[int, Cell]]:
+    done = table.done()
+    for seed in range(seeds):
+        for cell in plan(profile):
+            if (cell.name, seed) not in done:
+                yield seed, cell
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = study_parser(__doc__.split("\n\n")[0], PROFILES)
+    parser.add_argument("--report", action="store_true",
+                        help="print the paper-vs-ours table of the profile's results and exit")
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+    if args.report:
+        rows = ResultsTable(STUDY, args.profile, args.results and Path(args.results)).read()
+        if rows.empty:
+            raise ConfigError(f"no {args.profile} results yet: run the profile first")
+        print(report(rows))
+        return
+    device = engine.resolve_device(args.device)
+    table = ResultsTable(STUDY, args.profile, args.results and Path(args.results))
+    todo = list(pending(profile, args.seeds or profile.seeds, table))
+    print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells to run on "
+          f"{device} -> {table.path}")
+    runs: dict[int, Run] = {}
+    cache = ModelCache()
+    for seed, cell in todo:
+        run = runs.setdefault(seed, Run(profile, seed, device, cache))
+        start = time.perf_counter()
+        row = run.run(cell)
+        wall = time.perf_counter() - start
+        table.append({"cell": cell.name, "seed": seed, **row, **provenance(device, wall)})
+        print(f"  seed {seed} {cell.name:>14}: {row['test_errors']} test errors ({wall:.0f} s)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

@@ -1,0 +1,176 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kd import data, engine
+from kd.distill import CrossEntropy, Distill
+from kd.engine import TrainConfig
+from kd.errors import ConfigError
+from kd.models import MLP
+
+
+def toy_split(n=96, seed=0):
+    """Images whose label is encoded in which row is bright: learnable by a small MLP."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    images = torch.randint(0, 30, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+    images[torch.arange(n), 0, 2 * labels, :] = 255
+    return data.Split(images, labels, (0.2,), (0.3,), num_classes=4)
+
+
+def train_once(seed, config=TrainConfig(epochs=3, batch_size=16, lr=0.05), **kwargs):
+    engine.seed_everything(seed)
+    model = MLP(64, (16,), 4, **kwargs)
+    result = engine.fit(model, toy_split(), CrossEntropy(), config, seed=seed,
+                        eval_sets={"test": toy_split(seed=1)})
+    return model, result
+
+
+def test_cpu_run_repeats_exactly_for_a_seed():
+    a, ra = train_once(7)
+    b, rb = train_once(7)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert ra.history == rb.history
+    c, _ = train_once(8)
+    assert not torch.equal(a.classifier.weight, c.classifier.weight)
+
+
+def test_training_learns_and_history_has_every_epoch():
+    _, result = train_once(0, TrainConfig(epochs=8, batch_size=16, lr=0.1))
+    assert [h["epoch"] for h in result.history] == list(range(1, 9))
+    assert result.final["test_accuracy"] > 0.9
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.final["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine ends at 0
+
+
+def test_checkpoints_at_chosen_epochs():
+    engine.seed_everything(0)
+    model = MLP(64, (16,), 4)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    result = engine.fit(model, toy_split(), CrossEntropy(),
+                        TrainConfig(epochs=3, batch_size=16, lr=0.05, checkpoint_epochs=(0, 2)),
+                        seed=0)
+    assert sorted(result.checkpoints) == [0, 2]
+    for k, v in initial.items():
+        assert torch.equal(result.checkpoints[0][k], v)
+    assert not torch.equal(result.checkpoints[2]["classifier.weight"], model.classifier.weight)
+
+
+def test_max_norm_constraint_holds_after_training():
+    model, _ = train_once(0, TrainConfig(epochs=2, batch_size=16, lr=0.5), max_norm=0.5)
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            assert module.weight.norm(dim=1).max().item() <= 0.5 + 1e-5
+
+
+class CountingTeacher(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = MLP(64, (8,), 4, hidden_dropout=0.5)
+        self.calls = 0
+        self.train_mode_calls = 0
+        self.grad_enabled_calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        self.train_mode_calls += self.training
+        self.grad_enabled_calls += torch.is_grad_enabled()
+        return self.net(x)
+
+
+@pytest.mark.parametrize("augmented", [False, True])
+def test_teacher_runs_in_eval_mode_without_grad_and_is_cached_when_not_augmented(augmented):
+    teacher = CountingTeacher()
+    objective = Distill(teacher, temperature=4.0, alpha=0.9)
+    engine.seed_everything(0)
+    student = MLP(64, (16,), 4)
+    split = toy_split(96)
+    config = TrainConfig(epochs=3, batch_size=16, lr=0.05)
+    augment = data.RandomTranslate(1) if augmented else None
+    engine.fit(student, split, objective, config, seed=0, augment=augment)
+    steps = 3 * math.ceil(96 / 16)
+    if augmented:
+        assert teacher.calls == steps and objective.cached_logits is None
+    else:
+        assert teacher.calls == 1  # one forward of the whole transfer set, in bind()
+        assert objective.cached_logits.shape == (96, 4)
+    assert teacher.train_mode_calls == 0 and teacher.grad_enabled_calls == 0
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+
+
+def test_cached_and_live_teacher_give_the_same_training():
+    def run(cache):
+        engine.seed_everything(0)
+        teacher = MLP(64, (8,), 4)
+        objective = Distill(teacher, temperature=2.0, alpha=0.5)
+        engine.seed_everything(1)
+        student = MLP(64, (16,), 4)
+        if not cache:  # make bind() skip the cache, as it does for augmented data
+            objective.bind = lambda train, augmented: None
+        engine.fit(student, toy_split(), objective, TrainConfig(epochs=2, batch_size=16, lr=0.05),
+                   seed=0)
+        return student.classifier.weight
+    torch.testing.assert_close(run(True), run(False), atol=1e-5, rtol=1e-4)
+
+
+def test_distill_logs_both_terms():
+    engine.seed_everything(0)
+    objective = Distill(MLP(64, (8,), 4), temperature=4.0, alpha=0.9)
+    result = engine.fit(MLP(64, (16,), 4), toy_split(), objective,
+                        TrainConfig(epochs=1, batch_size=16, lr=0.05), seed=0)
+    record = result.final
+    assert record["train_loss"] == pytest.approx(0.1 * record["train_ce"] + 0.9 * record["train_kd"],
+                                                 rel=1e-5)
+
+
+def test_distill_rejects_bad_arguments_up_front():
+    with pytest.raises(ValueError, match="temperature"):
+        Distill(MLP(4, (2,), 2), temperature=0.0, alpha=0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        Distill(MLP(4, (2,), 2), temperature=1.0, alpha=2.0)
+
+
+@pytest.mark.parametrize("schedule,at,expected", [
+    ("constant", 5.0, 1.0), ("cosine", 0.0, 1.0), ("cosine", 5.0, 0.5), ("cosine", 10.0, 0.0),
+    ("linear", 2.5, 0.75), ("step", 3.9, 1.0), ("step", 4.0, 0.1), ("step", 8.0, 0.01)])
+def test_schedules(schedule, at, expected):
+    config = TrainConfig(epochs=10, schedule=schedule, milestones=(4, 8))
+    assert engine.lr_multiplier(at, config) == pytest.approx(expected, abs=1e-9)
+
+
+def test_warmup_ramps_linearly():
+    config = TrainConfig(epochs=10, schedule="constant", warmup_epochs=2)
+    assert engine.lr_multiplier(1.0, config) == pytest.approx(0.5)
+    assert engine.lr_multiplier(3.0, config) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"optimizer": "lbfgs"}, "unknown optimizer"), ({"schedule": "wavy"}, "unknown schedule"),
+    ({"lr": 0.0}, "lr > 0"), ({"batch_size": 0}, "batch_size")])
+def test_bad_train_config_raises(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_device_resolution():
+    assert engine.resolve_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="unknown device"):
+        engine.resolve_device("gpu-please")
+    if not torch.cuda.is_available():
+        assert engine.resolve_device("auto").type == "cpu"
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            engine.resolve_device("cuda")
+
+
+def test_mlp_validates_and_names_its_layers():
+    model = MLP(784, (30, 30), 10, input_dropout=0.2, hidden_dropout=0.5, max_norm=3.0)
+    assert [n for n, _ in model.named_children()] == [
+        "flatten", "input_dropout", "hidden1", "hidden2", "classifier"]
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    with pytest.raises(ConfigError):
+        MLP(10, (0,), 2)
+    with pytest.raises(ConfigError):
+        MLP(10, (4,), 2, hidden_dropout=1.0)

@@ -1,0 +1,114 @@
+"""The Hinton MNIST study end to end: smoke run, resume after a kill, command-line failures."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from studies import hinton_mnist
+from tests.conftest import REPO
+
+
+def smoke_rows(results: Path) -> pd.DataFrame:
+    return pd.read_csv(results / "hinton_mnist" / "smoke.csv")
+
+
+def test_plan_covers_every_cell_once():
+    cells = hinton_mnist.plan(hinton_mnist.PROFILES["quick"])
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names)) == 1 + 3 * 11 + 2
+    assert names[0] == "teacher" and "800x2/T20" in names and "30x2/hard" in names
+    assert {"no_3", "only_7_8"} <= set(names)
+
+
+def test_paper_numbers_are_data_with_sources():
+    reference = pd.read_csv(hinton_mnist.REFERENCE)
+    assert reference["source"].str.contains("Hinton").all()
+    assert hinton_mnist.paper_shifts() == {"no_3": 3.5, "only_7_8": -7.6}
+    value = lambda q, c: reference.query("quantity == @q and cell == @c")["value"].item()
+    assert value("test_errors", "teacher") == 67 and value("test_errors", "800x2/T20") == 74
+
+
+def test_smoke_study_runs_end_to_end(mnist_root, tmp_path):
+    results = tmp_path / "results"
+    hinton_mnist.main(["--profile", "smoke", "--device", "cpu"])
+    rows = smoke_rows(results)
+    expected = [c.name for c in hinton_mnist.plan(hinton_mnist.PROFILES["smoke"])]
+    assert rows["cell"].tolist() == expected
+    assert (rows["profile"] == "smoke").all() and (rows["seed"] == 0).all()
+    for column in ("test_errors", "wall_s", "device", "hardware", "torch", "git_commit"):
+        assert rows[column].notna().all(), column
+    assert (rows["test_n"] == 1000).all()  # smoke keeps the first 1,000 test images
+    assert rows["test_errors"].between(0, rows["test_n"]).all()
+    distilled = rows[rows["temperature"].notna()]
+    assert (distilled["alpha"] == 0.9).all()
+    assert distilled["test_agreement"].between(0, 1).all()
+    no3 = rows.set_index("cell").loc["no_3"]
+    assert no3["shift_paper"] == 3.5 and no3["transfer_n"] < rows.set_index("cell").loc[
+        "teacher", "transfer_n"]
+    assert no3["shifted_class_errors"] <= no3["shifted_class_n"]
+    only78 = rows.set_index("cell").loc["only_7_8"]
+    assert only78["shift_paper"] == -7.6
+    # The fitted shift is never worse on the training data than no shift; test errors count.
+    assert {"shift_fitted", "test_errors_shift_fitted", "shifted_class_errors_shift_paper"} <= set(
+        rows.columns)
+    # A second run finds everything done and adds nothing.
+    hinton_mnist.main(["--profile", "smoke", "--device", "cpu"])
+    assert len(smoke_rows(results)) == len(rows)
+
+
+def run_cli(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "studies.hinton_mnist", *args], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          **kwargs)
+
+
+def test_help_lists_the_profiles():
+    done = run_cli("--help")
+    assert done.returncode == 0 and "smoke" in done.stdout and "--seeds" in done.stdout
+
+
+def test_missing_data_root_gives_one_clear_line_and_exit_2(tmp_path):
+    done = run_cli("--profile", "smoke", "--device", "cpu", env={"KD_DATA": str(tmp_path / "no")})
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: MNIST not found") and "KD_DATA" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "results" / "hinton_mnist" / "smoke.csv").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "tpu"], "unknown device"), (["--seeds", "0"], "positive integer"),
+    (["--profile", "huge"], "invalid choice")])
+def test_bad_arguments_exit_2_without_traceback(args, message):
+    done = run_cli(*args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_killed_study_resumes_without_lost_or_duplicate_rows(mnist_root, tmp_path):
+    results = tmp_path / "results" / "hinton_mnist" / "smoke.csv"
+    process = subprocess.Popen([sys.executable, "-m", "studies.hinton_mnist", "--profile", "smoke",
+                                "--device", "cpu"], cwd=REPO, env=dict(os.environ),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if results.exists() and len(pd.read_csv(results)) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = pd.read_csv(results)
+    assert 2 <= len(partial)
+    done = run_cli("--profile", "smoke", "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    rows = pd.read_csv(results)
+    expected = [c.name for c in hinton_mnist.plan(hinton_mnist.PROFILES["smoke"])]
+    assert sorted(rows["cell"]) == sorted(expected)
+    assert not rows.duplicated(["cell", "seed"]).any()
+    # rows written before the kill are kept as they were
+    pd.testing.assert_frame_equal(rows.iloc[:len(partial)][partial.columns], partial,
+                                  check_dtype=False)

@@ -1,0 +1,31 @@
+"""Every notebook executes headless on smoke results and writes its figures."""
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from studies import hinton_mnist
+from tests.conftest import REPO
+
+
+def execute(notebook: Path) -> None:
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(notebook.parent)}}).execute()
+
+
+def test_hinton_notebook_draws_its_figures_from_smoke_results(mnist_root, tmp_path, monkeypatch):
+    hinton_mnist.main(["--profile", "smoke", "--device", "cpu"])
+    monkeypatch.setenv("KD_PROFILE", "smoke")
+    execute(REPO / "notebooks" / "hinton_mnist.ipynb")
+    figures = Path(os.environ["KD_FIGURES"])
+    for name in ("hinton_mnist_temperature.png", "hinton_mnist_omitted.png"):
+        assert (figures / name).stat().st_size > 10_000, name
+
+
+def test_hinton_notebook_fails_clearly_without_results(tmp_path):
+    with pytest.raises(Exception, match="no results"):
+        execute(REPO / "notebooks" / "hinton_mnist.ipynb")

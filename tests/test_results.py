@@ -1,0 +1,75 @@
+import pandas as pd
+import pytest
+import torch
+
+from kd.cache import ModelCache, spec_key
+from kd.results import ResultsTable, git_commit, provenance
+
+
+def test_rows_append_with_key_first_and_provenance_last(tmp_path):
+    table = ResultsTable("study", "smoke", tmp_path)
+    table.append({"cell": "a", "seed": 0, "test_errors": 5, **provenance(torch.device("cpu"), 1.234)})
+    table.append({"cell": "b", "seed": 0, "temperature": 2.0, "test_errors": 4,
+                  **provenance(torch.device("cpu"), 2.0)})
+    frame = pd.read_csv(tmp_path / "study" / "smoke.csv")
+    assert list(frame.columns[:4]) == ["study", "profile", "cell", "seed"]
+    assert list(frame.columns[-6:]) == ["wall_s", "device", "hardware", "torch", "git_commit",
+                                        "finished_at"]
+    assert frame["cell"].tolist() == ["a", "b"] and frame["test_errors"].tolist() == [5, 4]
+    assert frame["profile"].unique().tolist() == ["smoke"]
+    assert table.done() == {("a", 0), ("b", 0)}
+    assert frame["wall_s"].tolist() == [1.23, 2.0]
+
+
+def test_duplicate_rows_are_refused(tmp_path):
+    table = ResultsTable("study", "smoke", tmp_path)
+    table.append({"cell": "a", "seed": 0})
+    with pytest.raises(ValueError, match="already"):
+        table.append({"cell": "a", "seed": 0})
+    table.append({"cell": "a", "seed": 1})
+    assert len(table.read()) == 2
+
+
+def test_a_crash_while_writing_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    table = ResultsTable("study", "smoke", tmp_path)
+    table.append({"cell": "a", "seed": 0, "x": 1})
+    before = table.path.read_bytes()
+
+    def crash(self, handle, **kwargs):
+        handle.write("study,profile,cell,seed\nstudy,smoke,b,")  # half a row, then death
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", crash)
+    with pytest.raises(RuntimeError):
+        table.append({"cell": "b", "seed": 0, "x": 2})
+    assert table.path.read_bytes() == before
+    assert [p.name for p in table.path.parent.iterdir()] == ["smoke.csv"]
+
+
+def test_provenance_records_where_and_what():
+    row = provenance(torch.device("cpu"), 3.0)
+    assert row["device"] == "cpu" and row["torch"] == torch.__version__
+    assert "cores" in row["hardware"]
+    assert row["git_commit"] == git_commit() and row["git_commit"]
+
+
+def test_model_cache_hit_miss_and_invalidation(tmp_path):
+    cache = ModelCache(tmp_path)
+    spec = {"arch": "mlp", "widths": [4, 4], "seed": 0, "train": {"epochs": 3}}
+    assert cache.load(spec) is None  # miss
+    state = {"w": torch.arange(3.0)}
+    cache.save(spec, state, {"train_s": 1.5})
+    hit = cache.load({"seed": 0, "train": {"epochs": 3}, "widths": [4, 4], "arch": "mlp"})
+    assert torch.equal(hit["state_dict"]["w"], state["w"]) and hit["meta"]["train_s"] == 1.5
+    changed = {**spec, "train": {"epochs": 4}}  # another schedule: another key, a miss
+    assert spec_key(changed) != spec_key(spec) and cache.load(changed) is None
+
+
+def test_model_cache_treats_a_corrupt_file_as_a_miss(tmp_path):
+    cache = ModelCache(tmp_path)
+    spec = {"seed": 1}
+    cache.save(spec, {"w": torch.ones(2)})
+    cache.path(spec).write_bytes(b"not a checkpoint")
+    assert cache.load(spec) is None
+    cache.save(spec, {"w": torch.zeros(2)})
+    assert torch.equal(cache.load(spec)["state_dict"]["w"], torch.zeros(2))
