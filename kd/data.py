@@ -180,15 +180,19 @@ def _mnist_raw_dir(root: Path) -> Path | None:
     return target
 
 
-def load_mnist(train: bool, root: Path | None = None) -> Split:
-    """MNIST from ``root`` (default: the data root) in torchvision's layout ``MNIST/raw/``."""
+def mnist_torchvision_root(root: Path | None = None) -> Path:
+    """A folder that ``torchvision.datasets.MNIST(folder)`` reads, downloading if allowed.
+
+    Raises :class:`DataNotFoundError`, naming the files and ``KD_DATA``, when there is none.
+    """
     import torchvision
 
     root = data_root() if root is None else Path(root)
     raw = _mnist_raw_dir(root)
     if raw is None and download_allowed():
         try:
-            torchvision.datasets.MNIST(str(root), train=train, download=True)
+            for train in (True, False):
+                torchvision.datasets.MNIST(str(root), train=train, download=True)
             raw = _mnist_raw_dir(root)
         except Exception:  # offline, or the root is not writable: reported below
             raw = None
@@ -197,7 +201,14 @@ def load_mnist(train: bool, root: Path | None = None) -> Split:
         raise DataNotFoundError(
             f"MNIST not found: expected {wanted} in {root / 'MNIST' / 'raw'} "
             f"(set KD_DATA to the folder that holds MNIST/raw; download failed or was disabled)")
-    ds = torchvision.datasets.MNIST(str(raw.parent.parent), train=train, download=False)
+    return raw.parent.parent
+
+
+def load_mnist(train: bool, root: Path | None = None) -> Split:
+    """MNIST from ``root`` (default: the data root) in torchvision's layout ``MNIST/raw/``."""
+    import torchvision
+
+    ds = torchvision.datasets.MNIST(str(mnist_torchvision_root(root)), train=train)
     return Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long(), MNIST_MEAN, MNIST_STD)
 
 
