@@ -16,7 +16,7 @@ import torch
 
 from kd.data import cache_root
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: fused Adam
 
 
 def spec_key(spec: dict) -> str:

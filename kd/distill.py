@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from kd.data import Batch, Split
 from kd.engine import predict
-from kd.losses import distillation_terms
+from kd.losses import check_hyperparameters, distillation_terms
 
 
 class Objective:
@@ -40,8 +40,7 @@ class Distill(Objective):
     """
 
     def __init__(self, teacher: nn.Module, temperature: float, alpha: float):
-        distillation_terms(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long),
-                           temperature, alpha)  # validates T and alpha up front
+        check_hyperparameters(temperature, alpha)
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)

@@ -18,9 +18,12 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
                           f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
 
 
-def _check_temperature(temperature: float) -> None:
+def check_hyperparameters(temperature: float, alpha: float | None = None) -> None:
+    """Raise ValueError unless T > 0 and (when given) α ∈ [0, 1]."""
     if not temperature > 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -33,7 +36,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     The teacher's logits get no gradient.
     """
     _check_logits(student_logits, teacher_logits)
-    _check_temperature(temperature)
+    check_hyperparameters(temperature)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
     return temperature ** 2 * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
@@ -54,8 +57,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: T
 def distillation_terms(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
                        temperature: float, alpha: float) -> tuple[Tensor, Tensor]:
     """The two unweighted terms of :func:`distillation_loss`, (CE, kd), for separate logging."""
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    check_hyperparameters(temperature, alpha)
     _check_logits(student_logits, teacher_logits)
     if targets.shape != student_logits.shape[:1]:
         raise ConfigError(f"targets must be [N] = [{student_logits.shape[0]}], "
@@ -64,4 +66,4 @@ def distillation_terms(student_logits: Tensor, teacher_logits: Tensor, targets: 
     return ce, kd_loss(student_logits, teacher_logits, temperature)
 
 
-__all__ = ["kd_loss", "distillation_loss", "distillation_terms"]
+__all__ = ["kd_loss", "distillation_loss", "distillation_terms", "check_hyperparameters"]

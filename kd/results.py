@@ -48,11 +48,14 @@ class ResultsTable:
         row = {"study": self.study, "profile": self.profile, **row}
         if (str(row["cell"]), int(row["seed"])) in self.done():
             raise ValueError(f"row {row['cell']!r} seed {row['seed']} is already in {self.path}")
-        frame = pd.concat([self.read(), pd.DataFrame([row])], ignore_index=True)
+        new = pd.DataFrame([row])
+        # Concatenating onto an empty frame would turn every integer column into floats.
+        frame = pd.concat([self.read(), new], ignore_index=True) if self.path.exists() else new
         first = [*self.KEY]
         last = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
         middle = [c for c in frame.columns if c not in first and c not in last]
-        frame = frame[first + middle + last]
+        # Nullable dtypes keep integer columns integers where other rows leave them empty.
+        frame = frame[first + middle + last].convert_dtypes()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:

@@ -160,7 +160,7 @@ class Run:
                 fitted = engine.fit(model, self.train, CrossEntropy(), self.profile.teacher,
                                     seed=self.seed, augment=data.RandomTranslate(JITTER_PIXELS),
                                     desc=f"teacher seed {self.seed}")
-                self.teacher_train_s = fitted.wall_s
+                self.teacher_train_s = round(fitted.wall_s, 2)
                 self.cache.save(self.teacher_spec(), model.state_dict(),
                                 {"train_s": fitted.wall_s})
             else:
@@ -201,7 +201,7 @@ class Run:
         student = engine.prepare_model(MLP(784, (cell.width, cell.width)), self.device)
         fitted = engine.fit(student, transfer, objective, self.profile.student, seed=self.seed,
                             desc=f"{cell.name} seed {self.seed}")
-        return student, len(transfer), fitted.wall_s
+        return student, len(transfer), round(fitted.wall_s, 2)
 
     def evaluate(self, model: nn.Module, cell: Cell) -> dict:
         logits = engine.predict(model, self.test)
