@@ -52,7 +52,6 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, bins: int = 15) -
     confidence, prediction = F.softmax(logits.float(), 1).max(1)
     correct = (prediction == labels).float()
     bin_index = (confidence * bins).ceil().long().clamp(1, bins) - 1
-    count = torch.zeros(bins, device=logits.device).scatter_add_(0, bin_index, torch.ones_like(correct))
     conf_sum = torch.zeros(bins, device=logits.device).scatter_add_(0, bin_index, confidence)
     acc_sum = torch.zeros(bins, device=logits.device).scatter_add_(0, bin_index, correct)
     return float((acc_sum - conf_sum).abs().sum() / labels.numel())

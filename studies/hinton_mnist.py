@@ -213,7 +213,7 @@ class Run:
             out["test_kl_teacher_student"] = metrics.predictive_kl(teacher_logits, logits)
         classes = TRANSFER_SETS[cell.transfer].shifted_classes
         if classes:
-            out["shifted_class_n"] = int(torch.isin(labels, torch.tensor(classes, device=labels.device)).sum())
+            out["shifted_class_n"] = int(class_mask(labels, classes).sum())
             out["shifted_class_errors"] = errors_among(logits, labels, classes)
             fitted = metrics.fit_logit_shift(engine.predict(model, self.train), self.train.labels,
                                              classes)
@@ -238,9 +238,13 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, prefix: str,
     return out
 
 
+def class_mask(labels: torch.Tensor, classes: tuple[int, ...]) -> torch.Tensor:
+    return torch.isin(labels, torch.tensor(classes, device=labels.device))
+
+
 def errors_among(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[int, ...]) -> int:
-    """Errors on the test examples whose true class is one of ``classes``."""
-    mask = torch.isin(labels, torch.tensor(classes, device=labels.device))
+    """Errors on the examples whose true class is one of ``classes``."""
+    mask = class_mask(labels, classes)
     return metrics.error_count(logits[mask], labels[mask])
 
 
@@ -321,7 +325,8 @@ def report(rows: pd.DataFrame) -> str:
     """A Markdown table of :func:`comparison` with the run's profile, hardware and wall time."""
     frame = comparison(rows)
     lines = ["| quantity | paper | ours |", "| --- | --- | --- |"]
-    lines += [f"| {q} | {p} | {o} |" for q, p, o in frame.itertuples(index=False)]
+    lines += [f"| {q} | {p:g} | {o} |" if isinstance(p, float) else f"| {q} | {p} | {o} |"
+              for q, p, o in frame.itertuples(index=False)]
     profiles = ", ".join(sorted(rows["profile"].unique()))
     hardware = "; ".join(sorted(rows["hardware"].unique()))
     commits = ", ".join(sorted(rows["git_commit"].astype(str).unique()))
