@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from kd.data import Batch, Split
 from kd.engine import predict
+from kd.errors import ConfigError
 from kd.losses import check_hyperparameters, distillation_terms
 
 
@@ -39,16 +40,28 @@ class Distill(Objective):
     by example index every epoch instead of running the teacher again.
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float, alpha: float):
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float,
+                 transfer_logits: Tensor | None = None):
+        """transfer_logits: the teacher's logits for the whole transfer set, row i for example i,
+        when the caller already has them (several students distilled from one teacher)."""
         check_hyperparameters(temperature, alpha)
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.temperature, self.alpha = temperature, alpha
+        self.transfer_logits = transfer_logits
         self.cached_logits: Tensor | None = None
 
     def bind(self, train: Split, augmented: bool) -> None:
-        self.cached_logits = None if augmented else predict(self.teacher, train)
+        if augmented:
+            self.cached_logits = None
+        elif self.transfer_logits is not None:
+            if self.transfer_logits.shape[0] != len(train):
+                raise ConfigError(f"transfer_logits has {self.transfer_logits.shape[0]} rows for "
+                                  f"a transfer set of {len(train)} examples")
+            self.cached_logits = self.transfer_logits.to(train.device)
+        else:
+            self.cached_logits = predict(self.teacher, train)
 
     @torch.no_grad()
     def teacher_logits(self, batch: Batch) -> Tensor:

@@ -98,14 +98,14 @@ PROFILES = {
 class TransferSet:
     """Which training images the student is distilled on, and which logits a bias fix shifts."""
 
-    select: Callable[[data.Split], data.Split]
+    keep: Callable[[torch.Tensor], torch.Tensor]  # labels -> boolean mask of examples kept
     shifted_classes: tuple[int, ...] = ()
 
 
 TRANSFER_SETS = {
-    "all": TransferSet(lambda split: split),
-    "no_3": TransferSet(lambda split: split.without_classes([3]), (3,)),
-    "only_7_8": TransferSet(lambda split: split.only_classes([7, 8]), (7, 8)),
+    "all": TransferSet(lambda labels: torch.ones_like(labels, dtype=torch.bool)),
+    "no_3": TransferSet(lambda labels: ~class_mask(labels, (3,)), (3,)),
+    "only_7_8": TransferSet(lambda labels: class_mask(labels, (7, 8)), (7, 8)),
 }
 
 
@@ -193,10 +193,17 @@ class Run:
         row.update(self.evaluate(model, cell))
         return row
 
+    @functools.cached_property
+    def teacher_train_logits(self) -> torch.Tensor:
+        """Computed once per seed and shared by every distilled student (none is augmented)."""
+        return engine.predict(self.teacher(), self.train)
+
     def train_student(self, cell: Cell) -> tuple[nn.Module, int, float]:
-        transfer = TRANSFER_SETS[cell.transfer].select(self.train)
+        keep = TRANSFER_SETS[cell.transfer].keep(self.train.labels)
+        transfer = self.train.subset(keep)
         objective = (CrossEntropy() if cell.temperature is None else
-                     Distill(self.teacher(), cell.temperature, self.profile.alpha))
+                     Distill(self.teacher(), cell.temperature, self.profile.alpha,
+                             transfer_logits=self.teacher_train_logits[keep]))
         engine.seed_everything(self.seed)
         student = engine.prepare_model(MLP(784, (cell.width, cell.width)), self.device)
         fitted = engine.fit(student, transfer, objective, self.profile.student, seed=self.seed,

@@ -174,3 +174,16 @@ def test_mlp_validates_and_names_its_layers():
         MLP(10, (0,), 2)
     with pytest.raises(ConfigError):
         MLP(10, (4,), 2, hidden_dropout=1.0)
+
+
+def test_precomputed_transfer_logits_are_used_and_checked():
+    teacher = CountingTeacher()
+    split = toy_split(96)
+    logits = torch.randn(96, 4, generator=torch.Generator().manual_seed(0))
+    objective = Distill(teacher, temperature=2.0, alpha=0.5, transfer_logits=logits)
+    engine.fit(MLP(64, (16,), 4), split, objective, TrainConfig(epochs=1, batch_size=16, lr=0.05),
+               seed=0)
+    assert teacher.calls == 0 and torch.equal(objective.cached_logits, logits)
+    short = Distill(teacher, temperature=2.0, alpha=0.5, transfer_logits=logits[:10])
+    with pytest.raises(ConfigError, match="10 rows for a transfer set of 96"):
+        short.bind(split, augmented=False)
