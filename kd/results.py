@@ -68,15 +68,19 @@ class ResultsTable:
             tmp.unlink(missing_ok=True)
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_FOLDERS = ("results", "figures")  # what studies write: rewriting them is not a code change
+
+
 @lru_cache(maxsize=None)
-def git_commit() -> str:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
-    root = Path(__file__).resolve().parent.parent
+def git_commit(root: Path = REPO_ROOT) -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files other than outputs differ."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, check=True,
                                 capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True).stdout.strip()
+        excluded = [f":(exclude){folder}" for folder in OUTPUT_FOLDERS]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *excluded], cwd=root, capture_output=True, text=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -73,3 +73,25 @@ def test_model_cache_treats_a_corrupt_file_as_a_miss(tmp_path):
     assert cache.load(spec) is None
     cache.save(spec, {"w": torch.zeros(2)})
     assert torch.equal(cache.load(spec)["state_dict"]["w"], torch.zeros(2))
+
+
+def test_git_commit_is_dirty_for_code_changes_but_not_for_outputs(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "a.csv").write_text("x\n1\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 12 and not clean.endswith("+dirty")
+    (tmp_path / "results" / "a.csv").unlink()  # a study rewriting its results
+    assert git_commit.__wrapped__(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit.__wrapped__(tmp_path) == clean + "+dirty"
