@@ -213,10 +213,12 @@ def load_mnist(train: bool, root: Path | None = None) -> Split:
 
 
 DATASETS: dict[str, Callable[..., Split]] = {"mnist": load_mnist}
-"""Loaders by name, each ``loader(train: bool, root=None) -> Split``; CIFAR joins in its study."""
+"""Loaders by name, each ``loader(train: bool, root=None) -> Split``; kd.cifar adds CIFAR."""
 
 
 def load(name: str, train: bool, root: Path | None = None) -> Split:
+    import kd.cifar  # noqa: F401  (registers cifar10 and cifar100; it imports this module)
+
     try:
         loader = DATASETS[name]
     except KeyError:

@@ -65,6 +65,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
+    import kd.cifar_models  # noqa: F401  (registers the CIFAR architectures; imports this module)
+
     try:
         return MODELS[name](**kwargs)
     except KeyError:

@@ -1,0 +1,134 @@
+"""CIFAR-10 and CIFAR-100 as in-memory uint8 splits, and their batched augmentation.
+
+Where the files may be, in the order they are tried (under the data root ``$KD_DATA``):
+
+1. torchvision's layout: ``cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``) or
+   ``cifar-100-python/`` (``train``, ``test``);
+2. CIFAR-10 only: ``cifar10-jpeg.npz``, the offline copy of this workplace (JPEG bytes, offsets
+   and labels per split), decoded once and cached as uint8 arrays under ``$KD_CACHE``;
+3. torchvision's download, when allowed (``KD_OFFLINE`` unset);
+
+and otherwise one :class:`~kd.errors.DataNotFoundError` line naming what was wanted.
+Importing this module registers ``cifar10`` and ``cifar100`` in :data:`kd.data.DATASETS`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from kd.data import DATASETS, RandomTranslate, Split, cache_root, data_root, download_allowed
+from kd.errors import DataNotFoundError
+
+# Channel statistics of the training splits, in [0, 1] units.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+
+LAYOUTS = {
+    # name: (folder, train files, test files, label key, classes, mean, std, torchvision class)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "labels", 10, CIFAR10_MEAN, CIFAR10_STD, "CIFAR10"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100, CIFAR100_MEAN,
+                 CIFAR100_STD, "CIFAR100"),
+}
+OFFLINE_NPZ = "cifar10-jpeg.npz"
+
+
+def _read_pickled_layout(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, 3, 32, 32]`` uint8 and labels from torchvision's pickled batches."""
+    images, labels = [], []
+    for name in files:
+        with open(folder / name, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _decode_offline_npz(npz: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one split of the JPEG ``.npz``, caching the uint8 arrays next to other caches."""
+    split = "train" if train else "test"
+    stat = npz.stat()
+    cached = cache_root() / "cifar10" / f"{split}-{stat.st_size}-{int(stat.st_mtime)}.npz"
+    if cached.is_file():
+        with np.load(cached) as arrays:
+            return arrays["images"], arrays["labels"]
+    with np.load(npz) as arrays:
+        blob, offsets = arrays[f"{split}_jpeg"], arrays[f"{split}_offsets"]
+        labels = arrays[f"{split}_labels"].astype(np.int64)
+    # Pillow, not torchvision.io: torchvision 0.29 deprecates its image decoders.
+    images = np.stack([np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes()))
+                                  .convert("RGB")) for i in range(len(labels))]).transpose(0, 3, 1, 2)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, images=images, labels=labels)
+    os.replace(tmp, cached)
+    return images, labels
+
+
+def load_cifar(name: str, train: bool, root: Path | None = None) -> Split:
+    folder_name, train_files, test_files, label_key, classes, mean, std, tv_class = LAYOUTS[name]
+    root = data_root() if root is None else Path(root)
+    folder = root / folder_name
+    files = train_files if train else test_files
+    arrays = None
+    if all((folder / f).is_file() for f in files):
+        arrays = _read_pickled_layout(folder, files, label_key)
+    elif name == "cifar10" and (root / OFFLINE_NPZ).is_file():
+        arrays = _decode_offline_npz(root / OFFLINE_NPZ, train)
+    elif download_allowed():
+        import torchvision
+
+        try:
+            getattr(torchvision.datasets, tv_class)(str(root), train=train, download=True)
+            arrays = _read_pickled_layout(folder, files, label_key)
+        except Exception:  # offline, or the root is not writable: reported below
+            arrays = None
+    if arrays is None:
+        offline = f" or {root / OFFLINE_NPZ}" if name == "cifar10" else ""
+        raise DataNotFoundError(
+            f"{name.upper()} not found: expected {', '.join(files)} in {folder}{offline} "
+            f"(set KD_DATA to the folder that holds them; download failed or was disabled)")
+    images, labels = arrays
+    return Split(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels),
+                 mean, std, num_classes=classes)
+
+
+def load_cifar10(train: bool, root: Path | None = None) -> Split:
+    return load_cifar("cifar10", train, root)
+
+
+def load_cifar100(train: bool, root: Path | None = None) -> Split:
+    return load_cifar("cifar100", train, root)
+
+
+DATASETS.update({"cifar10": load_cifar10, "cifar100": load_cifar100})
+
+
+class RandomHorizontalFlip:
+    """Mirror each image left-right with probability ``p``, each drawing its own coin."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        flip = torch.rand(images.shape[0], generator=generator, device=images.device) < self.p
+        return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+class RandomCropFlip:
+    """The standard CIFAR augmentation, batched: a random 32x32 crop of the image padded by
+    ``padding`` zeros (the same as a random shift of up to ``padding`` pixels), then a flip."""
+
+    def __init__(self, padding: int = 4):
+        self.crop, self.flip = RandomTranslate(padding), RandomHorizontalFlip()
+
+    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.flip(self.crop(images, generator), generator)

@@ -1,0 +1,121 @@
+"""Convolutional models for 32x32 CIFAR images, registered in :data:`kd.models.MODELS`.
+
+* ``resnet18_cifar``: torchvision's ResNet-18 with a 3x3 stride-1 stem and no max-pool.
+* ``resnet{8,14,20,32,44,56,110}``: the CIFAR ResNets of He et al. (2016), depth 6n + 2,
+  three stages of n torchvision ``BasicBlock``s with 16/32/64 channels.
+* ``plain_cnn{2,4,6,8,10}``: the plain CNNs of Mirzadeh et al. (2020), e.g. 2 layers =
+  Conv16-MaxPool-Conv16-MaxPool-FC10; each conv is 3x3, padding 1, with batch norm and ReLU.
+
+All answer the model contract: ``model(x)`` returns logits and every layer is a named submodule.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from kd.errors import ConfigError
+from kd.models import MODELS
+
+
+def resnet18_cifar(num_classes: int = 10) -> nn.Module:
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) of He et al. (2016) for CIFAR; shortcuts project with a 1x1 conv + BN."""
+
+    def __init__(self, depth: int, num_classes: int = 10,
+                 widths: tuple[int, int, int] = (16, 32, 64)):
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ConfigError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
+        blocks = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        channels = widths[0]
+        for index, width in enumerate(widths, start=1):
+            stride = 1 if index == 1 else 2
+            layers = []
+            for block in range(blocks):
+                downsample = None
+                if block == 0 and (stride != 1 or channels != width):
+                    downsample = nn.Sequential(nn.Conv2d(channels, width, 1, stride, bias=False),
+                                               nn.BatchNorm2d(width))
+                layers.append(BasicBlock(channels, width, stride if block == 0 else 1, downsample))
+                channels = width
+            self.add_module(f"layer{index}", nn.Sequential(*layers))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+# Mirzadeh et al. (2020), Teacher Assistant Knowledge Distillation: the plain CNN family.
+PLAIN_CNN_LAYOUTS = {
+    2: ["C16", "M", "C16", "M"],
+    4: ["C16", "C16", "M", "C32", "C32", "M"],
+    6: ["C16", "C16", "M", "C32", "C32", "M", "C64", "C64", "M"],
+    8: ["C16", "C16", "M", "C32", "C32", "M", "C64", "C64", "M", "C128", "C128", "M", "F64"],
+    10: ["C32", "C32", "M", "C64", "C64", "M", "C128", "C128", "M", "C256", "C256", "C256",
+         "C256", "M", "F128"],
+}
+
+
+class PlainCNN(nn.Module):
+    """A plain CNN from a layout: ``C<k>`` conv-BN-ReLU, ``M`` 2x2 max-pool, ``F<k>`` hidden FC."""
+
+    def __init__(self, layers: int, num_classes: int = 10, image_size: int = 32):
+        super().__init__()
+        if layers not in PLAIN_CNN_LAYOUTS:
+            raise ConfigError(f"plain CNN layers must be one of {sorted(PLAIN_CNN_LAYOUTS)}")
+        layout = PLAIN_CNN_LAYOUTS[layers]
+        features, channels, size = [], 3, image_size
+        for item in (i for i in layout if not i.startswith("F")):
+            if item == "M":
+                features.append(nn.MaxPool2d(2))
+                size //= 2
+            else:
+                width = int(item[1:])
+                features += [nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                             nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                channels = width
+        hidden, width = [], channels * size * size
+        for item in (i for i in layout if i.startswith("F")):
+            hidden += [nn.Linear(width, int(item[1:])), nn.ReLU(inplace=True)]
+            width = int(item[1:])
+        self.features = nn.Sequential(*features)
+        self.hidden = nn.Sequential(*hidden)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.hidden(torch.flatten(self.features(x), 1)))
+
+
+def flops_per_image(model: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> int:
+    """Floating-point operations of one forward pass of one image (torch's FLOP counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *image_shape, device=device))
+    model.train(was_training)
+    return counter.get_total_flops()
+
+
+MODELS["resnet18_cifar"] = resnet18_cifar
+MODELS.update({f"resnet{d}": partial(CifarResNet, d) for d in (8, 14, 20, 32, 44, 56, 110)})
+MODELS.update({f"plain_cnn{n}": partial(PlainCNN, n) for n in PLAIN_CNN_LAYOUTS})

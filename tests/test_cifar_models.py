@@ -1,0 +1,45 @@
+import pytest
+import torch
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from kd.cifar_models import CifarResNet, PlainCNN, flops_per_image
+from kd.errors import ConfigError
+from kd.models import build_model, parameter_count
+
+
+@pytest.mark.parametrize("name", ["resnet18_cifar", "resnet8", "resnet20", "plain_cnn2",
+                                  "plain_cnn4", "plain_cnn6", "plain_cnn8", "plain_cnn10"])
+def test_every_cifar_model_maps_images_to_logits(name):
+    model = build_model(name, num_classes=10).eval()
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_parameter_counts_match_the_architectures():
+    # He et al. report 0.27M parameters for ResNet-20 (0.078M for ResNet-8 by the same count).
+    assert parameter_count(CifarResNet(20)) == pytest.approx(0.27e6, rel=0.03)
+    assert parameter_count(build_model("resnet18_cifar")) == pytest.approx(11.17e6, rel=0.01)
+    # 2-layer plain CNN, by hand: conv 3*16*9 + BN 32 + conv 16*16*9 + BN 32 + FC 16*8*8*10 + 10
+    assert parameter_count(PlainCNN(2)) == 432 + 32 + 2304 + 32 + 10240 + 10
+
+
+def test_depth_grows_and_bad_depths_fail():
+    blocks = lambda model: sum(1 for n, _ in model.named_modules() if n.count(".") == 1
+                               and n.startswith("layer"))
+    assert blocks(CifarResNet(8)) == 3 and blocks(CifarResNet(56)) == 27
+    with pytest.raises(ConfigError, match="6n \\+ 2"):
+        CifarResNet(21)
+    with pytest.raises(ConfigError, match="plain CNN layers"):
+        PlainCNN(3)
+
+
+def test_features_are_reachable_by_name():
+    extractor = create_feature_extractor(CifarResNet(8).eval(), {"layer2": "mid", "fc": "logits"})
+    out = extractor(torch.zeros(1, 3, 32, 32))
+    assert out["mid"].shape == (1, 32, 16, 16) and out["logits"].shape == (1, 10)
+
+
+def test_flops_per_image():
+    # The 2-layer plain CNN by hand: 2 FLOPs per multiply-add.
+    expected = 2 * (32 * 32 * 16 * 27 + 16 * 16 * 16 * 144 + 1024 * 10)
+    assert flops_per_image(PlainCNN(2)) == expected
+    assert flops_per_image(CifarResNet(56)) > flops_per_image(CifarResNet(20)) > 0
