@@ -81,17 +81,18 @@ class Split:
 
     def without_classes(self, classes: Sequence[int]) -> "Split":
         """Drop every example whose label is in ``classes`` (e.g. the omitted-3 transfer set)."""
-        return self.subset(~torch.isin(self.labels, self._classes(classes)))
+        return self.subset(~self.class_mask(classes))
 
     def only_classes(self, classes: Sequence[int]) -> "Split":
         """Keep only the examples whose label is in ``classes`` (e.g. the 7s-and-8s transfer set)."""
-        return self.subset(torch.isin(self.labels, self._classes(classes)))
+        return self.subset(self.class_mask(classes))
 
-    def _classes(self, classes: Sequence[int]) -> Tensor:
+    def class_mask(self, classes: Sequence[int]) -> Tensor:
+        """Boolean ``[N]``: which examples have a label in ``classes``."""
         classes = torch.as_tensor(list(classes), dtype=torch.int64)
         if classes.numel() and (classes.min() < 0 or classes.max() >= self.num_classes):
             raise ConfigError(f"classes {classes.tolist()} outside 0..{self.num_classes - 1}")
-        return classes.to(self.labels.device)
+        return torch.isin(self.labels, classes.to(self.labels.device))
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 images -> float, scaled to [0, 1] and standardized per channel."""

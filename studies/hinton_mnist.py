@@ -98,14 +98,14 @@ PROFILES = {
 class TransferSet:
     """Which training images the student is distilled on, and which logits a bias fix shifts."""
 
-    keep: Callable[[torch.Tensor], torch.Tensor]  # labels -> boolean mask of examples kept
+    keep: Callable[[data.Split], torch.Tensor]  # split -> boolean mask of examples kept
     shifted_classes: tuple[int, ...] = ()
 
 
 TRANSFER_SETS = {
-    "all": TransferSet(lambda labels: torch.ones_like(labels, dtype=torch.bool)),
-    "no_3": TransferSet(lambda labels: ~class_mask(labels, (3,)), (3,)),
-    "only_7_8": TransferSet(lambda labels: class_mask(labels, (7, 8)), (7, 8)),
+    "all": TransferSet(lambda split: torch.ones_like(split.labels, dtype=torch.bool)),
+    "no_3": TransferSet(lambda split: ~split.class_mask([3]), (3,)),
+    "only_7_8": TransferSet(lambda split: split.class_mask([7, 8]), (7, 8)),
 }
 
 
@@ -199,7 +199,7 @@ class Run:
         return engine.predict(self.teacher(), self.train)
 
     def train_student(self, cell: Cell) -> tuple[nn.Module, int, float]:
-        keep = TRANSFER_SETS[cell.transfer].keep(self.train.labels)
+        keep = TRANSFER_SETS[cell.transfer].keep(self.train)
         transfer = self.train.subset(keep)
         objective = (CrossEntropy() if cell.temperature is None else
                      Distill(self.teacher(), cell.temperature, self.profile.alpha,
@@ -220,8 +220,9 @@ class Run:
             out["test_kl_teacher_student"] = metrics.predictive_kl(teacher_logits, logits)
         classes = TRANSFER_SETS[cell.transfer].shifted_classes
         if classes:
-            out["shifted_class_n"] = int(class_mask(labels, classes).sum())
-            out["shifted_class_errors"] = errors_among(logits, labels, classes)
+            shifted_mask = self.test.class_mask(classes)
+            out["shifted_class_n"] = int(shifted_mask.sum())
+            out["shifted_class_errors"] = errors_among(logits, labels, shifted_mask)
             fitted = metrics.fit_logit_shift(engine.predict(model, self.train), self.train.labels,
                                              classes)
             for tag, shift in (("paper", paper_shifts()[cell.transfer]), ("fitted", fitted)):
@@ -229,7 +230,8 @@ class Run:
                 out[f"shift_{tag}"] = round(shift, 4)
                 out.update({f"{k}_shift_{tag}": v for k, v in
                             summarize(shifted, labels, "test_", per_class=False).items()})
-                out[f"shifted_class_errors_shift_{tag}"] = errors_among(shifted, labels, classes)
+                out[f"shifted_class_errors_shift_{tag}"] = errors_among(shifted, labels,
+                                                                        shifted_mask)
         return out
 
 
@@ -245,13 +247,8 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, prefix: str,
     return out
 
 
-def class_mask(labels: torch.Tensor, classes: tuple[int, ...]) -> torch.Tensor:
-    return torch.isin(labels, torch.tensor(classes, device=labels.device))
-
-
-def errors_among(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[int, ...]) -> int:
-    """Errors on the examples whose true class is one of ``classes``."""
-    mask = class_mask(labels, classes)
+def errors_among(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> int:
+    """Errors on the examples selected by ``mask``."""
     return metrics.error_count(logits[mask], labels[mask])
 
 
