@@ -24,6 +24,7 @@ from kd.distill import Distill
 from kd.engine import TrainConfig
 from kd.losses import distillation_loss
 from kd.models import MLP
+from kd.results import hardware
 
 TEMPERATURE, ALPHA = 20.0, 0.9
 
@@ -84,8 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="epochs timed per loop; best kept")
     args = parser.parse_args(argv)
     device = engine.resolve_device(args.device)
-    from kd.results import hardware
-
     print(f"MNIST 800-800 student distillation, one epoch, batch {args.batch_size}, "
           f"{device} ({hardware(device.type)}), torch {torch.__version__}")
     ours_rate = max(ours(device, args.batch_size) for _ in range(args.repeats))

@@ -69,8 +69,7 @@ class Profile:
 # Adam with a cosine schedule for everyone: on a 2-core CPU it got the dropout teacher and the
 # students furthest in few epochs (SGD at lr 0.1 made the dropout teacher diverge; SGD at 0.2
 # made T = 20 students diverge, since at high T the soft loss behaves like a squared error).
-TEACHER_TRAIN = TrainConfig(optimizer="adam", lr=1e-3, batch_size=128)
-STUDENT_TRAIN = TrainConfig(optimizer="adam", lr=1e-3, batch_size=128)
+ADAM_COSINE = TrainConfig(optimizer="adam", lr=1e-3, batch_size=128)  # profiles set the epochs
 ALL_TEMPERATURES = (1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 15.0, 20.0, 30.0)
 
 PROFILES = {
@@ -78,19 +77,19 @@ PROFILES = {
         description="seconds: 2,000 training and 1,000 test images, 1 epoch, two temperatures",
         seeds=1, train_limit=2000, test_limit=1000, temperatures=(1.0, 20.0), widths=(30,),
         transfer_width=30,
-        teacher=dataclasses.replace(TEACHER_TRAIN, epochs=1),
-        student=dataclasses.replace(STUDENT_TRAIN, epochs=1)),
+        teacher=dataclasses.replace(ADAM_COSINE, epochs=1),
+        student=dataclasses.replace(ADAM_COSINE, epochs=1)),
     "quick": Profile(
         description="all of MNIST on a 2-core CPU in about 20 minutes: teacher 40 epochs, "
                     "students 10 epochs, one seed",
         seeds=1, temperatures=ALL_TEMPERATURES, widths=(800, 300, 30),
-        teacher=dataclasses.replace(TEACHER_TRAIN, epochs=40),
-        student=dataclasses.replace(STUDENT_TRAIN, epochs=10)),
+        teacher=dataclasses.replace(ADAM_COSINE, epochs=40),
+        student=dataclasses.replace(ADAM_COSINE, epochs=10)),
     "paper": Profile(
         description="long training for a GPU: teacher 300 epochs, students 100 epochs, 3 seeds",
         seeds=3, temperatures=ALL_TEMPERATURES, widths=(800, 300, 30),
-        teacher=dataclasses.replace(TEACHER_TRAIN, epochs=300),
-        student=dataclasses.replace(STUDENT_TRAIN, epochs=100)),
+        teacher=dataclasses.replace(ADAM_COSINE, epochs=300),
+        student=dataclasses.replace(ADAM_COSINE, epochs=100)),
 }
 
 
@@ -162,7 +161,7 @@ class Run:
                                     desc=f"teacher seed {self.seed}")
                 self.teacher_train_s = round(fitted.wall_s, 2)
                 self.cache.save(self.teacher_spec(), model.state_dict(),
-                                {"train_s": fitted.wall_s})
+                                {"train_s": self.teacher_train_s})
             else:
                 model.load_state_dict(hit["state_dict"])
                 self.teacher_train_s = hit["meta"].get("train_s")
