@@ -6,24 +6,25 @@ is logged separately by the engine. ``bind(train, augmented)`` runs once before 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kd.data import Batch, Split
 from kd.engine import predict
 from kd.errors import ConfigError
-from kd.losses import check_hyperparameters, distillation_terms
+from kd.losses import check_hyperparameters, label_cross_entropy, soft_target_kl
 
 
 class Objective:
-    """Base class: labels-only cross-entropy."""
+    """Base class: labels-only cross-entropy (one value per student for a stack of K)."""
 
     def bind(self, train: Split, augmented: bool) -> None:
         """Called by the engine before the first epoch."""
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = F.cross_entropy(model(batch.x).float(), batch.y)
+        loss = label_cross_entropy(model(batch.x), batch.y)
         return loss, {"ce": loss}
 
 
@@ -33,33 +34,48 @@ CrossEntropy = Objective
 class Distill(Objective):
     """Response-based distillation from a fixed teacher (Hinton et al. 2015).
 
-        L = (1 − α) · CE(s, y) + α · T² · KL(softmax_T(t) ‖ softmax_T(s))
+        L = (1 − α) · CE(s, y) + α · w · KL(softmax_T(t) ‖ softmax_T(s)),   w = T² (or 1)
+
+    ``t_squared=False`` drops the T² (w = 1), as some papers and tutorials do; the KD term's
+    gradient then shrinks like 1/T. For a :class:`kd.batched.StackedModels` of K students pass
+    ``temperature``, ``alpha`` and ``t_squared`` as sequences of length K (a number is shared
+    by all): the loss is then the vector of the K students' losses.
 
     The teacher is put in eval mode and runs under ``torch.no_grad()``. When the transfer set is
     not augmented, its logits for the whole set are computed once in :meth:`bind` and looked up
     by example index every epoch instead of running the teacher again.
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float, alpha: float,
+    def __init__(self, teacher: nn.Module, temperature: float | Sequence[float],
+                 alpha: float | Sequence[float], *, t_squared: bool | Sequence[bool] = True,
                  transfer_logits: Tensor | None = None):
         """transfer_logits: the teacher's logits for the whole transfer set, row i for example i,
         when the caller already has them (several students distilled from one teacher)."""
-        check_hyperparameters(temperature, alpha)
+        self.temperature, self.alpha, t_squared = torch.broadcast_tensors(
+            torch.as_tensor(temperature, dtype=torch.float32),
+            torch.as_tensor(alpha, dtype=torch.float32), torch.as_tensor(t_squared))
+        if self.temperature.dim() > 1:
+            raise ConfigError("temperature, alpha and t_squared must be numbers or 1-D sequences")
+        for t, a in zip(self.temperature.reshape(-1).tolist(), self.alpha.reshape(-1).tolist()):
+            check_hyperparameters(t, a)
+        self.kd_weight = torch.where(t_squared, self.temperature ** 2, 1.0)
         self.teacher = teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.temperature, self.alpha = temperature, alpha
         self.transfer_logits = transfer_logits
         self.cached_logits: Tensor | None = None
 
     def bind(self, train: Split, augmented: bool) -> None:
+        device = train.device
+        self.temperature, self.alpha, self.kd_weight = (
+            t.to(device) for t in (self.temperature, self.alpha, self.kd_weight))
         if augmented:
             self.cached_logits = None
         elif self.transfer_logits is not None:
             if self.transfer_logits.shape[0] != len(train):
                 raise ConfigError(f"transfer_logits has {self.transfer_logits.shape[0]} rows for "
                                   f"a transfer set of {len(train)} examples")
-            self.cached_logits = self.transfer_logits.to(train.device)
+            self.cached_logits = self.transfer_logits.to(device)
         else:
             self.cached_logits = predict(self.teacher, train)
 
@@ -71,6 +87,13 @@ class Distill(Objective):
         return self.teacher(batch.x).float()
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        ce, kd = distillation_terms(model(batch.x), self.teacher_logits(batch), batch.y,
-                                    self.temperature, self.alpha)
+        logits, teacher_logits = model(batch.x).float(), self.teacher_logits(batch)
+        expected = teacher_logits.shape if self.alpha.dim() == 0 else (
+            len(self.alpha), *teacher_logits.shape)
+        if logits.shape != expected:
+            raise ConfigError(f"student logits {tuple(logits.shape)} do not fit the teacher's "
+                              f"{tuple(teacher_logits.shape)} and {self.alpha.numel()} "
+                              f"setting(s) of alpha and T")
+        ce = label_cross_entropy(logits, batch.y)
+        kd = self.kd_weight * soft_target_kl(logits, teacher_logits, self.temperature)
         return (1 - self.alpha) * ce + self.alpha * kd, {"ce": ce, "kd": kd}

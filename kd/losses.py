@@ -6,6 +6,7 @@ softmax_T(z) = softmax(z / T), and KL(p ‖ q) = Σ_c p_c (log p_c − log q_c).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -26,6 +27,34 @@ def check_hyperparameters(temperature: float, alpha: float | None = None) -> Non
         raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
 
 
+def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor,
+                   temperature: float | Tensor) -> Tensor:
+    """Mean KL between the softened teacher and student distributions, without the T² factor.
+
+        (1/N) Σ_i KL(softmax_T(t_i) ‖ softmax_T(s_i))
+
+    Broadcasts over leading dimensions: ``student_logits`` may be ``[K, N, C]`` (K students),
+    ``teacher_logits`` ``[N, C]`` and ``temperature`` a tensor ``[K]``; the result is then ``[K]``.
+    Equal, up to the teacher's entropy (constant in the student), to the soft cross-entropy
+    CE(softmax_T(t), softmax_T(s)), so it has the same gradient.
+    """
+    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=student_logits.device)
+    temperature = temperature.reshape(temperature.shape + (1, 1))  # over [N, C]
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)
+
+
+def label_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy with the labels, (1/N) Σ_i −log softmax(s_i)[y_i].
+
+    Broadcasts like :func:`soft_target_kl`: logits ``[K, N, C]`` give one value per student.
+    """
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    index = targets.expand(log_q.shape[:-1]).unsqueeze(-1)
+    return -log_q.gather(-1, index).squeeze(-1).mean(-1)
+
+
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Soft-target loss of Hinton et al. (2015), scaled by T².
 
@@ -37,9 +66,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) 
     """
     _check_logits(student_logits, teacher_logits)
     check_hyperparameters(temperature)
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
-    return temperature ** 2 * F.kl_div(log_q, log_p, reduction="batchmean", log_target=True)
+    return temperature ** 2 * soft_target_kl(student_logits, teacher_logits, temperature)
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
@@ -66,4 +93,4 @@ def distillation_terms(student_logits: Tensor, teacher_logits: Tensor, targets: 
     return ce, kd_loss(student_logits, teacher_logits, temperature)
 
 
-__all__ = ["kd_loss", "distillation_loss", "distillation_terms", "check_hyperparameters"]
+__all__ = ["soft_target_kl", "label_cross_entropy", "kd_loss", "distillation_loss", "distillation_terms", "check_hyperparameters"]

@@ -14,14 +14,15 @@ from torch import Tensor
 from kd.errors import ConfigError
 
 
-def error_count(logits: Tensor, labels: Tensor) -> int:
-    """Σ 1[argmax logits ≠ y]."""
-    return int((logits.argmax(1) != labels).sum())
+def error_count(logits: Tensor, labels: Tensor) -> int | list:
+    """Σ 1[argmax logits ≠ y]; logits ``[K, N, C]`` of K models give a list of K counts."""
+    return (logits.argmax(-1) != labels).sum(-1).tolist()
 
 
-def accuracy(logits: Tensor, labels: Tensor) -> float:
-    """(1/n) Σ 1[argmax logits = y]."""
-    return 1.0 - error_count(logits, labels) / labels.numel()
+def accuracy(logits: Tensor, labels: Tensor) -> float | list:
+    """(1/n) Σ 1[argmax logits = y]; logits ``[K, N, C]`` of K models give a list of K."""
+    errors = torch.as_tensor(error_count(logits, labels), dtype=torch.float64)
+    return (1.0 - errors / labels.numel()).tolist()
 
 
 def per_class_errors(logits: Tensor, labels: Tensor, num_classes: int | None = None) -> Tensor:

@@ -106,3 +106,13 @@ def provenance(device: torch.device, wall_s: float) -> dict:
     return {"wall_s": round(wall_s, 2), "device": str(device), "hardware": hardware(device.type),
             "torch": torch.__version__, "git_commit": git_commit(),
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def mean_std(values: pd.Series, digits: int = 1) -> str:
+    """``mean ± std (n seeds)``; the std is left out for a single seed."""
+    values = values.dropna().astype(float)
+    if values.empty:
+        return "not run"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f} (1 seed)"
+    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} ({len(values)} seeds)"

@@ -41,7 +41,7 @@ from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.models import MLP, parameter_count
-from kd.results import ResultsTable, provenance
+from kd.results import ResultsTable, mean_std, provenance
 
 STUDY = "hinton_mnist"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -253,16 +253,6 @@ def errors_among(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor)
 
 # ----------------------------------------------------------------------------------------------
 # Paper vs ours
-
-def mean_std(values: pd.Series, digits: int = 1) -> str:
-    """``mean ± std (n seeds)``; the std is left out for a single seed."""
-    values = values.dropna().astype(float)
-    if values.empty:
-        return "not run"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f} (1 seed)"
-    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} ({len(values)} seeds)"
-
 
 def best_temperature(rows: pd.DataFrame, width: int) -> str:
     """The temperature with the fewest mean test errors among one width's distilled students."""

@@ -1,0 +1,89 @@
+"""K students of one architecture trained as one model (``torch.func``).
+
+:class:`StackedModels` stacks the parameters and buffers of K models along a new first dimension
+(``torch.func.stack_module_state``) and runs them with ``vmap(functional_call)``: one forward
+pass returns logits ``[K, N, C]``, one backward pass and one optimizer step update all K. For
+convolutions vmap becomes a grouped convolution, so K small students keep a GPU busy where one
+cannot. The students share every batch (so a live teacher runs once per step for all of them)
+and may differ in initialization and in the loss's hyper-parameters (see
+:class:`kd.distill.Distill`, which takes one α, T per student).
+
+Element-wise optimizers (SGD with momentum and weight decay, Adam) update each slice exactly as
+they would the separate model, so K stacked students train as K sequential runs would, up to
+floating-point rounding: ``tests/test_batched.py`` checks it for K = 2.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from kd.errors import ConfigError
+
+
+class StackedModels(nn.Module):
+    """K models of one architecture as one module: ``forward(x [N, ...]) -> [K, N, C]``."""
+
+    supports_channels_last = False  # its conv weights are 5-D [K, out, in, h, w]
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        models = list(models)
+        if not models:
+            raise ConfigError("StackedModels needs at least one model")
+        shapes = {tuple((n, tuple(p.shape)) for n, p in m.state_dict().items()) for m in models}
+        if len(shapes) > 1:
+            raise ConfigError("StackedModels needs models of one architecture (same state_dict "
+                              "names and shapes)")
+        params, buffers = stack_module_state(models)
+        self.param_names, self.buffer_names = list(params), list(buffers)
+        self.stacked_params = nn.ParameterList(nn.Parameter(params[n].detach())
+                                               for n in self.param_names)
+        for i, name in enumerate(self.buffer_names):
+            self.register_buffer(f"stacked_buffer{i}", buffers[name])
+        # The skeleton the stacked tensors are plugged into; kept out of the module tree (a
+        # list) so it owns no parameters, and on the meta device so it holds no memory.
+        self._skeleton = [copy.deepcopy(models[0]).to("meta")]
+        self.size = len(models)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _stacked(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        params = dict(zip(self.param_names, self.stacked_params))
+        buffers = {n: getattr(self, f"stacked_buffer{i}") for i, n in enumerate(self.buffer_names)}
+        return params, buffers
+
+    def train(self, mode: bool = True) -> "StackedModels":
+        self._skeleton[0].train(mode)  # batch norm and dropout read the skeleton's mode
+        return super().train(mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        skeleton = self._skeleton[0]
+
+        def one_model(params, buffers, inputs):
+            return functional_call(skeleton, (params, buffers), (inputs,))
+
+        # randomness="different": each student draws its own dropout masks
+        return vmap(one_model, in_dims=(0, 0, None), randomness="different")(*self._stacked(), x)
+
+    def state_dicts(self) -> list[dict[str, Tensor]]:
+        """The K models' own state dicts (views into the stacked tensors, detached)."""
+        params, buffers = self._stacked()
+        merged = {**params, **buffers}
+        return [{n: t[k].detach() for n, t in merged.items()} for k in range(self.size)]
+
+    def unstack(self, models: Sequence[nn.Module]) -> list[nn.Module]:
+        """Copy the K trained slices back into K models of the architecture; returns them."""
+        if len(models) != self.size:
+            raise ConfigError(f"unstack needs {self.size} models, got {len(models)}")
+        for model, state in zip(models, self.state_dicts()):
+            model.load_state_dict(state)
+        return list(models)
+
+
+__all__ = ["StackedModels"]

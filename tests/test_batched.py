@@ -1,0 +1,145 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kd import data, engine
+from kd.batched import StackedModels
+from kd.cifar import RandomCropFlip
+from kd.cifar_models import PlainCNN
+from kd.distill import CrossEntropy, Distill
+from kd.engine import TrainConfig
+from kd.errors import ConfigError
+from kd.models import MLP
+
+CONFIG = TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9,
+                     weight_decay=5e-4, schedule="cosine")
+SETTINGS = [dict(temperature=2.0, alpha=0.9, t_squared=True, seed=1),
+            dict(temperature=10.0, alpha=0.5, t_squared=False, seed=2)]
+
+
+def tiny_cifar(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 60, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    images[torch.arange(n), labels % 3] += 120  # a learnable colour cue
+    return data.Split(images, labels, (0.3, 0.3, 0.3), (0.25, 0.25, 0.25))
+
+
+def student(seed):
+    torch.manual_seed(seed)
+    return PlainCNN(2)
+
+
+def teacher():
+    torch.manual_seed(99)
+    return PlainCNN(4).eval()
+
+
+def test_k2_stack_trains_exactly_like_two_sequential_runs():
+    """Same init seeds, same data seed, live teacher on augmented batches, SGD with momentum and
+    weight decay, batch norm: the stacked pair ends where the two separate runs end."""
+    train, test = tiny_cifar(), tiny_cifar(seed=1)
+    sequential = []
+    for s in SETTINGS:
+        model = student(s["seed"])
+        objective = Distill(teacher(), s["temperature"], s["alpha"], t_squared=s["t_squared"])
+        history = engine.fit(model, train, objective, CONFIG, seed=5, augment=RandomCropFlip(),
+                             eval_sets={"test": test}).history
+        sequential.append((model, history))
+
+    stack = StackedModels([student(s["seed"]) for s in SETTINGS])
+    objective = Distill(teacher(), [s["temperature"] for s in SETTINGS],
+                        [s["alpha"] for s in SETTINGS],
+                        t_squared=[s["t_squared"] for s in SETTINGS])
+    history = engine.fit(stack, train, objective, CONFIG, seed=5, augment=RandomCropFlip(),
+                         eval_sets={"test": test}).history
+
+    for k, (model, seq_history) in enumerate(sequential):
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(stack.state_dicts()[k][name], value, rtol=1e-4,
+                                       atol=1e-5, msg=name)
+        for epoch, seq_record in zip(history, seq_history):
+            assert epoch["test_errors"][k] == seq_record["test_errors"]
+            for key in ("train_loss", "train_ce", "train_kd"):
+                assert epoch[key][k] == pytest.approx(seq_record[key], rel=1e-4)
+    # the two students really did train differently (different α, T, init)
+    assert not torch.allclose(sequential[0][0].classifier.weight,
+                              sequential[1][0].classifier.weight)
+
+
+def test_stacked_forward_and_unstack_round_trip():
+    models = [student(1), student(2), student(3)]
+    stack, separate = StackedModels(models), [student(1), student(2), student(3)]
+    x = torch.randn(5, 3, 32, 32)
+    # train mode: batch statistics, and each student's running statistics move with its own
+    torch.testing.assert_close(stack.train()(x), torch.stack([m.train()(x) for m in separate]))
+    # eval mode: the running statistics just updated
+    torch.testing.assert_close(stack.eval()(x), torch.stack([m.eval()(x) for m in separate]))
+    copies = stack.unstack([student(7), student(8), student(9)])
+    for original, copy in zip(separate, copies):
+        for name, value in original.state_dict().items():
+            torch.testing.assert_close(copy.state_dict()[name], value, msg=name)
+
+
+def test_per_student_loss_matches_the_formula_by_hand():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 6, 5, generator=g), torch.randn(6, 5, generator=g)
+    y = torch.arange(6) % 5
+    temperatures, alphas, squared = [2.0, 5.0], [0.25, 0.75], [True, False]
+    objective = Distill(MLP(4, (2,), 5), temperatures, alphas, t_squared=squared,
+                        transfer_logits=t)
+    objective.bind(data.Split(torch.zeros(6, 1, 2, 2, dtype=torch.uint8), y, (0.0,), (1.0,),
+                              num_classes=5), augmented=False)
+    batch = data.Batch(torch.zeros(6, 4), y, torch.arange(6))
+    loss, terms = objective(lambda x: s, batch)
+    for k in range(2):
+        T, a = temperatures[k], alphas[k]
+        p, log_q = F.softmax(t / T, 1), F.log_softmax(s[k] / T, 1)
+        kl = float((p * (p.log() - log_q)).sum(1).mean())
+        ce = float(-F.log_softmax(s[k], 1)[torch.arange(6), y].mean())
+        weight = T * T if squared[k] else 1.0
+        assert float(terms["ce"][k]) == pytest.approx(ce, rel=1e-5)
+        assert float(terms["kd"][k]) == pytest.approx(weight * kl, rel=1e-5)
+        assert float(loss[k]) == pytest.approx((1 - a) * ce + a * weight * kl, rel=1e-5)
+
+
+def test_dropping_t_squared_divides_the_kd_gradient_by_t_squared():
+    t = torch.randn(4, 3)
+    grads = []
+    for squared in (True, False):
+        s = torch.randn(4, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        objective = Distill(MLP(4, (2,), 3), 8.0, 1.0, t_squared=squared, transfer_logits=t)
+        objective.bind(data.Split(torch.zeros(4, 1, 2, 2, dtype=torch.uint8),
+                                  torch.zeros(4, dtype=torch.long), (0.0,), (1.0,), 3), False)
+        loss, _ = objective(lambda x: s, data.Batch(torch.zeros(4, 4), torch.zeros(4).long(),
+                                                     torch.arange(4)))
+        loss.backward()
+        grads.append(s.grad)
+    torch.testing.assert_close(grads[0], 64.0 * grads[1])
+
+
+def test_mismatches_fail_clearly():
+    with pytest.raises(ConfigError, match="one architecture"):
+        StackedModels([PlainCNN(2), PlainCNN(4)])
+    with pytest.raises(ConfigError, match="at least one"):
+        StackedModels([])
+    with pytest.raises(ConfigError, match="alpha must be in"):
+        Distill(MLP(4, (2,), 2), [1.0, 2.0], [0.5, 1.5])
+    with pytest.raises(RuntimeError):  # three temperatures for two alphas
+        Distill(MLP(4, (2,), 2), [1.0, 2.0, 3.0], [0.5, 0.5])
+    stack = StackedModels([student(1), student(2)])
+    objective = Distill(teacher(), [1.0, 2.0, 3.0], 0.5)  # 3 settings for 2 students
+    with pytest.raises(ConfigError, match="do not fit"):
+        engine.fit(stack, tiny_cifar(16), objective, CONFIG, seed=0)
+
+
+def test_cross_entropy_stack_trains_each_student():
+    stack = StackedModels([student(1), student(2)])
+    result = engine.fit(stack, tiny_cifar(), CrossEntropy(), CONFIG, seed=0,
+                        eval_sets={"test": tiny_cifar(seed=1)})
+    record = result.final
+    assert len(record["test_accuracy"]) == 2 and len(record["test_errors"]) == 2
+    assert len(record["train_loss"]) == 2 and all(map(math.isfinite, record["train_loss"]))
+    assert record["train_loss"][0] != record["train_loss"][1]
