@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Callable, Sequence
 
@@ -20,9 +21,23 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
     parser.add_argument("--seeds", type=positive_int, default=None,
                         help="number of seeds (0, 1, ..., N-1); default: the profile's")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile every training forward pass (for GPUs; slow to start)")
     parser.add_argument("--results", default=None,
                         help="results root (default $KD_RESULTS or results/)")
     return parser
+
+
+def with_compile(profile, enabled: bool):
+    """The profile with ``compile=True`` in every :class:`~kd.engine.TrainConfig` it holds."""
+    from kd.engine import TrainConfig
+
+    if not enabled:
+        return profile
+    changes = {f.name: dataclasses.replace(getattr(profile, f.name), compile=True)
+               for f in dataclasses.fields(profile)
+               if isinstance(getattr(profile, f.name), TrainConfig)}
+    return dataclasses.replace(profile, **changes)
 
 
 def positive_int(text: str) -> int:

@@ -32,6 +32,8 @@ class TrainConfig:
     schedule: ``constant``, ``cosine`` (to 0 over all steps), ``linear`` (to 0), or ``step``
     (multiply by ``gamma`` at each epoch in ``milestones``); ``warmup_epochs`` ramps linearly first.
     checkpoint_epochs: epochs after which a copy of the weights is kept (0 = before training).
+    compile: run the training forward pass through ``torch.compile`` (the first epoch pays for
+    the compilation; evaluation stays eager).
     """
 
     epochs: int = 10
@@ -46,6 +48,7 @@ class TrainConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
     checkpoint_epochs: tuple[int, ...] = ()
+    compile: bool = False  # torch.compile the training forward pass (worth it on a GPU)
 
     def __post_init__(self):
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
@@ -162,6 +165,7 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *, seed:
         optimizer, lambda step: lr_multiplier(step / steps_per_epoch, config))
     objective.bind(train, augmented=augment is not None)
     post_step = getattr(model, "post_step", None)
+    forward = torch.compile(model) if config.compile else model  # shares model's parameters
     result = FitResult()
     if 0 in config.checkpoint_epochs:
         result.checkpoints[0] = _cpu_state(model)
@@ -173,7 +177,7 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *, seed:
         for batch in iterate_batches(train, config.batch_size, generator=generator,
                                      augment=augment):
             with autocast(device):
-                loss, terms = objective(model, batch)
+                loss, terms = objective(forward, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # a stack of K students: each slice gets its own gradient
             optimizer.step()

@@ -36,7 +36,7 @@ from torch import nn
 
 from kd import data, engine, metrics
 from kd.cache import ModelCache
-from kd.cli import run_main, study_parser
+from kd.cli import run_main, study_parser, with_compile
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.errors import ConfigError
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true",
                         help="print the paper-vs-ours table of the profile's results and exit")
     args = parser.parse_args(argv)
-    profile = PROFILES[args.profile]
+    profile = with_compile(PROFILES[args.profile], args.compile)
     if args.report:
         rows = ResultsTable(STUDY, args.profile, args.results and Path(args.results)).read()
         if rows.empty:

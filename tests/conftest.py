@@ -7,6 +7,8 @@ import os
 import struct
 from pathlib import Path
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -72,5 +74,30 @@ def mnist_root(tmp_path, monkeypatch) -> Path:
     root = real_mnist_root()
     if root is None:
         root = write_fake_mnist(tmp_path / "data", n_train=3000, n_test=1000)
+    monkeypatch.setenv("KD_DATA", str(root))
+    return root
+
+
+def write_pickled_layout(root: Path, name: str, n_train: int = 20, n_test: int = 10) -> Path:
+    """A tiny data set in torchvision's pickled CIFAR layout."""
+    from kd import cifar
+
+    folder_name, train_files, test_files, label_key, classes, *_ = cifar.LAYOUTS[name]
+    folder = root / folder_name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for files, n in ((train_files, n_train), (test_files, n_test)):
+        for file in files:
+            batch = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+                     label_key: list(rng.integers(0, classes, n))}
+            with open(folder / file, "wb") as handle:
+                pickle.dump(batch, handle)
+    return root
+
+
+@pytest.fixture
+def fake_cifar10(tmp_path, monkeypatch) -> Path:
+    """KD_DATA pointing at a tiny random CIFAR-10 (600 train, 300 test) in torchvision's layout."""
+    root = write_pickled_layout(tmp_path / "fake_cifar", "cifar10", n_train=120, n_test=300)
     monkeypatch.setenv("KD_DATA", str(root))
     return root

@@ -9,22 +9,7 @@ from PIL import Image
 
 from kd import cifar, data
 from kd.errors import DataNotFoundError
-from tests.conftest import REPO
-
-
-def write_pickled_layout(root: Path, name: str, n_train: int = 20, n_test: int = 10) -> Path:
-    """A tiny data set in torchvision's pickled CIFAR layout."""
-    folder_name, train_files, test_files, label_key, classes, *_ = cifar.LAYOUTS[name]
-    folder = root / folder_name
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for files, n in ((train_files, n_train), (test_files, n_test)):
-        for file in files:
-            batch = {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
-                     label_key: list(rng.integers(0, classes, n))}
-            with open(folder / file, "wb") as handle:
-                pickle.dump(batch, handle)
-    return root
+from tests.conftest import REPO, write_pickled_layout
 
 
 def test_cifar10_from_torchvision_layout(tmp_path, monkeypatch):

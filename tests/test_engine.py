@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -5,6 +6,7 @@ import torch
 from torch import nn
 
 from kd import data, engine
+from kd.cli import with_compile
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.errors import ConfigError
@@ -187,3 +189,19 @@ def test_precomputed_transfer_logits_are_used_and_checked():
     short = Distill(teacher, temperature=2.0, alpha=0.5, transfer_logits=logits[:10])
     with pytest.raises(ConfigError, match="10 rows for a transfer set of 96"):
         short.bind(split, augmented=False)
+
+
+def test_compiled_forward_trains_like_eager():
+    config = TrainConfig(epochs=1, batch_size=16, lr=0.05)
+    eager, _ = train_once(3, config)
+    compiled, _ = train_once(3, dataclasses.replace(config, compile=True))
+    for (name, value), other in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(other, value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_compile_flag_reaches_every_train_config_of_a_profile():
+    from studies.alpha_temperature import PROFILES
+
+    profile = with_compile(PROFILES["smoke"], True)
+    assert profile.teacher.compile and profile.student.compile
+    assert with_compile(PROFILES["smoke"], False) is PROFILES["smoke"]

@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from studies import hinton_mnist
+from studies import alpha_temperature, hinton_mnist
 from tests.conftest import REPO
 
 
@@ -29,3 +29,12 @@ def test_hinton_notebook_draws_its_figures_from_smoke_results(mnist_root, tmp_pa
 def test_hinton_notebook_fails_clearly_without_results(tmp_path):
     with pytest.raises(Exception, match="no results"):
         execute(REPO / "notebooks" / "hinton_mnist.ipynb")
+
+
+def test_alpha_temperature_notebook_draws_heatmaps_from_smoke_results(fake_cifar10, monkeypatch):
+    alpha_temperature.main(["--profile", "smoke", "--device", "cpu"])
+    monkeypatch.setenv("KD_PROFILE", "smoke")
+    execute(REPO / "notebooks" / "alpha_temperature.ipynb")
+    figures = Path(os.environ["KD_FIGURES"])
+    for name in ("alpha_temperature_heatmaps.png", "alpha_temperature_curves.png"):
+        assert (figures / name).stat().st_size > 10_000, name
