@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from kd.data import cache_root
+from kd.engine import fit
 
 CACHE_VERSION = 2  # 2: fused Adam
 
@@ -45,11 +47,32 @@ class ModelCache:
             return None
         return entry if entry.get("spec") == json.loads(json.dumps(spec, default=str)) else None
 
-    def save(self, spec: dict, state_dict: dict, meta: dict | None = None) -> Path:
+    def save(self, spec: dict, state_dict: dict, meta: dict | None = None,
+             checkpoints: dict[int, dict] | None = None) -> Path:
+        """Store weights, metadata and optional earlier checkpoints ``{epoch: state_dict}``."""
         path = self.path(spec)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save({"spec": json.loads(json.dumps(spec, default=str)), "meta": meta or {},
-                    "state_dict": state_dict}, tmp)
+                    "state_dict": state_dict, "checkpoints": checkpoints or {}}, tmp)
         os.replace(tmp, path)
         return path
+
+    def fit(self, spec: dict, model: nn.Module, train, objective, config, *, seed: int,
+            augment=None, desc: str = "train") -> tuple[nn.Module, dict, dict[int, dict]]:
+        """Load ``model``'s weights for ``spec``, or train it with :func:`kd.engine.fit` and store
+        them; either way return ``(model in eval mode, meta, checkpoints)``.
+
+        ``spec`` must name everything that decides the weights (architecture, data, seed, the
+        training config with its checkpoint epochs). meta holds ``train_s``, the training time
+        when the model was trained.
+        """
+        hit = self.load(spec)
+        if hit is None:
+            fitted = fit(model, train, objective, config, seed=seed, augment=augment, desc=desc)
+            meta = {"train_s": round(fitted.wall_s, 2)}
+            hit = {"meta": meta, "checkpoints": fitted.checkpoints}
+            self.save(spec, model.state_dict(), meta, fitted.checkpoints)
+        else:
+            model.load_state_dict(hit["state_dict"])
+        return model.eval(), hit["meta"], hit.get("checkpoints", {})

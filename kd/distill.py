@@ -23,6 +23,9 @@ class Objective:
     def bind(self, train: Split, augmented: bool) -> None:
         """Called by the engine before the first epoch."""
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the engine before each epoch (the first is 1)."""
+
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         loss = label_cross_entropy(model(batch.x), batch.y)
         return loss, {"ce": loss}
@@ -41,6 +44,10 @@ class Distill(Objective):
     ``temperature``, ``alpha`` and ``t_squared`` as sequences of length K (a number is shared
     by all): the loss is then the vector of the K students' losses.
 
+    ``kd_until_epoch=E`` stops the soft term after epoch E (Cho & Hariharan 2019's early-stopped
+    knowledge distillation): from epoch E + 1 the student trains on CE alone, and the teacher is
+    no longer run.
+
     The teacher is put in eval mode and runs under ``torch.no_grad()``. When the transfer set is
     not augmented, its logits for the whole set are computed once in :meth:`bind` and looked up
     by example index every epoch instead of running the teacher again.
@@ -48,7 +55,7 @@ class Distill(Objective):
 
     def __init__(self, teacher: nn.Module, temperature: float | Sequence[float],
                  alpha: float | Sequence[float], *, t_squared: bool | Sequence[bool] = True,
-                 transfer_logits: Tensor | None = None):
+                 transfer_logits: Tensor | None = None, kd_until_epoch: int | None = None):
         """transfer_logits: the teacher's logits for the whole transfer set, row i for example i,
         when the caller already has them (several students distilled from one teacher)."""
         self.temperature, self.alpha, t_squared = torch.broadcast_tensors(
@@ -64,6 +71,12 @@ class Distill(Objective):
             p.requires_grad_(False)
         self.transfer_logits = transfer_logits
         self.cached_logits: Tensor | None = None
+        if kd_until_epoch is not None and kd_until_epoch < 0:
+            raise ConfigError(f"kd_until_epoch must be >= 0, got {kd_until_epoch}")
+        self.kd_until_epoch, self.kd_active = kd_until_epoch, True
+
+    def start_epoch(self, epoch: int) -> None:
+        self.kd_active = self.kd_until_epoch is None or epoch <= self.kd_until_epoch
 
     def bind(self, train: Split, augmented: bool) -> None:
         device = train.device
@@ -87,6 +100,8 @@ class Distill(Objective):
         return self.teacher(batch.x).float()
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        if not self.kd_active:
+            return super().__call__(model, batch)
         logits, teacher_logits = model(batch.x).float(), self.teacher_logits(batch)
         expected = teacher_logits.shape if self.alpha.dim() == 0 else (
             len(self.alpha), *teacher_logits.shape)

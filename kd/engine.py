@@ -152,7 +152,8 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *, seed:
     """Train ``model`` in place on ``train`` and return per-epoch history and checkpoints.
 
     objective: ``objective(model, batch) -> (loss, {term: value})``; its ``bind(train, augmented)``
-    is called first (a distiller caches its teacher's logits there when nothing is augmented).
+    is called first (a distiller caches its teacher's logits there when nothing is augmented),
+    and ``start_epoch(epoch)`` before each epoch (epochs count from 1).
     eval_sets: splits on the same device, evaluated after every epoch (accuracy and errors).
     """
     device = train.device
@@ -173,6 +174,7 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *, seed:
     bar = tqdm(range(1, config.epochs + 1), desc=desc, leave=False, disable=None)
     for epoch in bar:
         model.train()
+        objective.start_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
         for batch in iterate_batches(train, config.batch_size, generator=generator,
                                      augment=augment):

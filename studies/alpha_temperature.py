@@ -143,17 +143,11 @@ class Run:
         """Trained once (with crop + flip) and kept in the model cache."""
         engine.seed_everything(TEACHER_SEED)
         model = engine.prepare_model(build_model(self.profile.teacher_arch), self.device)
-        hit = self.cache.load(self.teacher_spec())
-        if hit is None:
-            fitted = engine.fit(model, self.train, CrossEntropy(), self.profile.teacher,
-                                seed=TEACHER_SEED, augment=RandomCropFlip(), desc="teacher")
-            self.teacher_train_s = round(fitted.wall_s, 2)
-            self.cache.save(self.teacher_spec(), model.state_dict(),
-                            {"train_s": self.teacher_train_s})
-        else:
-            model.load_state_dict(hit["state_dict"])
-            self.teacher_train_s = hit["meta"].get("train_s")
-        return model.eval()
+        model, meta, _ = self.cache.fit(self.teacher_spec(), model, self.train, CrossEntropy(),
+                                        self.profile.teacher, seed=TEACHER_SEED,
+                                        augment=RandomCropFlip(), desc="teacher")
+        self.teacher_train_s = meta.get("train_s")
+        return model
 
     @functools.cached_property
     def teacher_test_logits(self) -> torch.Tensor:

@@ -154,18 +154,11 @@ class Run:
         if self._teacher is None:
             engine.seed_everything(self.seed)
             model = engine.prepare_model(MLP(784, **TEACHER_ARCH), self.device)
-            hit = self.cache.load(self.teacher_spec())
-            if hit is None:
-                fitted = engine.fit(model, self.train, CrossEntropy(), self.profile.teacher,
-                                    seed=self.seed, augment=data.RandomTranslate(JITTER_PIXELS),
-                                    desc=f"teacher seed {self.seed}")
-                self.teacher_train_s = round(fitted.wall_s, 2)
-                self.cache.save(self.teacher_spec(), model.state_dict(),
-                                {"train_s": self.teacher_train_s})
-            else:
-                model.load_state_dict(hit["state_dict"])
-                self.teacher_train_s = hit["meta"].get("train_s")
-            self._teacher = model.eval()
+            self._teacher, meta, _ = self.cache.fit(
+                self.teacher_spec(), model, self.train, CrossEntropy(), self.profile.teacher,
+                seed=self.seed, augment=data.RandomTranslate(JITTER_PIXELS),
+                desc=f"teacher seed {self.seed}")
+            self.teacher_train_s = meta.get("train_s")
         return self._teacher
 
     @functools.cached_property

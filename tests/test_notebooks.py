@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from studies import alpha_temperature, hinton_mnist
+from studies import alpha_temperature, capacity_gap, early_stopping, hinton_mnist
 from tests.conftest import REPO
 
 
@@ -37,4 +37,17 @@ def test_alpha_temperature_notebook_draws_heatmaps_from_smoke_results(fake_cifar
     execute(REPO / "notebooks" / "alpha_temperature.ipynb")
     figures = Path(os.environ["KD_FIGURES"])
     for name in ("alpha_temperature_heatmaps.png", "alpha_temperature_curves.png"):
+        assert (figures / name).stat().st_size > 10_000, name
+
+
+def test_capacity_gap_and_early_stopping_notebooks_draw_from_smoke_results(fake_cifar10,
+                                                                            monkeypatch):
+    capacity_gap.main(["--profile", "smoke", "--device", "cpu"])
+    early_stopping.main(["--profile", "smoke", "--device", "cpu"])
+    monkeypatch.setenv("KD_PROFILE", "smoke")
+    execute(REPO / "notebooks" / "capacity_gap.ipynb")
+    execute(REPO / "notebooks" / "early_stopping.ipynb")
+    figures = Path(os.environ["KD_FIGURES"])
+    for name in ("capacity_gap_teachers.png", "capacity_gap_assistants.png",
+                 "early_stopping_checkpoints.png", "early_stopping_eskd.png"):
         assert (figures / name).stat().st_size > 10_000, name

@@ -1,0 +1,197 @@
+"""The capacity gap: bigger teachers are not always better teachers, and teacher assistants help.
+
+Cho & Hariharan (2019) and Mirzadeh et al. (2020): a family of teachers of growing capacity is
+distilled into one fixed small student; the student's accuracy rises with the teacher's and then
+falls, while the teachers keep getting better. Mirzadeh et al. put a teacher assistant (TA) of
+middle size between a large teacher and the student (teacher → TA → student) and report that
+it closes part of the gap.
+
+Cells of one seed and family (each one trained model and one row):
+
+* ``teacher/<arch>``: a teacher on labels, crop + flip;
+* ``scratch/<student>``: the student on labels only;
+* ``kd/<teacher>/<student>``: the student distilled from a teacher;
+* ``ta/<teacher>/<ta>``: a teacher assistant distilled from the teacher;
+* ``kd/<teacher>/<ta>/<student>``: the student distilled from that assistant.
+
+Every distilled model uses (1 − α)·CE + α·T²·KL with T = 4 and α = 0.9 (Mirzadeh et al. searched
+these per model; we fix them). Teachers come from :mod:`studies.cifar_zoo`, shared with the
+early-stopping study. Mirzadeh et al.'s numbers (best test accuracy over epochs after a
+hyper-parameter search) live in ``studies/reference/capacity_gap.csv``; ours are the final epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from kd import engine
+from kd.cli import run_main, study_parser
+from kd.errors import ConfigError
+from kd.results import ResultsTable, mean_std, provenance
+from studies.cifar_zoo import ZOO_PROFILES, Teacher, Zoo, make_zoo, table_profile
+
+STUDY = "capacity_gap"
+REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    student: str
+    teachers: tuple[str, ...]  # by growing capacity
+    assistants: tuple[tuple[str, str], ...] = ()  # (teacher, assistant) chains to the student
+
+
+PLAIN = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn6", "plain_cnn8", "plain_cnn10"),
+               (("plain_cnn10", "plain_cnn8"), ("plain_cnn10", "plain_cnn6"),
+                ("plain_cnn10", "plain_cnn4")))
+RESNET = Family("resnet", "resnet8", ("resnet14", "resnet20", "resnet32", "resnet44",
+                                      "resnet56", "resnet110"),
+                (("resnet110", "resnet56"), ("resnet110", "resnet32"), ("resnet110", "resnet20"),
+                 ("resnet110", "resnet14")))
+# On a 2-core CPU: the plain CNNs up to 8 layers (a 10-layer CNN trains at ~100 images/s).
+PLAIN_QUICK = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn6", "plain_cnn8"),
+                     (("plain_cnn8", "plain_cnn6"), ("plain_cnn8", "plain_cnn4")))
+PLAIN_SMOKE = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn6"),
+                     (("plain_cnn6", "plain_cnn4"),))
+
+FAMILIES = {"smoke": (PLAIN_SMOKE,), "quick": (PLAIN_QUICK,), "paper": (PLAIN, RESNET)}
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    family: str
+    role: str  # teacher, scratch, kd, ta, ta_kd
+    arch: str  # the model this cell trains
+    chain: tuple[str, ...] = ()  # its teachers, outermost first
+
+
+def plan(families: tuple[Family, ...]) -> list[Cell]:
+    """Every cell of one seed, each after the cells whose models it needs."""
+    cells = []
+    for f in families:
+        cells += [Cell(f"teacher/{t}", f.name, "teacher", t) for t in f.teachers]
+        cells.append(Cell(f"scratch/{f.student}", f.name, "scratch", f.student))
+        cells += [Cell(f"kd/{t}/{f.student}", f.name, "kd", f.student, (t,)) for t in f.teachers]
+        for teacher, assistant in f.assistants:
+            cells.append(Cell(f"ta/{teacher}/{assistant}", f.name, "ta", assistant, (teacher,)))
+            cells.append(Cell(f"kd/{teacher}/{assistant}/{f.student}", f.name, "ta_kd",
+                              f.student, (teacher, assistant)))
+    return cells
+
+
+class Run:
+    """One seed: trains (or loads from the cache) each cell's model and describes it."""
+
+    def __init__(self, zoo: Zoo, seed: int):
+        self.zoo, self.seed = zoo, seed
+        self.models: dict[tuple[str, ...], Teacher] = {}  # chain + arch -> trained model
+
+    def model(self, chain: tuple[str, ...], arch: str) -> tuple[Teacher, dict]:
+        """``arch`` distilled along ``chain`` (a teacher when the chain is empty)."""
+        if not chain:
+            teacher, meta, _ = self.zoo.teacher(arch, self.seed)
+            return teacher, meta
+        teacher = self.trained(chain[:-1], chain[-1])
+        return self.zoo.distilled(arch, self.seed, teacher)
+
+    def trained(self, chain: tuple[str, ...], arch: str) -> Teacher:
+        if (*chain, arch) not in self.models:
+            self.models[(*chain, arch)] = self.model(chain, arch)[0]
+        return self.models[(*chain, arch)]
+
+    def run(self, cell: Cell) -> dict:
+        if cell.role == "scratch":
+            model, meta = self.zoo.distilled(cell.arch, self.seed, None)
+        else:
+            model, meta = self.model(cell.chain, cell.arch)
+        self.models[(*cell.chain, cell.arch)] = model
+        row = {"family": cell.family, "role": cell.role, "chain": " > ".join(
+            (*cell.chain, cell.arch)), **self.zoo.describe(model, meta)}
+        if cell.chain:
+            teacher = self.trained(cell.chain[:-1], cell.chain[-1])
+            row.update(teacher=teacher.arch, teacher_accuracy=self.zoo.accuracy(teacher),
+                       **self.zoo.agreement(model, teacher))
+        return row
+
+
+# ----------------------------------------------------------------------------------------------
+# Paper vs ours
+
+def comparison(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mirzadeh et al.'s Tables 1 to 3 beside ours (mean ± std over seeds, final epoch)."""
+    reference = pd.read_csv(REFERENCE)
+    ours = lambda cell: mean_std(rows.loc[rows["cell"] == cell, "test_accuracy"] * 100, 2)
+    return pd.DataFrame([(r.quantity, r.value, ours(r.cell)) for r in reference.itertuples()],
+                        columns=["quantity", "paper (best epoch, tuned)", "ours (final epoch)"])
+
+
+def report(rows: pd.DataFrame) -> str:
+    frame = comparison(rows)
+    lines = ["| quantity | Mirzadeh et al. (best epoch, tuned) | ours (final epoch) |",
+             "| --- | --- | --- |"]
+    lines += [f"| {q} | {p:.2f} | {o} |" for q, p, o in frame.itertuples(index=False)]
+    students = rows[rows["role"] == "kd"]
+    if not students.empty:
+        lines += ["\nStudent accuracy % by teacher (mean over seeds):\n",
+                  "| family | teacher | teacher params | teacher acc. % | student acc. % |",
+                  "| --- | --- | --- | --- | --- |"]
+        grouped = students.groupby(["family", "teacher"], sort=False)
+        for (family, teacher), g in grouped:
+            teacher_rows = rows[rows["cell"] == f"teacher/{teacher}"]
+            lines.append(f"| {family} | {teacher} | {int(teacher_rows['params'].iloc[0]):,} | "
+                         f"{mean_std(teacher_rows['test_accuracy'] * 100, 2)} | "
+                         f"{mean_std(g['test_accuracy'] * 100, 2)} |")
+    lines.append(f"\nProfile {', '.join(sorted(rows['profile'].unique()))}; seeds "
+                 f"{sorted(rows['seed'].unique().tolist())}; "
+                 f"{'; '.join(sorted(rows['hardware'].unique()))}; "
+                 f"{rows['wall_s'].sum() / 60:.1f} min in all; commit "
+                 f"{', '.join(sorted(rows['git_commit'].astype(str).unique()))}.")
+    return "\n".join(lines)
+
+
+def pending(cells: list[Cell], seeds: int, table: ResultsTable) -> Iterator[tuple[int, Cell]]:
+    done = table.done()
+    for seed in range(seeds):
+        yield from ((seed, c) for c in cells if (c.name, seed) not in done)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = study_parser(__doc__.split("\n\n")[0], ZOO_PROFILES)
+    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
+    parser.add_argument("--report", action="store_true",
+                        help="print the paper-vs-ours tables of the profile and exit")
+    args = parser.parse_args(argv)
+    table = ResultsTable(STUDY, table_profile(args.profile, args.dataset),
+                         args.results and Path(args.results))
+    if args.report:
+        rows = table.read()
+        if rows.empty:
+            raise ConfigError(f"no {table.profile} results yet: run the profile first")
+        print(report(rows))
+        return
+    profile = ZOO_PROFILES[args.profile]
+    device = engine.resolve_device(args.device)
+    todo = list(pending(plan(FAMILIES[args.profile]), args.seeds or profile.seeds, table))
+    print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
+          f"{table.path}")
+    zoo = make_zoo(profile, args.dataset, device)
+    runs: dict[int, Run] = {}
+    for seed, cell in todo:
+        start = time.perf_counter()
+        row = runs.setdefault(seed, Run(zoo, seed)).run(cell)
+        wall = time.perf_counter() - start
+        table.append({"cell": cell.name, "seed": seed, "dataset": args.dataset, **row,
+                      **provenance(device, wall)})
+        print(f"  seed {seed} {cell.name:>36}: test accuracy {row['test_accuracy']:.4f} "
+              f"({wall:.0f} s)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

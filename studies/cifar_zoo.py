@@ -1,0 +1,192 @@
+"""CIFAR models shared by the capacity-gap and early-stopping studies, trained once each.
+
+A :class:`Zoo` is one data set (a fixed random subset of it for small profiles), one training
+schedule and one device. It trains teachers (labels only, crop + flip) and distilled models
+(a student, or a teacher assistant, from a given teacher) through the model cache, so a teacher
+that both studies use, with its checkpoints at many epochs, is trained once. The cache key of
+a model is its architecture, data, schedule, seed and, for a distilled model, the key of its
+teacher and the loss's settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import kd.cifar_models  # noqa: F401  (registers the CIFAR models)
+from kd import data, engine, metrics
+from kd.cache import ModelCache, spec_key
+from kd.cifar import RandomCropFlip
+from kd.cifar_models import flops_per_image
+from kd.distill import CrossEntropy, Distill
+from kd.engine import TrainConfig
+from kd.models import build_model, parameter_count
+
+# Mirzadeh et al. 2020: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at epochs 80
+# and 120 of 150. The 1-epoch warm-up is ours: lr 0.1 from the first step kills the 2-layer CNN.
+MIRZADEH_SGD = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
+                           schedule="step", milestones=(80, 120), gamma=0.1, epochs=150,
+                           warmup_epochs=1.0, batch_size=128)
+
+
+@dataclass(frozen=True)
+class KDSettings:
+    """The loss of every distilled model: (1 − α)·CE + α·T²·KL."""
+
+    temperature: float = 4.0
+    alpha: float = 0.9
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A trained model that can teach: its weights, cache key and test logits."""
+
+    arch: str
+    model: nn.Module
+    key: str
+    test_logits: torch.Tensor
+
+
+class Zoo:
+    def __init__(self, dataset: str, config: TrainConfig, device: torch.device, *,
+                 train_limit: int | None = None, test_limit: int | None = None,
+                 augment_students: bool = True, kd: KDSettings = KDSettings(),
+                 teacher_checkpoints: tuple[int, ...] = (), cache: ModelCache | None = None):
+        """teacher_checkpoints: epochs at which every teacher's weights are kept (part of its
+        cache key, so studies that share teachers must ask for the same ones)."""
+        self.dataset, self.config, self.device, self.kd = dataset, config, device, kd
+        self.train_limit, self.augment_students = train_limit, augment_students
+        self.teacher_checkpoints = teacher_checkpoints
+        # a fixed random subset: the offline CIFAR-10 copy is sorted by class
+        self.train = data.load(dataset, train=True).sample(train_limit).to(device)
+        self.test = data.load(dataset, train=False).sample(test_limit).to(device)
+        self.cache = cache or ModelCache()
+        self._train_logits: dict[str, torch.Tensor] = {}
+
+    # -- specs ---------------------------------------------------------------------------------
+    def base_spec(self, arch: str, seed: int, config: TrainConfig) -> dict:
+        return {"data": self.dataset, "train_limit": self.train_limit, "arch": arch,
+                "seed": seed, "train": dataclasses.asdict(config)}
+
+    def new_model(self, arch: str, seed: int) -> nn.Module:
+        engine.seed_everything(seed)
+        return engine.prepare_model(build_model(arch, num_classes=self.train.num_classes),
+                                    self.device)
+
+    # -- training ------------------------------------------------------------------------------
+    def teacher(self, arch: str, seed: int) -> tuple[Teacher, dict, dict[int, dict]]:
+        """A model trained on labels with crop + flip; with its meta and checkpoints."""
+        config = dataclasses.replace(self.config, checkpoint_epochs=self.teacher_checkpoints)
+        spec = {**self.base_spec(arch, seed, config), "augment": "crop4+flip", "role": "teacher"}
+        model, meta, checkpoints = self.cache.fit(
+            spec, self.new_model(arch, seed), self.train, CrossEntropy(), config, seed=seed,
+            augment=RandomCropFlip(), desc=f"teacher {arch} seed {seed}")
+        return self.as_teacher(arch, model, spec_key(spec)), meta, checkpoints
+
+    def from_checkpoint(self, teacher: Teacher, state: dict, epoch: int) -> Teacher:
+        """The teacher's weights after ``epoch`` epochs, as a teacher of its own."""
+        model = build_model(teacher.arch, num_classes=self.train.num_classes)
+        model = engine.prepare_model(model, self.device)
+        model.load_state_dict(state)
+        # the last checkpoint is the finished teacher: same key, so its students are cache hits
+        key = teacher.key if epoch == self.config.epochs else f"{teacher.key}@{epoch}"
+        return self.as_teacher(teacher.arch, model.eval(), key)
+
+    def as_teacher(self, arch: str, model: nn.Module, key: str) -> Teacher:
+        return Teacher(arch, model, key, engine.predict(model, self.test))
+
+    def distilled(self, arch: str, seed: int, teacher: Teacher | None, *,
+                  kd_until_epoch: int | None = None) -> tuple[Teacher, dict]:
+        """``arch`` trained from ``teacher`` (labels only when None), cached like a teacher so it
+        can teach in turn (a teacher assistant)."""
+        spec = {**self.base_spec(arch, seed, self.config), "role": "student",
+                "augment": "crop4+flip" if self.augment_students else "none"}
+        if teacher is None:
+            objective = CrossEntropy()
+        else:
+            spec.update(teacher=teacher.key, kd=dataclasses.asdict(self.kd),
+                        kd_until_epoch=kd_until_epoch)
+            objective = Distill(teacher.model, self.kd.temperature, self.kd.alpha,
+                                kd_until_epoch=kd_until_epoch,
+                                transfer_logits=None if self.augment_students else
+                                self.train_logits(teacher))
+        model, meta, _ = self.cache.fit(
+            spec, self.new_model(arch, seed), self.train, objective, self.config, seed=seed,
+            augment=RandomCropFlip() if self.augment_students else None,
+            desc=f"{arch} from {teacher.arch if teacher else 'labels'} seed {seed}")
+        return self.as_teacher(arch, model, spec_key(spec)), meta
+
+    def train_logits(self, teacher: Teacher) -> torch.Tensor:
+        """The teacher's logits on the unaugmented training split, computed once per teacher."""
+        if teacher.key not in self._train_logits:
+            self._train_logits[teacher.key] = engine.predict(teacher.model, self.train)
+        return self._train_logits[teacher.key]
+
+    # -- rows ----------------------------------------------------------------------------------
+    def accuracy(self, model: Teacher) -> float:
+        return metrics.accuracy(model.test_logits, self.test.labels)
+
+    def describe(self, model: Teacher, meta: dict) -> dict:
+        """The columns of a result row about one trained model (its accuracy on the test set)."""
+        labels = self.test.labels
+        return {"model": model.arch, "params": parameter_count(model.model),
+                "flops_per_image": flops_per_image(model.model),
+                "test_accuracy": self.accuracy(model),
+                "test_ece": metrics.expected_calibration_error(model.test_logits, labels),
+                "train_s": meta.get("train_s"), "train_n": len(self.train),
+                "test_n": labels.numel(), "epochs": self.config.epochs,
+                "schedule": f"{self.config.schedule} {self.config.milestones}",
+                "lr": self.config.lr, "weight_decay": self.config.weight_decay}
+
+    def agreement(self, student: Teacher, teacher: Teacher) -> dict:
+        return {"test_agreement": metrics.agreement(student.test_logits, teacher.test_logits),
+                "test_kl_teacher_student": metrics.predictive_kl(teacher.test_logits,
+                                                                 student.test_logits)}
+
+
+@dataclass(frozen=True)
+class ZooProfile:
+    """What the capacity-gap and early-stopping studies share in a profile, so that they share
+    its teachers through the cache: data, schedule, teacher checkpoints, seeds."""
+
+    description: str
+    config: TrainConfig
+    teacher_checkpoints: tuple[int, ...]  # epochs at which every teacher's weights are kept
+    augment_students: bool  # False: teachers' logits computed once and looked up
+    seeds: int
+    train_limit: int | None = None
+    test_limit: int | None = None
+
+
+ZOO_PROFILES = {
+    "smoke": ZooProfile(
+        description="512 training and 256 test images, 2 epochs",
+        config=dataclasses.replace(MIRZADEH_SGD, epochs=2, milestones=(1,)),
+        teacher_checkpoints=(1, 2), augment_students=False, seeds=1, train_limit=512,
+        test_limit=256),
+    "quick": ZooProfile(
+        description="10,000 random training images, full test set, 10 epochs (lr ÷10 at 5 "
+                    "and 8), students without augmentation",
+        config=dataclasses.replace(MIRZADEH_SGD, epochs=10, milestones=(5, 8)),
+        teacher_checkpoints=(2, 4, 6, 8, 10), augment_students=False, seeds=2,
+        train_limit=10_000),
+    "paper": ZooProfile(
+        description="all 50,000 training images, Mirzadeh et al.'s 150-epoch schedule, crop + "
+                    "flip for every model, 3 seeds",
+        config=MIRZADEH_SGD, teacher_checkpoints=(10, 20, 40, 60, 80, 100, 120, 150),
+        augment_students=True, seeds=3),
+}
+
+
+def make_zoo(profile: ZooProfile, dataset: str, device: torch.device) -> Zoo:
+    return Zoo(dataset, profile.config, device, train_limit=profile.train_limit,
+               test_limit=profile.test_limit, augment_students=profile.augment_students,
+               teacher_checkpoints=profile.teacher_checkpoints)
+
+
+def table_profile(profile: str, dataset: str) -> str:
+    """The results file's profile name: ``quick`` on CIFAR-10, ``quick_cifar100`` on CIFAR-100."""
+    return profile if dataset == "cifar10" else f"{profile}_{dataset}"

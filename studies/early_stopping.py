@@ -1,0 +1,199 @@
+"""Early-stopped teachers, and early-stopped distillation, make better students.
+
+Cho & Hariharan (2019): a teacher taken from early in its training can teach a small student
+better than the fully trained one, and stopping the distillation term part-way through the
+student's training (the student then continues on labels alone: "ESKD") beats both full KD and
+training from scratch, while full KD from larger teachers can be worse than scratch.
+
+Cells of one seed and family (each one trained model and one row):
+
+* ``teacher/<arch>@<e>``: the teacher's weights after e epochs (a checkpoint of one run);
+* ``scratch/<student>``: the student on labels only;
+* ``kd/<arch>@<e>/<student>``: the student distilled from that checkpoint for its whole training
+  (at the last epoch: full KD from the finished teacher);
+* ``eskd/<arch>/<student>``: the student distilled from the finished teacher, with the KD term
+  switched off after epoch ``kd_stop_epoch``.
+
+Loss (1 − α)·CE + α·T²·KL with T = 4, α = 0.9, as in the paper. Teachers and their checkpoints
+come from :mod:`studies.cifar_zoo`, shared with the capacity-gap study. The paper's ImageNet
+numbers live in ``studies/reference/early_stopping.csv``: a reference, not something we ran.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from kd import engine
+from kd.cli import run_main, study_parser
+from kd.errors import ConfigError
+from kd.results import ResultsTable, mean_std, provenance
+from studies.cifar_zoo import ZOO_PROFILES, Teacher, Zoo, make_zoo, table_profile
+
+STUDY = "early_stopping"
+REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    student: str
+    teachers: tuple[str, ...]  # by growing capacity
+
+
+FAMILIES = {
+    "smoke": (Family("plain", "plain_cnn2", ("plain_cnn4",)),),
+    "quick": (Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn8")),),
+    "paper": (Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn8", "plain_cnn10")),
+              Family("resnet", "resnet8", ("resnet20", "resnet56", "resnet110"))),
+}
+# The KD term stops at the first learning-rate drop of each profile's schedule (our choice; the
+# paper's ImageNet runs stop it part-way too).
+KD_STOP_EPOCH = {"smoke": 1, "quick": 5, "paper": 80}
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    family: str
+    role: str  # teacher_checkpoint, scratch, kd, eskd
+    arch: str  # the model this cell trains or evaluates
+    teacher: str | None = None
+    teacher_epoch: int | None = None
+
+
+def plan(families: tuple[Family, ...], checkpoints: tuple[int, ...]) -> list[Cell]:
+    cells = []
+    for f in families:
+        cells += [Cell(f"teacher/{t}@{e}", f.name, "teacher_checkpoint", t, None, e)
+                  for t in f.teachers for e in checkpoints]
+        cells.append(Cell(f"scratch/{f.student}", f.name, "scratch", f.student))
+        for t in f.teachers:
+            cells += [Cell(f"kd/{t}@{e}/{f.student}", f.name, "kd", f.student, t, e)
+                      for e in checkpoints]
+            cells.append(Cell(f"eskd/{t}/{f.student}", f.name, "eskd", f.student, t,
+                              checkpoints[-1]))
+    return cells
+
+
+class Run:
+    """One seed: teachers with their checkpoints (from the shared zoo), students from them."""
+
+    def __init__(self, zoo: Zoo, seed: int, kd_stop_epoch: int):
+        self.zoo, self.seed, self.kd_stop_epoch = zoo, seed, kd_stop_epoch
+        self.checkpoints: dict[tuple[str, int], Teacher] = {}
+        self.teacher_meta: dict[str, dict] = {}
+
+    def teacher_at(self, arch: str, epoch: int) -> Teacher:
+        if (arch, epoch) not in self.checkpoints:
+            teacher, meta, states = self.zoo.teacher(arch, self.seed)
+            self.teacher_meta[arch] = meta
+            for e, state in states.items():
+                self.checkpoints[(arch, e)] = self.zoo.from_checkpoint(teacher, state, e)
+            if (arch, epoch) not in self.checkpoints:
+                raise ConfigError(f"teacher {arch} has no checkpoint at epoch {epoch}; it has "
+                                  f"{sorted(states)}")
+        return self.checkpoints[(arch, epoch)]
+
+    def run(self, cell: Cell) -> dict:
+        row = {"family": cell.family, "role": cell.role, "teacher": cell.teacher,
+               "teacher_epoch": cell.teacher_epoch}
+        if cell.role == "teacher_checkpoint":
+            teacher = self.teacher_at(cell.arch, cell.teacher_epoch)
+            meta = self.teacher_meta[cell.arch]
+            return {**row, "teacher": cell.arch, **self.zoo.describe(teacher, meta)}
+        if cell.role == "scratch":
+            model, meta = self.zoo.distilled(cell.arch, self.seed, None)
+            return {**row, **self.zoo.describe(model, meta)}
+        teacher = self.teacher_at(cell.teacher, cell.teacher_epoch)
+        stop = self.kd_stop_epoch if cell.role == "eskd" else None
+        model, meta = self.zoo.distilled(cell.arch, self.seed, teacher, kd_until_epoch=stop)
+        return {**row, "kd_until_epoch": stop, "teacher_accuracy": self.zoo.accuracy(teacher),
+                **self.zoo.describe(model, meta), **self.zoo.agreement(model, teacher)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference vs ours
+
+def summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per family and teacher: scratch, full KD, ESKD and the best teacher checkpoint (test
+    accuracy %, mean ± std over seeds, final epoch of each student)."""
+    acc = lambda frame: mean_std(frame["test_accuracy"] * 100, 2)
+    out = []
+    for family, f_rows in rows.groupby("family", sort=False):
+        scratch = f_rows[f_rows["role"] == "scratch"]
+        kd = f_rows[f_rows["role"] == "kd"]
+        for teacher, t_rows in kd.groupby("teacher", sort=False):
+            final = t_rows["teacher_epoch"].max()
+            by_epoch = t_rows.groupby("teacher_epoch")["test_accuracy"].mean()
+            eskd = f_rows[(f_rows["role"] == "eskd") & (f_rows["teacher"] == teacher)]
+            out.append({"family": family, "teacher": teacher, "scratch": acc(scratch),
+                        "full KD": acc(t_rows[t_rows["teacher_epoch"] == final]),
+                        "early-stopped KD": acc(eskd),
+                        "best teacher epoch": f"{by_epoch.idxmax():g} "
+                                              f"({100 * by_epoch.max():.2f})",
+                        "final teacher epoch": f"{final:g}"})
+    return pd.DataFrame(out)
+
+
+def report(rows: pd.DataFrame) -> str:
+    frame = summary(rows)
+    lines = ["| " + " | ".join(frame.columns) + " |", "| --- " * len(frame.columns) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
+    reference = pd.read_csv(REFERENCE)
+    lines += ["\nReference (Cho & Hariharan 2019, ImageNet, ResNet-18 student, top-1 error %; "
+              "not run here):\n", "| quantity | error % |", "| --- | --- |"]
+    lines += [f"| {r.quantity} | {r.value:.2f} |" for r in reference.itertuples()]
+    lines.append(f"\nProfile {', '.join(sorted(rows['profile'].unique()))}; seeds "
+                 f"{sorted(rows['seed'].unique().tolist())}; "
+                 f"{'; '.join(sorted(rows['hardware'].unique()))}; "
+                 f"{rows['wall_s'].sum() / 60:.1f} min in all; commit "
+                 f"{', '.join(sorted(rows['git_commit'].astype(str).unique()))}.")
+    return "\n".join(lines)
+
+
+def pending(cells: list[Cell], seeds: int, table: ResultsTable) -> Iterator[tuple[int, Cell]]:
+    done = table.done()
+    for seed in range(seeds):
+        yield from ((seed, c) for c in cells if (c.name, seed) not in done)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = study_parser(__doc__.split("\n\n")[0], ZOO_PROFILES)
+    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
+    parser.add_argument("--report", action="store_true",
+                        help="print the summary and the paper's reference numbers and exit")
+    args = parser.parse_args(argv)
+    table = ResultsTable(STUDY, table_profile(args.profile, args.dataset),
+                         args.results and Path(args.results))
+    if args.report:
+        rows = table.read()
+        if rows.empty:
+            raise ConfigError(f"no {table.profile} results yet: run the profile first")
+        print(report(rows))
+        return
+    profile = ZOO_PROFILES[args.profile]
+    device = engine.resolve_device(args.device)
+    cells = plan(FAMILIES[args.profile], profile.teacher_checkpoints)
+    todo = list(pending(cells, args.seeds or profile.seeds, table))
+    print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
+          f"{table.path}")
+    zoo = make_zoo(profile, args.dataset, device)
+    runs: dict[int, Run] = {}
+    for seed, cell in todo:
+        start = time.perf_counter()
+        run = runs.setdefault(seed, Run(zoo, seed, KD_STOP_EPOCH[args.profile]))
+        row = run.run(cell)
+        wall = time.perf_counter() - start
+        table.append({"cell": cell.name, "seed": seed, "dataset": args.dataset, **row,
+                      **provenance(device, wall)})
+        print(f"  seed {seed} {cell.name:>36}: test accuracy {row['test_accuracy']:.4f} "
+              f"({wall:.0f} s)")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

@@ -1,0 +1,126 @@
+"""The shared CIFAR zoo (teacher cache, checkpoints, TA chains), the KD stop epoch, and smoke runs
+of the capacity-gap and early-stopping studies."""
+
+import pandas as pd
+import pytest
+import torch
+
+import kd.cache
+from kd import engine
+from kd.distill import CrossEntropy, Distill
+from kd.engine import TrainConfig
+from kd.errors import ConfigError
+from studies import capacity_gap, early_stopping
+from studies.cifar_zoo import ZOO_PROFILES, make_zoo
+from tests.test_batched import student, teacher, tiny_cifar
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def fits(monkeypatch):
+    """Counts the trainings the model cache starts (a hit starts none)."""
+    calls = []
+    real_fit = kd.cache.fit
+
+    def counting_fit(model, train, objective, config, **kwargs):
+        calls.append(kwargs.get("desc"))
+        return real_fit(model, train, objective, config, **kwargs)
+
+    monkeypatch.setattr(kd.cache, "fit", counting_fit)
+    return calls
+
+
+def test_zoo_teacher_cache_hit_miss_and_checkpoints(fake_cifar10, fits):
+    zoo = make_zoo(ZOO_PROFILES["smoke"], "cifar10", CPU)
+    first, _, checkpoints = zoo.teacher("plain_cnn4", seed=0)
+    assert len(fits) == 1 and sorted(checkpoints) == [1, 2]
+    again, _, _ = zoo.teacher("plain_cnn4", seed=0)  # hit: nothing trained
+    assert len(fits) == 1 and again.key == first.key
+    torch.testing.assert_close(again.test_logits, first.test_logits)
+    zoo.teacher("plain_cnn4", seed=1)  # another seed: a miss
+    assert len(fits) == 2
+    other = make_zoo(ZOO_PROFILES["smoke"], "cifar10", CPU)
+    other.teacher_checkpoints = (2,)  # other checkpoints: another key, a miss
+    other.teacher("plain_cnn4", seed=0)
+    assert len(fits) == 3
+    # the epoch-1 checkpoint is a different model from the finished teacher
+    early = zoo.from_checkpoint(first, checkpoints[1], 1)
+    assert early.key == f"{first.key}@1"
+    assert not torch.equal(early.test_logits, first.test_logits)
+    final = zoo.from_checkpoint(first, checkpoints[2], 2)
+    torch.testing.assert_close(final.test_logits, first.test_logits)
+    assert final.key == first.key  # the last checkpoint is the finished teacher
+
+
+def test_kd_term_stops_after_the_chosen_epoch():
+    config = TrainConfig(epochs=3, batch_size=16, lr=0.05)
+    calls = []
+    live_teacher = teacher()
+    live_teacher.register_forward_hook(lambda *args: calls.append(1))
+    objective = Distill(live_teacher, 4.0, 0.9, kd_until_epoch=1)
+    history = engine.fit(student(1), tiny_cifar(), objective, config, seed=0,
+                         augment=lambda images, generator: images).history
+    assert "train_kd" in history[0] and "train_kd" not in history[1]
+    assert "train_kd" not in history[2]
+    assert len(calls) == 3  # 48 images in batches of 16: one epoch of teacher passes only
+    # stopped before the first epoch, distillation is training on labels, exactly
+    stopped, plain = student(1), student(1)
+    engine.fit(stopped, tiny_cifar(), Distill(teacher(), 4.0, 0.9, kd_until_epoch=0), config,
+               seed=0)
+    engine.fit(plain, tiny_cifar(), CrossEntropy(), config, seed=0)
+    for (name, value), other in zip(stopped.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(value, other), name
+    with pytest.raises(ConfigError, match="kd_until_epoch"):
+        Distill(teacher(), 4.0, 0.9, kd_until_epoch=-1)
+
+
+def test_capacity_gap_plan_puts_every_model_after_its_teachers():
+    for families in capacity_gap.FAMILIES.values():
+        cells = capacity_gap.plan(families)
+        names = [c.name for c in cells]
+        assert len(names) == len(set(names))
+        seen = set()
+        for cell in cells:
+            for depth in range(len(cell.chain)):
+                needed = (f"teacher/{cell.chain[0]}" if depth == 0 else
+                          f"ta/{cell.chain[0]}/{cell.chain[1]}")
+                assert needed in seen, (cell.name, needed)
+            seen.add(cell.name)
+    paper = {c.name for c in capacity_gap.plan(capacity_gap.FAMILIES["paper"])}
+    reference = pd.read_csv(capacity_gap.REFERENCE)
+    assert set(reference["cell"]) <= paper  # every paper number has a cell of ours
+    assert reference["source"].str.contains("Mirzadeh").all()
+
+
+def test_capacity_gap_smoke_trains_a_ta_chain(fake_cifar10, tmp_path, fits, capsys):
+    capacity_gap.main(["--profile", "smoke", "--device", "cpu"])
+    rows = pd.read_csv(tmp_path / "results" / "capacity_gap" / "smoke.csv").set_index("cell")
+    expected = [c.name for c in capacity_gap.plan(capacity_gap.FAMILIES["smoke"])]
+    assert rows.index.tolist() == expected and len(fits) == len(expected)
+    chain = rows.loc["kd/plain_cnn6/plain_cnn4/plain_cnn2"]
+    assert chain["chain"] == "plain_cnn6 > plain_cnn4 > plain_cnn2"
+    assert chain["teacher"] == "plain_cnn4"  # taught by the assistant, not the teacher
+    assert chain["teacher_accuracy"] == rows.loc["ta/plain_cnn6/plain_cnn4", "test_accuracy"]
+    assert rows.loc["ta/plain_cnn6/plain_cnn4", "teacher"] == "plain_cnn6"
+    assert rows["test_accuracy"].between(0, 1).all() and rows["wall_s"].notna().all()
+    capacity_gap.main(["--profile", "smoke", "--report"])
+    assert "| plain CNN: 10 -> TA 4 -> 2 | 73.51 | not run |" in capsys.readouterr().out
+
+    # the early-stopping study reuses the teacher, the scratch student and the full-KD student
+    before = len(fits)
+    early_stopping.main(["--profile", "smoke", "--device", "cpu"])
+    es = pd.read_csv(tmp_path / "results" / "early_stopping" / "smoke.csv").set_index("cell")
+    assert es.index.tolist() == [c.name for c in early_stopping.plan(
+        early_stopping.FAMILIES["smoke"], ZOO_PROFILES["smoke"].teacher_checkpoints)]
+    assert len(fits) - before == 2  # the students from checkpoint 1 and with ESKD
+    assert es.loc["eskd/plain_cnn4/plain_cnn2", "kd_until_epoch"] == 1
+    assert es.loc["teacher/plain_cnn4@2", "test_accuracy"] == rows.loc[
+        "teacher/plain_cnn4", "test_accuracy"]
+    for ours, theirs in (("scratch/plain_cnn2", "scratch/plain_cnn2"),
+                         ("kd/plain_cnn4@2/plain_cnn2", "kd/plain_cnn4/plain_cnn2")):
+        assert es.loc[ours, "test_accuracy"] == rows.loc[theirs, "test_accuracy"]
+    capsys.readouterr()
+    early_stopping.main(["--profile", "smoke", "--report"])
+    out = capsys.readouterr().out
+    assert "early-stopped KD" in out and "| ImageNet, full KD from ResNet-50 | 30.95 |" in out
