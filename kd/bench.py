@@ -1,12 +1,32 @@
-"""Speed benchmark: one epoch of 800-800 student distillation on MNIST, our engine vs a textbook loop.
+"""Speed benchmarks: student distillation with our engine vs a textbook loop, same process.
 
-Ours: the split in memory on the device, batches sliced there, the 1200-1200 teacher's logits
-computed once for the (unaugmented) transfer set and looked up each step.
-Textbook: torchvision's ``MNIST`` dataset with per-sample ``ToTensor`` + ``Normalize``, a
-``DataLoader``, and a live fp32 teacher forward under ``no_grad`` every step.
-Both: same student, loss (T = 20, α = 0.9), optimizer, batch size, device, in the same process.
+Both loops of a task share the student, teacher, loss, optimizer (SGD, lr 0.05, momentum 0.9),
+batch size, device and images; each reports images (samples) per second.
 
-    python -m kd.bench [--device auto] [--batch-size 128] [--workers 0] [--repeats 1]
+mnist: one epoch of 800-800 student distillation from a 1200-1200 teacher (T = 20, α = 0.9).
+  Ours: the split in memory on the device, batches sliced there, the teacher's logits computed
+  once for the (unaugmented) transfer set and looked up each step.
+  Textbook: torchvision's ``MNIST`` with per-sample ``ToTensor`` + ``Normalize``, a
+  ``DataLoader``, and a live fp32 teacher forward under ``no_grad`` every step.
+cifar: CIFAR-10 distillation of ``plain_cnn2`` from a ``resnet18_cifar`` teacher (random weights:
+  speed does not depend on them; T = 4, α = 0.9) with random crop + flip, so both loops run the
+  teacher live on every augmented batch.
+  Ours: the uint8 split on the device, crop + flip batched there (:class:`kd.cifar.RandomCropFlip`),
+  ``kd.engine.fit`` with :class:`kd.distill.Distill` (bf16 autocast and channels_last on CUDA).
+  Textbook: a ``Dataset`` handing out one PIL image per sample as torchvision's ``CIFAR10`` does,
+  v2 ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToImage``, ``ToDtype``,
+  ``Normalize``, a ``DataLoader``, and a live fp32 teacher under ``no_grad``.
+
+``--batches N`` times only the first N batches' worth of images (a ResNet-18 forward is slow on a
+CPU); both loops then see the same first ``N * batch_size`` images of the training split.
+
+batched: K students (``--students``, default 45) of ``plain_cnn2`` distilled from one
+  ``resnet18_cifar`` with crop + flip, each with its own (α, T): one stacked model
+  (:class:`kd.batched.StackedModels`, one teacher pass per batch for all K) against the same K
+  students trained one after another, in student-images per second.
+
+    python -m kd.bench [--task mnist|cifar|batched|all] [--device auto] [--batch-size 128]
+                       [--workers 0] [--repeats 1] [--batches N] [--students 45]
 """
 
 from __future__ import annotations
@@ -14,26 +34,25 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 import torchvision
+from PIL import Image
+from torch import nn
 from torchvision.transforms import v2
 
-from kd import data, engine
-from kd.cli import run_main
+from kd import cifar, data, engine
+from kd.cli import positive_int, run_main
+from kd.batched import StackedModels
 from kd.distill import Distill
 from kd.engine import TrainConfig
 from kd.losses import distillation_loss
-from kd.models import MLP
+from kd.models import MLP, build_model
 from kd.results import hardware
 
-TEMPERATURE, ALPHA = 20.0, 0.9
-
-
-def models(device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    engine.seed_everything(0)
-    teacher = MLP(784, (1200, 1200), input_dropout=0.2, hidden_dropout=0.5, max_norm=3.5)
-    student = MLP(784, (800, 800))
-    return engine.prepare_model(teacher, device).eval(), engine.prepare_model(student, device)
+TEMPERATURE, ALPHA = 20.0, 0.9  # MNIST, as in Hinton et al. (2015)
+CIFAR_TEMPERATURE = 4.0  # the usual CIFAR choice (Tian et al. 2020 and most KD papers since)
+LR, MOMENTUM = 0.05, 0.9
 
 
 def sync(device: torch.device) -> None:
@@ -41,58 +60,217 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def ours(device: torch.device, batch_size: int) -> float:
-    """Samples per second of one epoch (teacher-logit caching included) with kd.engine."""
-    train = data.load("mnist", train=True).to(device)
-    teacher, student = models(device)
-    config = TrainConfig(epochs=1, batch_size=batch_size, lr=0.05, schedule="constant")
+def seconds(device: torch.device, work) -> float:
+    """Wall time of ``work()``, with the device's queue drained before and after."""
     sync(device)
     start = time.perf_counter()
-    engine.fit(student, train, Distill(teacher, TEMPERATURE, ALPHA), config, seed=0, desc="ours")
+    work()
     sync(device)
-    return len(train) / (time.perf_counter() - start)
+    return time.perf_counter() - start
 
 
-def textbook(device: torch.device, batch_size: int, workers: int) -> float:
-    """Samples per second of one epoch of the loop most tutorials write."""
+def image_count(split_size: int, batch_size: int, batches: int | None) -> int:
+    """How many images are timed: a full epoch, or the first ``batches`` batches of it."""
+    return split_size if batches is None else min(split_size, batches * batch_size)
+
+
+def ours(device: torch.device, train: data.Split, teacher: nn.Module, student: nn.Module,
+         temperature: float, batch_size: int, augment: data.Augment | None = None) -> float:
+    """Images per second of one epoch of ``kd.engine.fit`` (teacher-logit caching included)."""
+    config = TrainConfig(epochs=1, batch_size=batch_size, lr=LR, momentum=MOMENTUM,
+                         schedule="constant")
+    objective = Distill(teacher, temperature, ALPHA)
+    fit = lambda: engine.fit(student, train, objective, config, seed=0, augment=augment,
+                             desc="ours")
+    return len(train) / seconds(device, fit)
+
+
+def textbook(device: torch.device, dataset: torch.utils.data.Dataset, teacher: nn.Module,
+             student: nn.Module, temperature: float, batch_size: int, workers: int) -> float:
+    """Images per second of one epoch of the loop most tutorials write."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
+    optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def epoch() -> None:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            loss = distillation_loss(student(x), teacher_logits, y, temperature, ALPHA)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return len(dataset) / seconds(device, epoch)
+
+
+# ----------------------------------------------------------------------------------------------
+# MNIST
+
+
+def mnist_models(device: torch.device) -> tuple[nn.Module, nn.Module]:
+    engine.seed_everything(0)
+    teacher = MLP(784, (1200, 1200), input_dropout=0.2, hidden_dropout=0.5, max_norm=3.5)
+    student = MLP(784, (800, 800))
+    return engine.prepare_model(teacher, device).eval(), engine.prepare_model(student, device)
+
+
+def mnist_dataset(count: int) -> torch.utils.data.Dataset:
+    """torchvision's MNIST with per-sample transforms, cut to its first ``count`` images."""
     transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize(data.MNIST_MEAN, data.MNIST_STD)])
     root = data.mnist_torchvision_root()
     dataset = torchvision.datasets.MNIST(str(root), train=True, transform=transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                         num_workers=workers, pin_memory=device.type == "cuda")
-    teacher, student = models(device)
-    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
-    sync(device)
-    start = time.perf_counter()
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with torch.no_grad():
-            teacher_logits = teacher(x)
-        loss = distillation_loss(student(x), teacher_logits, y, TEMPERATURE, ALPHA)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    sync(device)
-    return len(dataset) / (time.perf_counter() - start)
+    if count < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(count))
+    return dataset
+
+
+def mnist(device: torch.device, args: argparse.Namespace) -> tuple[float, float]:
+    train = data.load("mnist", train=True)
+    train = train.head(image_count(len(train), args.batch_size, args.batches)).to(device)
+    ours_rate = ours(device, train, *mnist_models(device), TEMPERATURE, args.batch_size)
+    book_rate = textbook(device, mnist_dataset(len(train)), *mnist_models(device), TEMPERATURE,
+                         args.batch_size, args.workers)
+    return ours_rate, book_rate
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-10
+
+
+class PILImageDataset(torch.utils.data.Dataset):
+    """A split's uint8 images served one ``PIL.Image`` at a time, as torchvision's ``CIFAR10``
+    does (HWC uint8 array, ``Image.fromarray``, then the transform; labels as Python ints)."""
+
+    def __init__(self, split: data.Split, transform):
+        self.images = np.ascontiguousarray(split.images.permute(0, 2, 3, 1).cpu().numpy())
+        self.labels = split.labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[index])), self.labels[index]
+
+
+def cifar_transform(split: data.Split) -> v2.Compose:
+    """The per-sample CIFAR training transform of the tutorials: crop, flip, tensor, normalize."""
+    return v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), v2.ToImage(),
+                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(split.mean, split.std)])
+
+
+def cifar_models(device: torch.device, place=engine.prepare_model) -> tuple[nn.Module, nn.Module]:
+    """Teacher (eval mode) and student, seeded; ``place`` puts each on the device."""
+    engine.seed_everything(0)
+    teacher = build_model("resnet18_cifar")
+    student = build_model("plain_cnn2")
+    return place(teacher, device).eval(), place(student, device)
+
+
+def plain_to(model: nn.Module, device: torch.device) -> nn.Module:
+    """The textbook's placement: fp32, default memory format, on any device."""
+    return model.to(device)
+
+
+def cifar_bench(device: torch.device, args: argparse.Namespace) -> tuple[float, float]:
+    train = data.load("cifar10", train=True)
+    train = train.head(image_count(len(train), args.batch_size, args.batches))
+    ours_rate = ours(device, train.to(device), *cifar_models(device), CIFAR_TEMPERATURE,
+                     args.batch_size, augment=cifar.RandomCropFlip())
+    dataset = PILImageDataset(train, cifar_transform(train))
+    book_rate = textbook(device, dataset, *cifar_models(device, plain_to), CIFAR_TEMPERATURE,
+                         args.batch_size, args.workers)
+    return ours_rate, book_rate
+
+
+# ----------------------------------------------------------------------------------------------
+# K students at once
+
+
+def batched_bench(device: torch.device, args: argparse.Namespace) -> tuple[float, float]:
+    """Student-images per second of K ``plain_cnn2`` students distilled from ``resnet18_cifar``
+    with crop + flip (a live teacher), as one :class:`kd.batched.StackedModels` and as K runs
+    one after another. Each student has its own (α, T); all share the data order."""
+    train = data.load("cifar10", train=True)
+    train = train.head(image_count(len(train), args.batch_size, args.batches)).to(device)
+    teacher, _ = cifar_models(device)
+    temperatures = [(1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 30.0, 40.0, 50.0)[k % 9]
+                    for k in range(args.students)]
+    alphas = [(0.1, 0.25, 0.5, 0.75, 0.9)[k % 5] for k in range(args.students)]
+    config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=LR, momentum=MOMENTUM,
+                         schedule="constant")
+
+    def students() -> list[nn.Module]:
+        engine.seed_everything(0)
+        return [build_model("plain_cnn2") for _ in range(args.students)]
+
+    def stacked() -> None:
+        model = engine.prepare_model(StackedModels(students()), device)
+        engine.fit(model, train, Distill(teacher, temperatures, alphas), config, seed=0,
+                   augment=cifar.RandomCropFlip(), desc="stacked")
+
+    def sequential() -> None:
+        for student, t, a in zip(students(), temperatures, alphas):
+            engine.fit(engine.prepare_model(student, device), train, Distill(teacher, t, a),
+                       config, seed=0, augment=cifar.RandomCropFlip(), desc="sequential")
+
+    images = args.students * len(train)
+    return images / seconds(device, stacked), images / seconds(device, sequential)
+
+
+TASKS = {
+    # name: (benchmark, what it times, what it counts, names of its two loops)
+    "mnist": (mnist, "MNIST 800-800 student distillation", "samples",
+              ("ours", "textbook  (DataLoader, {workers} workers, live fp32 teacher)")),
+    "cifar": (cifar_bench,
+              "CIFAR-10 plain_cnn2 student distillation from resnet18_cifar, crop + flip",
+              "images", ("ours", "textbook  (DataLoader, {workers} workers, live fp32 teacher)")),
+    "batched": (batched_bench,
+                "CIFAR-10, {students} plain_cnn2 students from one resnet18_cifar teacher, "
+                "crop + flip", "student-images",
+                ("stacked", "sequential  (the same students one after another)")),
+}
+
+
+def report(first: float, second: float, names: tuple[str, str], unit: str) -> None:
+    first_name, (second_name, _, note) = names[0], names[1].partition("  ")
+    width = max(len(first_name), len(second_name))
+    print(f"  {first_name:<{width}} : {first:10,.0f} {unit}/s")
+    print(f"  {second_name:<{width}} : {second:10,.0f} {unit}/s" + (f"  {note}" if note else ""))
+    print(f"  {'ratio':<{width}} : {first / second:.2f}x")
+
+
+def run_task(name: str, device: torch.device, args: argparse.Namespace) -> None:
+    """Print the header, time both loops (best of ``--repeats`` each) and print the rates."""
+    bench, title, unit, names = TASKS[name]
+    span = "one epoch" if args.batches is None else f"first {args.batches} batches"
+    print(f"{title.format(students=args.students)}, {span}, batch {args.batch_size}, {device} "
+          f"({hardware(device.type)}), torch {torch.__version__}")
+    rates = [bench(device, args) for _ in range(args.repeats)]
+    names = tuple(n.format(workers=args.workers) for n in names)
+    report(max(r[0] for r in rates), max(r[1] for r in rates), names, unit)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=[*TASKS, "all"], default="mnist",
+                        help="which benchmark: mnist (default), cifar, or all in turn")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (textbook)")
-    parser.add_argument("--repeats", type=int, default=1, help="epochs timed per loop; best kept")
+    parser.add_argument("--repeats", type=positive_int, default=1,
+                        help="epochs timed per loop; best kept")
+    parser.add_argument("--students", type=positive_int, default=45,
+                        help="students trained together by the batched task")
+    parser.add_argument("--batches", type=positive_int, default=None,
+                        help="time only the first N batches of the epoch (default: all)")
     args = parser.parse_args(argv)
     device = engine.resolve_device(args.device)
-    print(f"MNIST 800-800 student distillation, one epoch, batch {args.batch_size}, "
-          f"{device} ({hardware(device.type)}), torch {torch.__version__}")
-    ours_rate = max(ours(device, args.batch_size) for _ in range(args.repeats))
-    book_rate = max(textbook(device, args.batch_size, args.workers) for _ in range(args.repeats))
-    print(f"  ours     : {ours_rate:10,.0f} samples/s")
-    print(f"  textbook : {book_rate:10,.0f} samples/s  (DataLoader, {args.workers} workers, "
-          f"live fp32 teacher)")
-    print(f"  ratio    : {ours_rate / book_rate:.2f}x")
+    for name in TASKS if args.task == "all" else [args.task]:
+        run_task(name, device, args)
 
 
 if __name__ == "__main__":

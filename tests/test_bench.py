@@ -1,0 +1,48 @@
+import re
+
+import pytest
+import torch
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from kd import bench, data
+from tests.conftest import write_fake_mnist, write_pickled_layout
+
+RATE = re.compile(r"^  (ours|textbook|stacked|sequential) *: +([\d,]+) (samples|images|student-images)/s")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: steps this small spend their time in thread hand-offs, which grow
+    tenfold when other work shares the cores; one thread keeps the test at about a second."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_prints_rates_for_both_tasks(tmp_path, monkeypatch, capsys, one_thread):
+    # Tiny fakes of both data sets in one root; two batches of 4 images each.
+    root = write_pickled_layout(write_fake_mnist(tmp_path / "data", n_train=64, n_test=10),
+                                "cifar10", n_train=8)
+    monkeypatch.setenv("KD_DATA", str(root))
+    bench.main(["--task", "all", "--device", "cpu", "--batch-size", "4", "--batches", "2",
+                "--students", "3"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("MNIST") and lines[4].startswith("CIFAR-10")
+    assert "first 2 batches" in lines[4] and "cpu (" in lines[4]
+    assert lines[8].startswith("CIFAR-10, 3 plain_cnn2 students")
+    rates = [float(m.group(2).replace(",", "")) for m in map(RATE.match, lines) if m]
+    ratios = [float(line.split(":")[1].strip(" x")) for line in lines if "ratio" in line]
+    assert len(rates) == 6 and all(r > 0 for r in rates)
+    assert len(ratios) == 3 and all(r > 0 for r in ratios)
+    assert lines[5].endswith("images/s") and lines[1].endswith("samples/s")
+    assert "stacked" in lines[9] and lines[9].endswith("student-images/s")
+
+
+def test_pil_dataset_serves_what_torchvision_cifar10_would(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_DATA", str(write_pickled_layout(tmp_path, "cifar10", n_train=2)))
+    split = data.load("cifar10", train=True)
+    dataset = bench.PILImageDataset(split, transform=lambda image: image)
+    image, label = dataset[3]
+    assert image.size == (32, 32) and image.mode == "RGB" and label == int(split.labels[3])
+    assert torch.equal(pil_to_tensor(image), split.images[3])
