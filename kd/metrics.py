@@ -79,3 +79,23 @@ def fit_logit_shift(logits: Tensor, labels: Tensor, classes: Sequence[int],
     errors = torch.stack([torch.tensor(error_count(shift_logits(logits, classes, float(d)), labels))
                           for d in grid])
     return round(float(grid[int(errors.argmin())]), 6)
+
+
+def ensemble_log_probs(logits: Tensor | Sequence[Tensor]) -> Tensor:
+    """Log of an ensemble's predictive distribution, the mean of its members' softmaxes.
+
+        log p̄_c = log (1/m) Σ_k softmax(z_k)_c = logsumexp_k log_softmax(z_k)_c − log m
+
+    logits: m tensors ``[N, C]`` or one stacked ``[m, N, C]``; returns ``[N, C]``. Computed in
+    log space (logsumexp), so members that are very sure of different classes do not underflow.
+    For m = 1 it is log_softmax(z). The result is a valid set of logits: softmax(log p̄) = p̄.
+    """
+    import math
+
+    stacked = logits if isinstance(logits, Tensor) else (
+        torch.stack(list(logits)) if len(logits) else torch.empty(0))
+    if stacked.dim() != 3 or stacked.shape[0] < 1:
+        raise ConfigError(f"ensemble_log_probs needs m >= 1 logits [N, C] or one [m, N, C], got "
+                          f"{tuple(stacked.shape)}")
+    log_probs = F.log_softmax(stacked.float(), dim=-1)
+    return torch.logsumexp(log_probs, dim=0) - math.log(stacked.shape[0])

@@ -75,3 +75,63 @@ def build_model(name: str, **kwargs) -> nn.Module:
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al. 1998) for 28x28 images, with ReLU and max-pooling:
+
+        conv 6@5x5 (pad 2) → pool 2 → conv 16@5x5 → pool 2 → fc 120 → fc 84 → classifier
+
+    61,706 parameters for 10 classes. Layers are named ``conv1``, ``conv2``, ``fc1``, ``fc2``,
+    ``classifier``.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        relu = lambda: nn.ReLU(inplace=True)
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, 6, 5, padding=2), relu(), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(6, 16, 5), relu(), nn.MaxPool2d(2))
+        self.fc1 = nn.Sequential(nn.Flatten(), nn.Linear(16 * 5 * 5, 120), relu())
+        self.fc2 = nn.Sequential(nn.Linear(120, 84), relu())
+        self.classifier = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.fc2(self.fc1(self.conv2(self.conv1(x)))))
+
+
+MODELS["lenet5"] = LeNet5
+
+
+class Ensemble(nn.Module):
+    """m trained models as one teacher. ``forward`` returns the log of the mean of the members'
+    softmaxes, log p̄ = log (1/m) Σ_k softmax(z_k) (:func:`kd.metrics.ensemble_log_probs`).
+
+    Log-probabilities are valid logits (softmax(log p̄) = p̄), so :class:`kd.distill.Distill` can
+    use an ensemble as its teacher; at temperature T the student is fitted to softmax(log p̄ / T).
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ConfigError("an Ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from kd.metrics import ensemble_log_probs  # kd.metrics does not import this module
+
+        return ensemble_log_probs([member(x) for member in self.members])
+
+
+def interpolate_state(a_state: dict, b_state: dict, lam: float) -> dict:
+    """θ = λ·θ_a + (1 − λ)·θ_b for every floating tensor of two state dicts of one architecture;
+    other entries (integer buffers such as BatchNorm's ``num_batches_tracked``) are a's.
+
+    Uses ``torch.lerp(θ_b, θ_a, λ)``, which computes b + λ(a − b) below λ = 0.5 and
+    a − (1 − λ)(a − b) from 0.5 up, so λ = 0 gives b and λ = 1 gives a bit for bit.
+    """
+    if a_state.keys() != b_state.keys():
+        raise ConfigError("interpolate_state needs two state dicts with the same keys")
+    if not 0.0 <= lam <= 1.0:
+        raise ConfigError(f"interpolation weight must be in [0, 1], got {lam}")
+    return {name: torch.lerp(b_state[name].to(a.device, a.dtype), a, lam)
+            if a.is_floating_point() else a.clone() for name, a in a_state.items()}

@@ -13,9 +13,12 @@ import platform
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import pandas as pd
 import torch
+
+from kd.errors import ConfigError
 
 PROVENANCE_COLUMNS = ("wall_s", "device", "hardware", "torch", "git_commit", "finished_at")
 
@@ -38,6 +41,14 @@ class ResultsTable:
         if not self.path.exists():
             return pd.DataFrame(columns=list(self.KEY))
         return pd.read_csv(self.path)
+
+    def read_or_fail(self) -> pd.DataFrame:
+        """The rows, or a :class:`ConfigError` saying the profile has not been run."""
+        frame = self.read()
+        if frame.empty:
+            raise ConfigError(f"no {self.profile} results yet in {self.path}: run the profile "
+                              f"first")
+        return frame
 
     def done(self) -> set[tuple[str, int]]:
         frame = self.read()
@@ -116,3 +127,20 @@ def mean_std(values: pd.Series, digits: int = 1) -> str:
     if len(values) == 1:
         return f"{values.iloc[0]:.{digits}f} (1 seed)"
     return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} ({len(values)} seeds)"
+
+
+def pending(cells: Iterable, seeds: int, table: ResultsTable) -> Iterator[tuple[int, object]]:
+    """The ``(seed, cell)`` pairs not in the table yet, seed by seed, cells in their order
+    (each cell has a ``name``)."""
+    done, cells = table.done(), list(cells)
+    for seed in range(seeds):
+        yield from ((seed, cell) for cell in cells if (cell.name, seed) not in done)
+
+
+def run_footer(rows: pd.DataFrame) -> str:
+    """One line under a report: profile, seeds, hardware, total wall time and commits."""
+    return (f"Profile {', '.join(sorted(rows['profile'].unique()))}; seeds "
+            f"{sorted(rows['seed'].unique().tolist())}; "
+            f"{'; '.join(sorted(rows['hardware'].unique()))}; {rows['wall_s'].sum() / 60:.1f} "
+            f"min of training and evaluation in all; commit "
+            f"{', '.join(sorted(rows['git_commit'].astype(str).unique()))}.")

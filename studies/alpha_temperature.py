@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +42,8 @@ from kd.cifar_models import flops_per_image
 from kd.cli import run_main, study_parser, with_compile
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
-from kd.errors import ConfigError
 from kd.models import build_model, parameter_count
-from kd.results import ResultsTable, mean_std, provenance
+from kd.results import ResultsTable, mean_std, pending, provenance, run_footer
 
 STUDY = "alpha_temperature"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -249,21 +249,16 @@ def report(rows: pd.DataFrame) -> str:
                   "| --- " * (len(grid.columns) + 1) + "|"]
         lines += [f"| {a:g} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
                   for a, values in grid.iterrows()]
-    lines.append(f"\nProfile {', '.join(sorted(rows['profile'].unique()))}; seeds "
-                 f"{sorted(rows['seed'].unique().tolist())}; "
-                 f"{'; '.join(sorted(rows['hardware'].unique()))}; "
-                 f"{rows['wall_s'].sum() / 60:.1f} min in all; commit "
-                 f"{', '.join(sorted(rows['git_commit'].astype(str).unique()))}.")
+    lines.append("\n" + run_footer(rows))
     return "\n".join(lines)
 
 
-def pending(profile: Profile, seeds: int, table: ResultsTable) -> Iterator[tuple[int, list[Cell]]]:
+def stacks(profile: Profile, seeds: int, table: ResultsTable) -> Iterator[tuple[int, list[Cell]]]:
     """The cells still to run, seed by seed, in groups of at most ``stack_size``."""
-    done = table.done()
-    for seed in range(seeds):
-        todo = [c for c in plan(profile) if (c.name, seed) not in done]
-        for start in range(0, len(todo), profile.stack_size):
-            yield seed, todo[start:start + profile.stack_size]
+    for seed, group in itertools.groupby(pending(plan(profile), seeds, table), lambda p: p[0]):
+        cells = [cell for _, cell in group]
+        for start in range(0, len(cells), profile.stack_size):
+            yield seed, cells[start:start + profile.stack_size]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -274,13 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     profile = with_compile(PROFILES[args.profile], args.compile)
     table = ResultsTable(STUDY, args.profile, args.results and Path(args.results))
     if args.report:
-        rows = table.read()
-        if rows.empty:
-            raise ConfigError(f"no {args.profile} results yet: run the profile first")
-        print(report(rows))
+        print(report(table.read_or_fail()))
         return
     device = engine.resolve_device(args.device)
-    groups = list(pending(profile, args.seeds or profile.seeds, table))
+    groups = list(stacks(profile, args.seeds or profile.seeds, table))
     teacher_done = ("teacher", TEACHER_SEED) in table.done()
     print(f"{STUDY} [{args.profile}] {profile.description}; "
           f"{sum(map(len, (g for _, g in groups)))} student cells to run on {device} -> "

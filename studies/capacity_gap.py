@@ -25,14 +25,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pandas as pd
 
 from kd import engine
 from kd.cli import run_main, study_parser
-from kd.errors import ConfigError
-from kd.results import ResultsTable, mean_std, provenance
+from kd.results import ResultsTable, mean_std, pending, provenance, run_footer
 from studies.cifar_zoo import ZOO_PROFILES, Teacher, Zoo, make_zoo, table_profile
 
 STUDY = "capacity_gap"
@@ -148,18 +146,8 @@ def report(rows: pd.DataFrame) -> str:
             lines.append(f"| {family} | {teacher} | {int(teacher_rows['params'].iloc[0]):,} | "
                          f"{mean_std(teacher_rows['test_accuracy'] * 100, 2)} | "
                          f"{mean_std(g['test_accuracy'] * 100, 2)} |")
-    lines.append(f"\nProfile {', '.join(sorted(rows['profile'].unique()))}; seeds "
-                 f"{sorted(rows['seed'].unique().tolist())}; "
-                 f"{'; '.join(sorted(rows['hardware'].unique()))}; "
-                 f"{rows['wall_s'].sum() / 60:.1f} min in all; commit "
-                 f"{', '.join(sorted(rows['git_commit'].astype(str).unique()))}.")
+    lines.append("\n" + run_footer(rows))
     return "\n".join(lines)
-
-
-def pending(cells: list[Cell], seeds: int, table: ResultsTable) -> Iterator[tuple[int, Cell]]:
-    done = table.done()
-    for seed in range(seeds):
-        yield from ((seed, c) for c in cells if (c.name, seed) not in done)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,10 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     table = ResultsTable(STUDY, table_profile(args.profile, args.dataset),
                          args.results and Path(args.results))
     if args.report:
-        rows = table.read()
-        if rows.empty:
-            raise ConfigError(f"no {table.profile} results yet: run the profile first")
-        print(report(rows))
+        print(report(table.read_or_fail()))
         return
     profile = ZOO_PROFILES[args.profile]
     device = engine.resolve_device(args.device)

@@ -28,7 +28,7 @@ import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -39,9 +39,8 @@ from kd.cache import ModelCache
 from kd.cli import run_main, study_parser, with_compile
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
-from kd.errors import ConfigError
 from kd.models import MLP, parameter_count
-from kd.results import ResultsTable, mean_std, provenance
+from kd.results import ResultsTable, mean_std, pending, provenance, run_footer
 
 STUDY = "hinton_mnist"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -313,21 +312,8 @@ def report(rows: pd.DataFrame) -> str:
     lines = ["| quantity | paper | ours |", "| --- | --- | --- |"]
     lines += [f"| {q} | {p:g} | {o} |" if isinstance(p, float) else f"| {q} | {p} | {o} |"
               for q, p, o in frame.itertuples(index=False)]
-    profiles = ", ".join(sorted(rows["profile"].unique()))
-    hardware = "; ".join(sorted(rows["hardware"].unique()))
-    commits = ", ".join(sorted(rows["git_commit"].astype(str).unique()))
-    lines.append(f"\nProfile {profiles}; seeds {sorted(rows['seed'].unique().tolist())}; "
-                 f"{hardware}; {rows['wall_s'].sum() / 60:.1f} min of training and evaluation "
-                 f"in all; commit {commits}.")
+    lines.append("\n" + run_footer(rows))
     return "\n".join(lines)
-
-
-def pending(profile: Profile, seeds: int, table: ResultsTable) -> Iterator[tuple[int, Cell]]:
-    done = table.done()
-    for seed in range(seeds):
-        for cell in plan(profile):
-            if (cell.name, seed) not in done:
-                yield seed, cell
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -336,15 +322,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="print the paper-vs-ours table of the profile's results and exit")
     args = parser.parse_args(argv)
     profile = with_compile(PROFILES[args.profile], args.compile)
+    table = ResultsTable(STUDY, args.profile, args.results and Path(args.results))
     if args.report:
-        rows = ResultsTable(STUDY, args.profile, args.results and Path(args.results)).read()
-        if rows.empty:
-            raise ConfigError(f"no {args.profile} results yet: run the profile first")
-        print(report(rows))
+        print(report(table.read_or_fail()))
         return
     device = engine.resolve_device(args.device)
-    table = ResultsTable(STUDY, args.profile, args.results and Path(args.results))
-    todo = list(pending(profile, args.seeds or profile.seeds, table))
+    todo = list(pending(plan(profile), args.seeds or profile.seeds, table))
     print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells to run on "
           f"{device} -> {table.path}")
     runs: dict[int, Run] = {}
