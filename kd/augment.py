@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2.functional import rgb_to_grayscale
 
+from kd.cifar import RandomHorizontalFlip
 from kd.data import Augment
 from kd.errors import ConfigError
 
@@ -93,15 +94,10 @@ class RandomRotation:
                              align_corners=False)
 
 
-class RandomVerticalFlip:
+class RandomVerticalFlip(RandomHorizontalFlip):
     """Turn each image upside down with probability ``p``, each drawing its own coin."""
 
-    def __init__(self, p: float = 0.5):
-        self.p = p
-
-    def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        flip = torch.rand(images.shape[0], generator=generator, device=images.device) < self.p
-        return torch.where(flip[:, None, None, None], images.flip(2), images)
+    axis = 2  # the height of [N, C, H, W]
 
 
 class ColorJitter:

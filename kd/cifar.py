@@ -115,12 +115,14 @@ DATASETS.update({"cifar10": load_cifar10, "cifar100": load_cifar100})
 class RandomHorizontalFlip:
     """Mirror each image left-right with probability ``p``, each drawing its own coin."""
 
+    axis = 3  # the width of [N, C, H, W]
+
     def __init__(self, p: float = 0.5):
         self.p = p
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         flip = torch.rand(images.shape[0], generator=generator, device=images.device) < self.p
-        return torch.where(flip[:, None, None, None], images.flip(3), images)
+        return torch.where(flip[:, None, None, None], images.flip(self.axis), images)
 
 
 class RandomCropFlip:

@@ -23,6 +23,9 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every training forward pass (for GPUs; slow to start)")
+    parser.add_argument("--report", action="store_true",
+                        help="print the study's paper-vs-ours tables for the profile's results "
+                             "and exit")
     parser.add_argument("--results", default=None,
                         help="results root (default $KD_RESULTS or results/)")
     return parser

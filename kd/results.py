@@ -11,9 +11,10 @@ import datetime
 import os
 import platform
 import subprocess
+import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 import torch
@@ -135,6 +136,19 @@ def pending(cells: Iterable, seeds: int, table: ResultsTable) -> Iterator[tuple[
     done, cells = table.done(), list(cells)
     for seed in range(seeds):
         yield from ((seed, cell) for cell in cells if (cell.name, seed) not in done)
+
+
+def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
+              run_cell: Callable[[int, object], dict], device: torch.device,
+              summary: Callable[[dict], str]) -> None:
+    """Train and score each pending ``(seed, cell)`` with ``run_cell``, appending its row (with
+    provenance) as soon as it is done, so a killed study loses at most the cell it was on."""
+    for seed, cell in todo:
+        start = time.perf_counter()
+        row = run_cell(seed, cell)
+        wall = time.perf_counter() - start
+        table.append({"cell": cell.name, "seed": seed, **row, **provenance(device, wall)})
+        print(f"  seed {seed} {cell.name:>36}: {summary(row)} ({wall:.0f} s)")
 
 
 def run_footer(rows: pd.DataFrame) -> str:

@@ -263,8 +263,6 @@ def stacks(profile: Profile, seeds: int, table: ResultsTable) -> Iterator[tuple[
 
 def main(argv: list[str] | None = None) -> None:
     parser = study_parser(__doc__.split("\n\n")[0], PROFILES)
-    parser.add_argument("--report", action="store_true",
-                        help="print the seed-study-vs-ours tables of the profile and exit")
     args = parser.parse_args(argv)
     profile = with_compile(PROFILES[args.profile], args.compile)
     table = ResultsTable(STUDY, args.profile, args.results and Path(args.results))

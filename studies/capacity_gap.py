@@ -22,7 +22,6 @@ hyper-parameter search) live in ``studies/reference/capacity_gap.csv``; ours are
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import pandas as pd
 
 from kd import engine
 from kd.cli import run_main, study_parser
-from kd.results import ResultsTable, mean_std, pending, provenance, run_footer
+from kd.results import ResultsTable, mean_std, pending, run_cells, run_footer
 from studies.cifar_zoo import ZOO_PROFILES, Teacher, Zoo, make_zoo, table_profile
 
 STUDY = "capacity_gap"
@@ -153,8 +152,6 @@ def report(rows: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = study_parser(__doc__.split("\n\n")[0], ZOO_PROFILES)
     parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
-    parser.add_argument("--report", action="store_true",
-                        help="print the paper-vs-ours tables of the profile and exit")
     args = parser.parse_args(argv)
     table = ResultsTable(STUDY, table_profile(args.profile, args.dataset),
                          args.results and Path(args.results))
@@ -168,14 +165,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{table.path}")
     zoo = make_zoo(profile, args.dataset, device)
     runs: dict[int, Run] = {}
-    for seed, cell in todo:
-        start = time.perf_counter()
-        row = runs.setdefault(seed, Run(zoo, seed)).run(cell)
-        wall = time.perf_counter() - start
-        table.append({"cell": cell.name, "seed": seed, "dataset": args.dataset, **row,
-                      **provenance(device, wall)})
-        print(f"  seed {seed} {cell.name:>36}: test accuracy {row['test_accuracy']:.4f} "
-              f"({wall:.0f} s)")
+    run_cell = lambda seed, cell: {"dataset": args.dataset,
+                                   **runs.setdefault(seed, Run(zoo, seed)).run(cell)}
+    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy {row['test_accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ numbers live in ``studies/reference/early_stopping.csv``: a reference, not somet
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import pandas as pd
 from kd import engine
 from kd.cli import run_main, study_parser
 from kd.errors import ConfigError
-from kd.results import ResultsTable, mean_std, pending, provenance, run_footer
+from kd.results import ResultsTable, mean_std, pending, run_cells, run_footer
 from studies.cifar_zoo import ZOO_PROFILES, Teacher, Zoo, make_zoo, table_profile
 
 STUDY = "early_stopping"
@@ -154,8 +153,6 @@ def report(rows: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = study_parser(__doc__.split("\n\n")[0], ZOO_PROFILES)
     parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
-    parser.add_argument("--report", action="store_true",
-                        help="print the summary and the paper's reference numbers and exit")
     args = parser.parse_args(argv)
     table = ResultsTable(STUDY, table_profile(args.profile, args.dataset),
                          args.results and Path(args.results))
@@ -170,15 +167,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{table.path}")
     zoo = make_zoo(profile, args.dataset, device)
     runs: dict[int, Run] = {}
-    for seed, cell in todo:
-        start = time.perf_counter()
-        run = runs.setdefault(seed, Run(zoo, seed, KD_STOP_EPOCH[args.profile]))
-        row = run.run(cell)
-        wall = time.perf_counter() - start
-        table.append({"cell": cell.name, "seed": seed, "dataset": args.dataset, **row,
-                      **provenance(device, wall)})
-        print(f"  seed {seed} {cell.name:>36}: test accuracy {row['test_accuracy']:.4f} "
-              f"({wall:.0f} s)")
+    stop = KD_STOP_EPOCH[args.profile]
+    run_cell = lambda seed, cell: {"dataset": args.dataset,
+                                   **runs.setdefault(seed, Run(zoo, seed, stop)).run(cell)}
+    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy {row['test_accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -62,7 +61,7 @@ from kd.data import Augment, Split
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import Ensemble, build_model, interpolate_state, parameter_count
-from kd.results import ResultsTable, mean_std, provenance
+from kd.results import ResultsTable, mean_std, run_cells
 from studies.cifar_zoo import table_profile
 
 STUDY = "fidelity"
@@ -465,8 +464,6 @@ def main(argv: list[str] | None = None) -> None:
     parser = study_parser(__doc__.split("\n\n")[0], PROFILES)
     parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10",
                         help="the data set of the CIFAR experiments (MNIST runs either way)")
-    parser.add_argument("--report", action="store_true",
-                        help="print the paper-vs-ours tables of the profile and exit")
     args = parser.parse_args(argv)
     profile = with_compile(PROFILES[args.profile], args.compile)
     table = ResultsTable(STUDY, table_profile(args.profile, args.dataset),
@@ -482,16 +479,11 @@ def main(argv: list[str] | None = None) -> None:
     # Built on first use, so a resumed run loads only the data its remaining cells need.
     parts = {"cifar": functools.cache(lambda: Cifar(profile, args.dataset, device, cache)),
              "mnist": functools.cache(lambda: Mnist(profile, device, cache))}
-    for seed, cell in todo:
-        start = time.perf_counter()
-        row = parts[cell.part]().run(cell, seed)
-        wall = time.perf_counter() - start
-        table.append({"cell": cell.name, "seed": seed, "experiment": cell.experiment, **row,
-                      **provenance(device, wall)})
-        agreement = (f", test agreement {row['test_agreement']:.4f}"
-                     if "test_agreement" in row else "")
-        print(f"  seed {seed} {cell.name:>20}: test accuracy {row['test_accuracy']:.4f}"
-              f"{agreement} ({wall:.0f} s)")
+    run_cell = lambda seed, cell: {"experiment": cell.experiment,
+                                   **parts[cell.part]().run(cell, seed)}
+    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy "
+              f"{row['test_accuracy']:.4f}" + (f", test agreement {row['test_agreement']:.4f}"
+                                              if "test_agreement" in row else ""))
 
 
 if __name__ == "__main__":

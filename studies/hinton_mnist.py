@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,7 +39,7 @@ from kd.cli import run_main, study_parser, with_compile
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import MLP, parameter_count
-from kd.results import ResultsTable, mean_std, pending, provenance, run_footer
+from kd.results import ResultsTable, mean_std, pending, run_cells, run_footer
 
 STUDY = "hinton_mnist"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -318,8 +317,6 @@ def report(rows: pd.DataFrame) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = study_parser(__doc__.split("\n\n")[0], PROFILES)
-    parser.add_argument("--report", action="store_true",
-                        help="print the paper-vs-ours table of the profile's results and exit")
     args = parser.parse_args(argv)
     profile = with_compile(PROFILES[args.profile], args.compile)
     table = ResultsTable(STUDY, args.profile, args.results and Path(args.results))
@@ -332,13 +329,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{device} -> {table.path}")
     runs: dict[int, Run] = {}
     cache = ModelCache()
-    for seed, cell in todo:
-        run = runs.setdefault(seed, Run(profile, seed, device, cache))
-        start = time.perf_counter()
-        row = run.run(cell)
-        wall = time.perf_counter() - start
-        table.append({"cell": cell.name, "seed": seed, **row, **provenance(device, wall)})
-        print(f"  seed {seed} {cell.name:>14}: {row['test_errors']} test errors ({wall:.0f} s)")
+    run_cell = lambda seed, cell: runs.setdefault(seed, Run(profile, seed, device, cache)).run(cell)
+    run_cells(table, todo, run_cell, device, lambda row: f"{row['test_errors']} test errors")
 
 
 if __name__ == "__main__":
