@@ -27,10 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd import engine
-from kd.cli import run_main, study_parser
-from kd.results import ResultsTable, mean_std, pending, run_cells, run_footer
-from studies.cifar_zoo import ZOO_PROFILES, Teacher, Zoo, make_zoo, table_profile
+from kd.cli import run_main
+from kd.results import mean_std, run_footer
+from studies.cifar_zoo import Teacher, Zoo, zoo_study_main
 
 STUDY = "capacity_gap"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -150,24 +149,9 @@ def report(rows: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = study_parser(__doc__.split("\n\n")[0], ZOO_PROFILES)
-    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
-    args = parser.parse_args(argv)
-    table = ResultsTable(STUDY, table_profile(args.profile, args.dataset),
-                         args.results and Path(args.results))
-    if args.report:
-        print(report(table.read_or_fail()))
-        return
-    profile = ZOO_PROFILES[args.profile]
-    device = engine.resolve_device(args.device)
-    todo = list(pending(plan(FAMILIES[args.profile]), args.seeds or profile.seeds, table))
-    print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
-          f"{table.path}")
-    zoo = make_zoo(profile, args.dataset, device)
-    runs: dict[int, Run] = {}
-    run_cell = lambda seed, cell: {"dataset": args.dataset,
-                                   **runs.setdefault(seed, Run(zoo, seed)).run(cell)}
-    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy {row['test_accuracy']:.4f}")
+    zoo_study_main(argv, study=STUDY, description=__doc__.split("\n\n")[0],
+                   plan=lambda name, profile: plan(FAMILIES[name]),
+                   new_run=lambda zoo, seed, name: Run(zoo, seed), report=report)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -21,9 +24,11 @@ from kd import data, engine, metrics
 from kd.cache import ModelCache, spec_key
 from kd.cifar import RandomCropFlip
 from kd.cifar_models import flops_per_image
+from kd.cli import study_parser, with_compile
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import build_model, parameter_count
+from kd.results import ResultsTable, pending, run_cells
 
 # Mirzadeh et al. 2020: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at epochs 80
 # and 120 of 150. The 1-epoch warm-up is ours: lr 0.1 from the first step kills the 2-layer CNN.
@@ -190,3 +195,36 @@ def make_zoo(profile: ZooProfile, dataset: str, device: torch.device) -> Zoo:
 def table_profile(profile: str, dataset: str) -> str:
     """The results file's profile name: ``quick`` on CIFAR-10, ``quick_cifar100`` on CIFAR-100."""
     return profile if dataset == "cifar10" else f"{profile}_{dataset}"
+
+
+class SeedRun(Protocol):
+    def run(self, cell) -> dict: ...
+
+
+def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
+                   plan: Callable[[str, ZooProfile], list],
+                   new_run: Callable[[Zoo, int, str], SeedRun],
+                   report: Callable[[pd.DataFrame], str]) -> None:
+    """The command line of a study built on the zoo: ``plan(profile name, profile)`` lists the
+    cells of one seed, ``new_run(zoo, seed, profile name)`` trains and describes them."""
+    parser = study_parser(description, ZOO_PROFILES)
+    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
+    args = parser.parse_args(argv)
+    table = ResultsTable(study, table_profile(args.profile, args.dataset),
+                         args.results and Path(args.results))
+    if args.report:
+        print(report(table.read_or_fail()))
+        return
+    profile = with_compile(ZOO_PROFILES[args.profile], args.compile)
+    device = engine.resolve_device(args.device)
+    todo = list(pending(plan(args.profile, profile), args.seeds or profile.seeds, table))
+    print(f"{study} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
+          f"{table.path}")
+    zoo = make_zoo(profile, args.dataset, device)
+    runs: dict[int, SeedRun] = {}
+
+    def run_cell(seed: int, cell) -> dict:
+        run = runs.setdefault(seed, new_run(zoo, seed, args.profile))
+        return {"dataset": args.dataset, **run.run(cell)}
+
+    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy {row['test_accuracy']:.4f}")

@@ -205,3 +205,6 @@ def test_compile_flag_reaches_every_train_config_of_a_profile():
     profile = with_compile(PROFILES["smoke"], True)
     assert profile.teacher.compile and profile.student.compile
     assert with_compile(PROFILES["smoke"], False) is PROFILES["smoke"]
+    from studies.cifar_zoo import ZOO_PROFILES  # a profile with one config, of another class
+
+    assert with_compile(ZOO_PROFILES["smoke"], True).config.compile
