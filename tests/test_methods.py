@@ -1,0 +1,179 @@
+import math
+
+import pytest
+import torch
+from torchvision.models.feature_extraction import create_feature_extractor
+
+from kd import data, engine
+from kd.cifar_models import CifarResNet, PlainCNN
+from kd.data import Batch
+from kd.engine import TrainConfig
+from kd.errors import ConfigError
+from kd.losses import attention_loss, fsp_loss, hint_loss, rkd_loss, similarity_loss
+from kd.methods import METHODS, FeatureDistiller, StudentWithHeads, build_method, resnet_taps
+
+CONFIG = TrainConfig(epochs=1, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9,
+                     schedule="constant")
+FEATURE_TERMS = {"kd": [], "fitnets": ["hint"], "at": ["at"], "sp": ["sp"],
+                 "rkd": ["rkd_distance", "rkd_angle"], "fsp": ["fsp"]}
+PAPERS = {"kd": "Hinton", "fitnets": "Romero", "at": "Zagoruyko", "sp": "Tung",
+          "rkd": "Park", "fsp": "Yim"}
+
+
+def tiny_cifar(n=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 60, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    images[torch.arange(n), labels % 3] += 120
+    return data.Split(images, labels, (0.3, 0.3, 0.3), (0.25, 0.25, 0.25))
+
+
+def student(seed=0):
+    torch.manual_seed(seed)
+    return CifarResNet(8)
+
+
+def teacher():
+    torch.manual_seed(99)
+    return CifarResNet(14).eval()
+
+
+def one_batch(split, n=16):
+    return Batch(split.normalize(split.images[:n]), split.labels[:n], torch.arange(n))
+
+
+def test_registry_names_are_unique_and_documented():
+    assert sorted(METHODS) == sorted(FEATURE_TERMS)
+    assert len({cls.name for cls in METHODS.values()}) == len(METHODS)
+    for name, cls in METHODS.items():
+        assert cls.name == name
+        assert cls.__doc__ and PAPERS[name] in cls.__doc__ and "Default" in cls.__doc__
+
+
+def test_unknown_method_or_option_is_a_config_error_naming_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown distillation method 'nope'.*fitnets.*rkd"):
+        build_method("nope", student(), teacher())
+    with pytest.raises(ConfigError, match="no option.*'gama'.*gamma"):
+        build_method("sp", student(), teacher(), gama=1.0)
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_TERMS))
+def test_every_method_trains_with_every_term_logged_and_only_the_student_learns(name):
+    train = tiny_cifar()
+    t = teacher()
+    t_before = {k: v.clone() for k, v in t.state_dict().items()}
+    method = build_method(name, student(), t)
+    model = engine.prepare_model(method.model, torch.device("cpu"))
+    s_before = {k: v.clone() for k, v in model.state_dict().items()}
+    history = engine.fit(model, train, method, CONFIG, seed=0).history
+    record = history[-1]
+    for term in ["loss", "ce", "kd", *FEATURE_TERMS[name]]:
+        assert math.isfinite(record[f"train_{term}"]), (term, record)
+    for k, v in t.state_dict().items():
+        assert torch.equal(v, t_before[k]), k
+    assert all(p.grad is None and not p.requires_grad for p in t.parameters())
+    assert any(not torch.equal(v, s_before[k]) for k, v in model.state_dict().items())
+
+
+def test_fitnets_regressor_is_trained_through_method_model():
+    method = build_method("fitnets", student(), teacher())
+    assert isinstance(method.model, StudentWithHeads)
+    regressor = method.heads["regressor"]
+    assert tuple(regressor.weight.shape) == (32, 32, 1, 1)  # layer2 of resnet8 -> resnet14
+    assert any(p is regressor.weight for p in method.model.parameters())
+    before = regressor.weight.detach().clone()
+
+    train = tiny_cifar()
+    batch = one_batch(train)
+    loss, _ = method(method.model, batch)
+    loss.backward()
+    assert regressor.weight.grad is not None and regressor.weight.grad.abs().sum() > 0
+    method.model.zero_grad(set_to_none=True)
+
+    engine.fit(method.model, train, method, CONFIG, seed=0)
+    assert not torch.equal(regressor.weight.detach(), before)
+
+
+def test_training_the_bare_student_of_a_method_with_heads_is_refused():
+    method = build_method("fitnets", student(), teacher())
+    with pytest.raises(ConfigError, match="method.model"):
+        engine.fit(method.student, tiny_cifar(), method, CONFIG, seed=0)
+
+
+def by_hand(model, paths, x):
+    extractor = create_feature_extractor(model, {p: p for p in paths})
+    with torch.no_grad():
+        out = extractor(x)
+    return [out[p] for p in paths]
+
+
+@pytest.mark.parametrize("name", ["fitnets", "at", "sp", "rkd", "fsp"])
+def test_feature_terms_match_the_loss_functions_on_the_tapped_features(name):
+    s, t = student(), teacher()
+    method = build_method(name, s, t)
+    s.eval()  # batch norm on running statistics: the two forward passes agree exactly
+    batch = one_batch(tiny_cifar())
+    loss, terms = method(method.model, batch)
+    f_s = by_hand(s, method.student_taps, batch.x)
+    f_t = by_hand(t, method.teacher_taps, batch.x)
+    if name == "fitnets":
+        expected = {"hint": hint_loss(f_s[0], f_t[0], method.heads["regressor"])}
+    elif name == "at":
+        assert method.student_taps == ["layer1", "layer2", "layer3"]
+        expected = {"at": sum(attention_loss(a, b) / (a.shape[2] * a.shape[3])
+                              for a, b in zip(f_s, f_t))}
+    elif name == "sp":
+        assert method.student_taps == ["layer3"]
+        expected = {"sp": similarity_loss(f_s[0], f_t[0])}
+    elif name == "rkd":
+        assert method.student_taps == ["avgpool"]
+        expected = {"rkd_distance": rkd_loss(f_s[0], f_t[0], 1.0, 0.0),
+                    "rkd_angle": rkd_loss(f_s[0], f_t[0], 0.0, 1.0)}
+    else:
+        assert method.student_taps == ["layer1", "layer2"]
+        expected = {"fsp": fsp_loss(f_s, f_t)}
+    weighted = terms["ce"].detach()
+    for term, value in expected.items():
+        assert terms[term].item() == pytest.approx(value.item(), rel=1e-5)
+        weighted = weighted + method.weights[term] * value
+    assert loss.item() == pytest.approx(weighted.item(), rel=1e-5)
+
+
+def test_kd_weight_adds_the_soft_target_term():
+    s, t = student(), teacher()
+    s.eval()
+    batch = one_batch(tiny_cifar())
+    plain = build_method("sp", s, t)
+    mixed = build_method("sp", s, t, kd_weight=0.5, ce_weight=0.5)
+    loss0, terms0 = plain(plain.model, batch)
+    loss1, terms1 = mixed(mixed.model, batch)
+    assert terms0["kd"].item() == pytest.approx(terms1["kd"].item())
+    expected = 0.5 * terms1["ce"] + 0.5 * terms1["kd"] + 3000.0 * terms1["sp"]
+    assert loss1.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_default_taps_only_for_cifar_resnets_explicit_taps_elsewhere():
+    assert resnet_taps(CifarResNet(8)) == {
+        "stages": ["layer1", "layer2", "layer3"], "middle": ["layer2"], "last": ["layer3"],
+        "pair": ["layer1", "layer2"], "embedding": ["avgpool"]}
+    torch.manual_seed(0)
+    cnn_student, cnn_teacher = PlainCNN(2), PlainCNN(4).eval()
+    with pytest.raises(ConfigError, match="student_taps="):
+        build_method("at", cnn_student, cnn_teacher)
+    method = build_method("at", cnn_student, cnn_teacher, student_taps=["features.2"],
+                          teacher_taps=["features.5"])
+    engine.fit(method.model, tiny_cifar(), method, CONFIG, seed=0)
+    with pytest.raises(ConfigError, match="no module 'features.99'"):
+        build_method("sp", cnn_student, cnn_teacher, student_taps="features.99")
+    with pytest.raises(ConfigError, match="fsp takes 2 tap"):
+        build_method("fsp", student(), teacher(), student_taps="layer1")
+    with pytest.raises(ConfigError, match="fsp_loss"):  # (16, 32) vs (16, 64) channels
+        build_method("fsp", student(), teacher(), student_taps=["layer1", "layer2"],
+                     teacher_taps=["layer1", "layer3"])
+
+
+def test_kd_method_is_hinton_distill_with_its_defaults():
+    method = build_method("kd", student(), teacher())
+    assert method.model is method.student
+    assert method.temperature.item() == 4.0 and method.alpha.item() == pytest.approx(0.9)
+    assert isinstance(METHODS["fitnets"](student(), teacher()), FeatureDistiller)
