@@ -55,9 +55,12 @@ class Distill(Objective):
 
     def __init__(self, teacher: nn.Module, temperature: float | Sequence[float],
                  alpha: float | Sequence[float], *, t_squared: bool | Sequence[bool] = True,
-                 transfer_logits: Tensor | None = None, kd_until_epoch: int | None = None):
+                 transfer_logits: Tensor | None = None, kd_until_epoch: int | None = None,
+                 cache_logits: bool = True):
         """transfer_logits: the teacher's logits for the whole transfer set, row i for example i,
-        when the caller already has them (several students distilled from one teacher)."""
+        when the caller already has them (several students distilled from one teacher).
+        cache_logits=False runs the teacher on every batch even when nothing is augmented (a
+        teacher whose answer changes from step to step, such as one drawn at random)."""
         self.temperature, self.alpha, t_squared = torch.broadcast_tensors(
             torch.as_tensor(temperature, dtype=torch.float32),
             torch.as_tensor(alpha, dtype=torch.float32), torch.as_tensor(t_squared))
@@ -74,6 +77,7 @@ class Distill(Objective):
         if kd_until_epoch is not None and kd_until_epoch < 0:
             raise ConfigError(f"kd_until_epoch must be >= 0, got {kd_until_epoch}")
         self.kd_until_epoch, self.kd_active = kd_until_epoch, True
+        self.cache_logits = cache_logits
 
     def start_epoch(self, epoch: int) -> None:
         self.kd_active = self.kd_until_epoch is None or epoch <= self.kd_until_epoch
@@ -82,7 +86,7 @@ class Distill(Objective):
         device = train.device
         self.temperature, self.alpha, self.kd_weight = (
             t.to(device) for t in (self.temperature, self.alpha, self.kd_weight))
-        if augmented:
+        if augmented or not self.cache_logits:
             self.cached_logits = None
         elif self.transfer_logits is not None:
             if self.transfer_logits.shape[0] != len(train):

@@ -58,9 +58,12 @@ def test_random_teacher_draws_each_member_and_repeats_for_a_seed():
         b(x)
         choices_b.append(b.last_choice)
     assert choices_a == choices_b and set(choices_a) == {0, 1, 2}
-    # it teaches through Distill like any teacher, live on each batch
-    engine.fit(student(5), tiny_cifar(), Distill(a, 4.0, 0.9), CONFIG, seed=0,
-               augment=lambda images, generator: images)
+    # it teaches through Distill like any teacher, asked anew on each batch
+    drawn = []
+    a.register_forward_hook(lambda module, inputs, output: drawn.append(module.last_choice))
+    engine.fit(student(5), tiny_cifar(), Distill(a, 4.0, 0.9, cache_logits=False), CONFIG,
+               seed=0)
+    assert len(drawn) == 3  # 48 images in batches of 16: one draw per step, none cached
     with pytest.raises(ConfigError):
         RandomTeacher([])
 
