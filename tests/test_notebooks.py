@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from studies import alpha_temperature, capacity_gap, early_stopping, hinton_mnist
+from studies import alpha_temperature, capacity_gap, early_stopping, hinton_mnist, method_zoo
 from tests.conftest import REPO
 
 
@@ -51,3 +51,10 @@ def test_capacity_gap_and_early_stopping_notebooks_draw_from_smoke_results(fake_
     for name in ("capacity_gap_teachers.png", "capacity_gap_assistants.png",
                  "early_stopping_checkpoints.png", "early_stopping_eskd.png"):
         assert (figures / name).stat().st_size > 10_000, name
+
+
+def test_method_zoo_notebook_draws_from_smoke_results(fake_cifar10, monkeypatch):
+    method_zoo.main(["--profile", "smoke", "--device", "cpu"])
+    monkeypatch.setenv("KD_PROFILE", "smoke")
+    execute(REPO / "notebooks" / "method_zoo.ipynb")
+    assert (Path(os.environ["KD_FIGURES"]) / "method_zoo.png").stat().st_size > 10_000
