@@ -151,6 +151,12 @@ def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
         print(f"  seed {seed} {cell.name:>36}: {summary(row)} ({wall:.0f} s)")
 
 
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """The lines of a Markdown table of ``frame``'s columns and rows (values as ``str``)."""
+    return (["| " + " | ".join(map(str, frame.columns)) + " |", "| --- " * len(frame.columns) + "|"]
+            + ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)])
+
+
 def run_footer(rows: pd.DataFrame) -> str:
     """One line under a report: profile, seeds, hardware, total wall time and commits."""
     return (f"Profile {', '.join(sorted(rows['profile'].unique()))}; seeds "

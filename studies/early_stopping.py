@@ -28,7 +28,7 @@ import pandas as pd
 
 from kd.cli import run_main
 from kd.errors import ConfigError
-from kd.results import mean_std, run_footer
+from kd.results import markdown_table, mean_std, run_footer
 from studies.cifar_zoo import Teacher, Zoo, zoo_study_main
 
 STUDY = "early_stopping"
@@ -138,9 +138,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(rows: pd.DataFrame) -> str:
-    frame = summary(rows)
-    lines = ["| " + " | ".join(frame.columns) + " |", "| --- " * len(frame.columns) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
+    lines = markdown_table(summary(rows))
     reference = pd.read_csv(REFERENCE)
     lines += ["\nReference (Cho & Hariharan 2019, ImageNet, ResNet-18 student, top-1 error %; "
               "not run here):\n", "| quantity | error % |", "| --- | --- |"]

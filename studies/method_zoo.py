@@ -40,7 +40,7 @@ from kd.engine import TrainConfig
 from kd.methods import METHODS, build_method
 from kd.models import Ensemble
 from kd.quantize import quantize_student
-from kd.results import ResultsTable, mean_std, pending, run_cells, run_footer
+from kd.results import ResultsTable, markdown_table, mean_std, pending, run_cells, run_footer
 from kd.schemes import MutualLearning, RandomTeacher
 from studies.cifar_zoo import MIRZADEH_SGD, Teacher, Zoo, table_profile
 
@@ -190,9 +190,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(rows: pd.DataFrame) -> str:
-    frame = summary(rows)
-    lines = ["| " + " | ".join(frame.columns) + " |", "| --- " * len(frame.columns) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
+    lines = markdown_table(summary(rows))
     reference = pd.read_csv(REFERENCE)
     lines += ["\nReference (RepDistiller, CIFAR-100; another data set, not run here):\n",
               "| quantity | test accuracy % |", "| --- | --- |"]
