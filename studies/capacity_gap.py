@@ -29,18 +29,10 @@ import pandas as pd
 
 from kd.cli import run_main
 from kd.results import mean_std, run_footer
-from studies.cifar_zoo import Teacher, Zoo, zoo_study_main
+from studies.cifar_zoo import Family, Teacher, Zoo, zoo_study_main
 
 STUDY = "capacity_gap"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    student: str
-    teachers: tuple[str, ...]  # by growing capacity
-    assistants: tuple[tuple[str, str], ...] = ()  # (teacher, assistant) chains to the student
 
 
 PLAIN = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn6", "plain_cnn8", "plain_cnn10"),

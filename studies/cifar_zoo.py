@@ -153,6 +153,17 @@ class Zoo:
 
 
 @dataclass(frozen=True)
+class Family:
+    """Teachers of growing capacity for one student architecture (and, for the capacity-gap
+    study, (teacher, assistant) chains to the student)."""
+
+    name: str
+    student: str
+    teachers: tuple[str, ...]  # by growing capacity
+    assistants: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class ZooProfile:
     """What the capacity-gap and early-stopping studies share in a profile, so that they share
     its teachers through the cache: data, schedule, teacher checkpoints, seeds."""

@@ -29,17 +29,10 @@ import pandas as pd
 from kd.cli import run_main
 from kd.errors import ConfigError
 from kd.results import markdown_table, mean_std, run_footer
-from studies.cifar_zoo import Teacher, Zoo, zoo_study_main
+from studies.cifar_zoo import Family, Teacher, Zoo, zoo_study_main
 
 STUDY = "early_stopping"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    student: str
-    teachers: tuple[str, ...]  # by growing capacity
 
 
 FAMILIES = {
