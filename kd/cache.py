@@ -65,12 +65,14 @@ class ModelCache:
 
         ``spec`` must name everything that decides the weights (architecture, data, seed, the
         training config with its checkpoint epochs). meta holds ``train_s``, the training time
-        when the model was trained.
+        when the model was trained, and ``final_train_loss``, its last epoch's mean loss (a
+        number, or a list for a stack of students).
         """
         hit = self.load(spec)
         if hit is None:
             fitted = fit(model, train, objective, config, seed=seed, augment=augment, desc=desc)
-            meta = {"train_s": round(fitted.wall_s, 2)}
+            meta = {"train_s": round(fitted.wall_s, 2),
+                    "final_train_loss": fitted.final.get("train_loss")}
             hit = {"meta": meta, "checkpoints": fitted.checkpoints}
             self.save(spec, model.state_dict(), meta, fitted.checkpoints)
         else:

@@ -183,6 +183,16 @@ class PlainCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.hidden(torch.flatten(self.features(x), 1)))
 
+    def feature_taps(self) -> dict[str, list[str]]:
+        """Module paths for the feature-based distillers (the keys of
+        :func:`kd.methods.base.resnet_taps`): a stage is the last ReLU before each max-pool, the
+        embedding is what the classifier reads (the hidden layers' output, or the pooled maps)."""
+        layers = list(self.features)
+        stages = [f"features.{i - 1}" for i, layer in enumerate(layers)
+                  if isinstance(layer, nn.MaxPool2d)]
+        return {"stages": stages, "middle": [stages[len(stages) // 2]], "last": [stages[-1]],
+                "pair": stages[:2], "embedding": ["hidden" if len(self.hidden) else "features"]}
+
 
 def flops_per_image(model: nn.Module, image_shape: tuple[int, ...] = (3, 32, 32)) -> int:
     """Floating-point operations of one forward pass of one image (torch's FLOP counter)."""

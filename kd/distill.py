@@ -30,6 +30,12 @@ class Objective:
         loss = label_cross_entropy(model(batch.x), batch.y)
         return loss, {"ce": loss}
 
+    def trained_student(self, model: nn.Module) -> nn.Module:
+        """The student inside the trained ``model`` (without a method's heads or peers, and
+        without a ``torch.compile`` wrapper)."""
+        model = getattr(model, "_orig_mod", model)
+        return getattr(model, "student", model)
+
 
 CrossEntropy = Objective
 

@@ -1,22 +1,22 @@
-"""The method families of the KD survey (Gou et al. 2021), side by side on one teacher/student pair.
+"""The method families of the KD survey (Gou et al. 2021), side by side on teacher/student pairs.
 
-Cells of one seed (each one trained student and one row), all with the same student
-architecture, initialization and batches:
+Each pair is a teacher and a student architecture (one pair of one family, one across families).
+Its cells (each one trained student and one row), all with the same student initialization and
+batches within a seed:
 
-* ``scratch``: the student on labels alone;
-* ``method/<name>``: every method of :data:`kd.methods.METHODS` (response: ``kd``; feature:
-  ``fitnets``, ``at``; relation: ``sp``, ``rkd``, ``fsp``), with its own defaults;
-* ``mutual``: two students trained together by deep mutual learning, no teacher (the row is
-  the first student; the second's accuracy is ``peer_test_accuracy``);
-* ``born_again``: a student distilled from the ``scratch`` student, its own architecture;
-* ``multi_teacher/mean`` and ``multi_teacher/random``: distilled from two teachers (seeds s and
-  s + 100), their mean softmax or one drawn at random each step;
-* ``quantized/w<b>/labels`` and ``quantized/w<b>/kd``: the student with fake-quantized
-  b-bit weights and 8-bit activations, on labels alone or distilled.
+* ``<pair>/scratch``: the student on labels alone;
+* ``<pair>/<method>``: every method of :data:`kd.methods.METHODS` with its own defaults:
+  response (``kd``), feature (``fitnets``, ``at``), relation (``sp``, ``rkd``, ``fsp``), online
+  (``mutual``: the student and one peer, no teacher; the peer's accuracy is
+  ``peer_test_accuracy``), self (``born_again``: from the pair's scratch student),
+  multi-teacher (``multi_teacher``, ``random_teacher``: the pair's teacher and a second one);
+* ``<pair>/quantized/w<b>`` and ``<pair>/quantized/w<b>/labels``: the student with
+  fake-quantized b-bit weights and 8-bit activations, distilled or on labels alone.
 
-Every distilled cell uses the method's own loss; ``kd`` and the schemes use T = 4, α = 0.9.
-Teachers come from :mod:`studies.cifar_zoo` (labels, crop + flip) and are cached. RepDistiller's
-CIFAR-100 numbers (``studies/reference/method_zoo.csv``) are shown as another data set's.
+Teachers are trained on labels with crop + flip on the teacher data (for the small profiles a
+larger random subset than the students'; the students' subset is part of it) and cached, as are
+the students. RepDistiller's CIFAR-100 numbers (``studies/reference/method_zoo.csv``) are shown
+as another data set's.
 """
 
 from __future__ import annotations
@@ -25,172 +25,228 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
 from torch import nn
 
 from kd import engine, metrics
-from kd.batched import StackedModels
 from kd.cache import spec_key
+from kd.cifar import RandomCropFlip
 from kd.cli import run_main, study_parser, with_compile
-from kd.distill import CrossEntropy, Distill, Objective
 from kd.engine import TrainConfig
 from kd.methods import METHODS, build_method
-from kd.models import Ensemble
-from kd.quantize import quantize_student
 from kd.results import ResultsTable, markdown_table, mean_std, pending, run_cells, run_footer
-from kd.schemes import MutualLearning, RandomTeacher
 from studies.cifar_zoo import MIRZADEH_SGD, Teacher, Zoo, table_profile
 
 STUDY = "method_zoo"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
-TEMPERATURE, ALPHA = 4.0, 0.9
-SECOND_TEACHER_OFFSET = 100  # the second teacher of the multi-teacher cells: seed s + 100
+SECOND_TEACHER_SEED = 100  # added to the teacher seed: the multi-teacher cells' second teacher
+PEER_SEED = 500  # added to the seed: the mutual-learning peer's initialization
+
+
+@dataclass(frozen=True)
+class Pair:
+    teacher: str
+    student: str
+    methods: tuple[str, ...] | None = None  # None: every registered method
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}->{self.student}"
 
 
 @dataclass(frozen=True)
 class Profile:
     description: str
     seeds: int
-    teacher: str
-    student: str
-    config: TrainConfig
+    pairs: tuple[Pair, ...]
+    second_teacher: str  # the architecture of the multi-teacher cells' second teacher
+    teacher_config: TrainConfig
+    student_config: TrainConfig
     quantized_bits: tuple[int, ...]
-    train_limit: int | None = None
+    teacher_seed: int | None  # one teacher for every seed; None: each seed trains its own
+    augment_students: bool
+    teacher_train_limit: int | None = None
+    student_train_limit: int | None = None
     test_limit: int | None = None
+
+
+def steps(epochs: int, milestones: tuple[int, ...]) -> TrainConfig:
+    return dataclasses.replace(MIRZADEH_SGD, epochs=epochs, milestones=milestones)
 
 
 PROFILES = {
     "smoke": Profile(
-        description="seconds: 256 training and 128 test images, 1 epoch, ResNet-8 -> ResNet-8",
-        seeds=1, teacher="resnet8", student="resnet8", train_limit=256, test_limit=128,
-        config=dataclasses.replace(MIRZADEH_SGD, epochs=1, milestones=()), quantized_bits=(4,)),
+        description="seconds: ResNet-8 teachers (512 images) -> ResNet-8 and plain CNN-6 "
+                    "students (256 images), 1 epoch, 128 test images",
+        seeds=1, pairs=(Pair("resnet8", "resnet8"), Pair("resnet8", "plain_cnn6")),
+        second_teacher="resnet8", teacher_config=steps(1, ()), student_config=steps(1, ()),
+        quantized_bits=(4,), teacher_seed=0, augment_students=False, teacher_train_limit=512,
+        student_train_limit=256, test_limit=128),
     "quick": Profile(
-        description="a 2-core CPU: ResNet-14 -> ResNet-8 on 5,000 random training images, full "
-                    "test set, 8 epochs (lr ÷10 at 4 and 6), students without augmentation, "
-                    "2 seeds",
-        seeds=2, teacher="resnet14", student="resnet8", train_limit=5_000,
-        config=dataclasses.replace(MIRZADEH_SGD, epochs=8, milestones=(4, 6)),
-        quantized_bits=(8, 4)),
+        description="a 2-core CPU: ResNet-14 teacher (and ResNet-8 as the second teacher) "
+                    "trained once on 20,000 random training images (8 epochs, crop + flip); "
+                    "ResNet-8 and plain CNN-6 students on 3,000 of those images (6 epochs, no "
+                    "augmentation); full test set; 3 seeds; the cross-family pair runs the "
+                    "response, feature and relation methods only",
+        seeds=3,
+        pairs=(Pair("resnet14", "resnet8"),
+               Pair("resnet14", "plain_cnn6", ("kd", "fitnets", "at", "sp", "rkd", "fsp"))),
+        second_teacher="resnet8", teacher_config=steps(8, (4, 6)),
+        student_config=steps(6, (4, 5)), quantized_bits=(4,), teacher_seed=0,
+        augment_students=False, teacher_train_limit=20_000, student_train_limit=3_000),
     "paper": Profile(
-        description="a GPU: ResNet-56 -> ResNet-20 on all of CIFAR-10, 150 epochs, 3 seeds",
-        seeds=3, teacher="resnet56", student="resnet20", config=MIRZADEH_SGD,
-        quantized_bits=(8, 4)),
+        description="a GPU: ResNet-56 -> ResNet-20 and ResNet-56 -> plain CNN-6 on all of "
+                    "CIFAR-10, Mirzadeh et al.'s 150-epoch schedule, crop + flip for every "
+                    "model, ResNet-32 as the second teacher, each seed its own teachers, 3 seeds",
+        seeds=3, pairs=(Pair("resnet56", "resnet20"), Pair("resnet56", "plain_cnn6")),
+        second_teacher="resnet32", teacher_config=MIRZADEH_SGD, student_config=MIRZADEH_SGD,
+        quantized_bits=(8, 4), teacher_seed=None, augment_students=True),
 }
 
 
 @dataclass(frozen=True)
 class Cell:
-    name: str
-    family: str  # response, feature, relation, scheme, quantized, baseline
+    name: str  # "<pair>/<label>"
+    pair: Pair
+    method: str | None  # a key of METHODS; None: the scratch student
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def family(self) -> str:
+        return METHODS[self.method].family if self.method else "baseline"
+
+    @property
+    def teacher_role(self) -> str:
+        """Which model(s) teach this cell: main, both (main and second), scratch, none."""
+        if self.method is None or dict(self.options).get("teacher") == "none":
+            return "none"
+        cls = METHODS[self.method]
+        return "scratch" if cls.family == "self" else {
+            "one": "main", "optional": "main", "several": "both", "none": "none"}[cls.teachers]
 
 
-def plan(profile: Profile) -> list[Cell]:
-    families = {"kd": "response", "fitnets": "feature", "at": "feature", "sp": "relation",
-                "rkd": "relation", "fsp": "relation"}
-    cells = [Cell("scratch", "baseline")]
-    cells += [Cell(f"method/{name}", families.get(name, "other")) for name in METHODS]
-    cells += [Cell(name, "scheme") for name in ("mutual", "born_again", "multi_teacher/mean",
-                                                "multi_teacher/random")]
-    cells += [Cell(f"quantized/w{b}/{how}", "quantized") for b in profile.quantized_bits
-              for how in ("labels", "kd")]
+def pair_cells(pair: Pair, profile: Profile) -> list[Cell]:
+    cells = [Cell(f"{pair.name}/scratch", pair, None)]
+    for method in pair.methods or tuple(METHODS):
+        if method != "quantized":
+            cells.append(Cell(f"{pair.name}/{method}", pair, method))
+            continue
+        for bits in profile.quantized_bits:
+            options = (("weight_bits", bits),)
+            cells += [Cell(f"{pair.name}/quantized/w{bits}", pair, method, options),
+                      Cell(f"{pair.name}/quantized/w{bits}/labels", pair, method,
+                           options + (("teacher", "none"),))]
     return cells
 
 
+def plan(profile: Profile) -> list[Cell]:
+    return [cell for pair in profile.pairs for cell in pair_cells(pair, profile)]
+
+
 class Run:
-    """One seed: its teachers, and each cell's student trained (or loaded) through the cache."""
+    """One seed: its teachers and scratch students, and each cell's student trained (or
+    loaded) through the cache."""
 
-    def __init__(self, zoo: Zoo, profile: Profile, seed: int):
-        self.zoo, self.profile, self.seed = zoo, profile, seed
+    def __init__(self, teacher_zoo: Zoo, student_zoo: Zoo, profile: Profile, seed: int):
+        self.teacher_zoo, self.zoo, self.profile, self.seed = teacher_zoo, student_zoo, profile, seed
+        self.teacher_seed = seed if profile.teacher_seed is None else profile.teacher_seed
 
-    @functools.cached_property
-    def teacher(self) -> Teacher:
-        return self.zoo.teacher(self.profile.teacher, self.seed)[0]
+    @functools.cache
+    def teacher(self, arch: str, seed: int) -> Teacher:
+        return self.teacher_zoo.teacher(arch, seed)[0]
 
-    @functools.cached_property
-    def second_teacher(self) -> Teacher:
-        return self.zoo.teacher(self.profile.teacher, self.seed + SECOND_TEACHER_OFFSET)[0]
+    @functools.cache
+    def scratch(self, arch: str) -> tuple[Teacher, dict]:
+        return self.zoo.distilled(arch, self.seed, None)
 
-    @functools.cached_property
-    def scratch(self) -> tuple[Teacher, dict]:
-        return self.zoo.distilled(self.profile.student, self.seed, None)
+    def teachers(self, cell: Cell) -> list[Teacher]:
+        main = lambda: [self.teacher(cell.pair.teacher, self.teacher_seed)]
+        second = lambda: [self.teacher(self.profile.second_teacher,
+                                       self.teacher_seed + SECOND_TEACHER_SEED)]
+        return {"main": main, "both": lambda: main() + second(), "none": list,
+                "scratch": lambda: [self.scratch(cell.pair.student)[0]]}[cell.teacher_role]()
 
-    def student(self) -> nn.Module:
-        return self.zoo.new_model(self.profile.student, self.seed)
+    def method(self, cell: Cell, teachers: list[Teacher]):
+        options = {k: v for k, v in cell.options if k != "teacher"}
+        if cell.method == "mutual":  # the peer gets the architecture's own initialization
+            options["peers"] = [self.zoo.new_model(cell.pair.student, self.seed + PEER_SEED)]
+        models = [t.model for t in teachers]
+        teacher = models if len(models) > 1 else next(iter(models), None)
+        return build_method(cell.method, self.zoo.new_model(cell.pair.student, self.seed),
+                            teacher, **options)
 
-    def distill(self, teacher: nn.Module, **options) -> Objective:
-        return Distill(teacher, TEMPERATURE, ALPHA, **options)
-
-    # cell name -> (model to train, objective, the teachers' cache keys)
-    def recipe(self, cell: Cell) -> tuple[nn.Module, Objective, list[str]]:
-        name = cell.name
-        if name.startswith("method/"):
-            method = build_method(name.split("/", 1)[1], self.student(), self.teacher.model)
-            return engine.prepare_model(method.model, self.zoo.device), method, [self.teacher.key]
-        if name.startswith("quantized/"):
-            _, bits, how = name.split("/")
-            model = quantize_student(self.student(), weight_bits=int(bits[1:]))
-            objective = CrossEntropy() if how == "labels" else self.distill(self.teacher.model)
-            return model, objective, [] if how == "labels" else [self.teacher.key]
-        return self.schemes[name]()
-
-    @property
-    def schemes(self) -> dict[str, Callable[[], tuple[nn.Module, Objective, list[str]]]]:
-        pair = lambda: [self.teacher, self.second_teacher]
-        return {
-            "mutual": lambda: (engine.prepare_model(StackedModels(
-                [self.student(), self.zoo.new_model(self.profile.student, self.seed + 500)]),
-                self.zoo.device), MutualLearning(), []),
-            "born_again": lambda: (self.student(), self.distill(self.scratch[0].model),
-                                   [self.scratch[0].key]),
-            "multi_teacher/mean": lambda: (self.student(), self.distill(
-                Ensemble([t.model for t in pair()])), [t.key for t in pair()]),
-            "multi_teacher/random": lambda: (self.student(), self.distill(
-                RandomTeacher([t.model for t in pair()],
-                              torch.Generator().manual_seed(self.seed)), cache_logits=False),
-                [t.key for t in pair()]),
-        }
+    def train(self, cell: Cell) -> tuple[Teacher, dict, float | None]:
+        """The cell's trained student, its training meta and the peer's test accuracy."""
+        if cell.method is None:
+            return *self.scratch(cell.pair.student), None
+        teachers = self.teachers(cell)
+        method = self.method(cell, teachers)
+        spec = {**self.zoo.base_spec(cell.pair.student, self.seed, self.zoo.config),
+                "role": STUDY, "method": cell.method, "options": repr(cell.options),
+                "teachers": [t.key for t in teachers],
+                "augment": "crop4+flip" if self.zoo.augment_students else "none"}
+        model, meta, _ = self.zoo.cache.fit(
+            spec, engine.prepare_model(method.model, self.zoo.device), self.zoo.train, method,
+            self.zoo.config, seed=self.seed, desc=f"{cell.name} seed {self.seed}",
+            augment=RandomCropFlip() if self.zoo.augment_students else None)
+        logits = engine.predict(model, self.zoo.test)
+        peer = None
+        if logits.dim() == 3:  # a stack (mutual learning): the student first, then its peer
+            peer = metrics.accuracy(logits[1], self.zoo.test.labels)
+            logits = logits[0]
+        student = method.trained_student(model)
+        return Teacher(cell.pair.student, student, spec_key(spec), logits), meta, peer
 
     def run(self, cell: Cell) -> dict:
-        row = {"family": cell.family, "teacher": self.profile.teacher,
-               "teacher_accuracy": self.zoo.accuracy(self.teacher)}
-        if cell.name == "scratch":
-            model, meta = self.scratch
-            return {**row, **self.zoo.describe(model, meta),
-                    **self.zoo.agreement(model, self.teacher)}
-        model, objective, teacher_keys = self.recipe(cell)
-        spec = {**self.zoo.base_spec(self.profile.student, self.seed, self.zoo.config),
-                "role": "method_zoo", "cell": cell.name, "teachers": teacher_keys,
-                "augment": "crop4+flip" if self.zoo.augment_students else "none"}
-        model, meta, _ = self.zoo.cache.fit(spec, model, self.zoo.train, objective,
-                                            self.zoo.config, seed=self.seed,
-                                            desc=f"{cell.name} seed {self.seed}")
-        logits = engine.predict(model, self.zoo.test)
-        if isinstance(model, StackedModels):  # mutual learning: the first student is the row
-            row["peer_test_accuracy"] = metrics.accuracy(logits[1], self.zoo.test.labels)
-            model, logits = model.unstack([self.student(), self.student()])[0], logits[0]
-        model = getattr(model, "student", model)  # without a method's heads (FitNets' regressor)
-        trained = Teacher(self.profile.student, model, spec_key(spec), logits)
-        return {**row, **self.zoo.describe(trained, meta),
-                **self.zoo.agreement(trained, self.teacher)}
+        teacher = self.teacher(cell.pair.teacher, self.teacher_seed)
+        trained, meta, peer = self.train(cell)
+        final_loss = meta.get("final_train_loss")
+        return {"pair": cell.pair.name, "method": cell.method or "scratch",
+                "family": cell.family, "teachers": cell.teacher_role,
+                "teacher": cell.pair.teacher, "teacher_seed": self.teacher_seed,
+                "teacher_accuracy": self.teacher_zoo.accuracy(teacher),
+                "teacher_train_n": len(self.teacher_zoo.train),
+                "teacher_train_s": self.teacher_meta(cell.pair.teacher),
+                **self.zoo.describe(trained, meta),
+                "final_train_loss": final_loss[0] if isinstance(final_loss, list) else final_loss,
+                "peer_test_accuracy": peer,
+                "second_teacher_accuracy": self.second_accuracy(cell),
+                **self.zoo.agreement(trained, teacher)}
+
+    def second_accuracy(self, cell: Cell) -> float | None:
+        teachers = self.teachers(cell) if cell.teacher_role == "both" else []
+        return self.teacher_zoo.accuracy(teachers[1]) if teachers else None
+
+    def teacher_meta(self, arch: str) -> float | None:
+        """The main teacher's training time (recorded when it was trained, cached or not)."""
+        return self.teacher_zoo.teacher(arch, self.teacher_seed)[1].get("train_s")
 
 
 # ----------------------------------------------------------------------------------------------
 # Report
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    acc = lambda f: mean_std(f["test_accuracy"] * 100, 2)
-    out = [{"cell": cell, "family": g["family"].iloc[0], "test accuracy %": acc(g),
-            "agreement with teacher %": mean_std(g["test_agreement"] * 100, 1),
-            "train s": mean_std(g["train_s"], 0)}
-           for cell, g in rows.groupby("cell", sort=False)]
+    out = []
+    for (pair, cell), g in rows.groupby(["pair", "cell"], sort=False):
+        out.append({"pair": pair, "method": cell.split("/", 1)[1],
+                    "family": g["family"].iloc[0],
+                    "test accuracy %": mean_std(g["test_accuracy"] * 100, 2),
+                    "agreement with teacher %": mean_std(g["test_agreement"] * 100, 1),
+                    "train s": mean_std(g["train_s"], 0)})
     return pd.DataFrame(out)
 
 
+def teachers_line(rows: pd.DataFrame) -> str:
+    teachers = rows.drop_duplicates(["teacher", "teacher_seed"])
+    return "Teachers: " + "; ".join(
+        f"{r.teacher} (seed {r.teacher_seed}, {r.teacher_train_n} training images) "
+        f"{r.teacher_accuracy * 100:.2f} %" for r in teachers.itertuples()) + "."
+
+
 def report(rows: pd.DataFrame) -> str:
-    lines = markdown_table(summary(rows))
+    lines = [teachers_line(rows), ""] + markdown_table(summary(rows))
     reference = pd.read_csv(REFERENCE)
     lines += ["\nReference (RepDistiller, CIFAR-100; another data set, not run here):\n",
               "| quantity | test accuracy % |", "| --- | --- |"]
@@ -213,10 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     todo = list(pending(plan(profile), args.seeds or profile.seeds, table))
     print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
           f"{table.path}")
-    zoo = Zoo(args.dataset, profile.config, device, train_limit=profile.train_limit,
-              test_limit=profile.test_limit, augment_students=args.profile == "paper")
+    zoo = lambda config, limit, **kw: Zoo(args.dataset, config, device, train_limit=limit,
+                                          test_limit=profile.test_limit, **kw)
+    teacher_zoo = zoo(profile.teacher_config, profile.teacher_train_limit)
+    student_zoo = zoo(profile.student_config, profile.student_train_limit,
+                      augment_students=profile.augment_students)
     runs: dict[int, Run] = {}
-    run_cell = lambda seed, cell: runs.setdefault(seed, Run(zoo, profile, seed)).run(cell)
+    run_cell = lambda seed, cell: runs.setdefault(
+        seed, Run(teacher_zoo, student_zoo, profile, seed)).run(cell)
     run_cells(table, todo, run_cell, device, lambda row: f"test accuracy {row['test_accuracy']:.4f}")
 
 

@@ -10,14 +10,20 @@ from kd.data import Batch
 from kd.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.losses import attention_loss, fsp_loss, hint_loss, rkd_loss, similarity_loss
-from kd.methods import METHODS, FeatureDistiller, StudentWithHeads, build_method, resnet_taps
+from kd.methods import (METHODS, FeatureDistiller, StudentWithHeads, build_method, default_taps,
+                        resnet_taps)
 
 CONFIG = TrainConfig(epochs=1, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9,
                      schedule="constant")
 FEATURE_TERMS = {"kd": [], "fitnets": ["hint"], "at": ["at"], "sp": ["sp"],
                  "rkd": ["rkd_distance", "rkd_angle"], "fsp": ["fsp"]}
+# every registered method: the terms it logs besides "loss"
+LOGGED = {**{name: ["ce", "kd", *terms] for name, terms in FEATURE_TERMS.items()},
+          "mutual": ["ce", "kl"], "born_again": ["ce", "kd"], "multi_teacher": ["ce", "kd"],
+          "random_teacher": ["ce", "kd"], "quantized": ["ce", "kd"]}
 PAPERS = {"kd": "Hinton", "fitnets": "Romero", "at": "Zagoruyko", "sp": "Tung",
-          "rkd": "Park", "fsp": "Yim"}
+          "rkd": "Park", "fsp": "Yim", "mutual": "Zhang", "born_again": "Furlanello",
+          "multi_teacher": "You", "random_teacher": "Fukuda", "quantized": "Polino"}
 
 
 def tiny_cifar(n=48, seed=0):
@@ -42,8 +48,19 @@ def one_batch(split, n=16):
     return Batch(split.normalize(split.images[:n]), split.labels[:n], torch.arange(n))
 
 
+def teacher_argument(name):
+    """What build_method's teacher must be for ``name``: one, several, none, or its own
+    architecture (born-again)."""
+    if name == "born_again":
+        torch.manual_seed(98)
+        return CifarResNet(8).eval()
+    second = CifarResNet(8).eval()
+    return {"one": teacher(), "optional": teacher(), "none": None,
+            "several": [teacher(), second]}[METHODS[name].teachers]
+
+
 def test_registry_names_are_unique_and_documented():
-    assert sorted(METHODS) == sorted(FEATURE_TERMS)
+    assert sorted(METHODS) == sorted(LOGGED) == sorted(PAPERS)
     assert len({cls.name for cls in METHODS.values()}) == len(METHODS)
     for name, cls in METHODS.items():
         assert cls.name == name
@@ -57,22 +74,37 @@ def test_unknown_method_or_option_is_a_config_error_naming_the_known_ones():
         build_method("sp", student(), teacher(), gama=1.0)
 
 
-@pytest.mark.parametrize("name", sorted(FEATURE_TERMS))
+@pytest.mark.parametrize("name", sorted(LOGGED))
 def test_every_method_trains_with_every_term_logged_and_only_the_student_learns(name):
     train = tiny_cifar()
-    t = teacher()
-    t_before = {k: v.clone() for k, v in t.state_dict().items()}
+    t = teacher_argument(name)
+    teachers = [] if t is None else t if isinstance(t, list) else [t]
+    t_before = [{k: v.clone() for k, v in m.state_dict().items()} for m in teachers]
     method = build_method(name, student(), t)
     model = engine.prepare_model(method.model, torch.device("cpu"))
     s_before = {k: v.clone() for k, v in model.state_dict().items()}
     history = engine.fit(model, train, method, CONFIG, seed=0).history
     record = history[-1]
-    for term in ["loss", "ce", "kd", *FEATURE_TERMS[name]]:
-        assert math.isfinite(record[f"train_{term}"]), (term, record)
-    for k, v in t.state_dict().items():
-        assert torch.equal(v, t_before[k]), k
-    assert all(p.grad is None and not p.requires_grad for p in t.parameters())
+    for term in ["loss", *LOGGED[name]]:
+        assert all(map(math.isfinite, torch.tensor(record[f"train_{term}"]).reshape(-1))), term
+    for m, before in zip(teachers, t_before):
+        assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+        assert all(p.grad is None and not p.requires_grad for p in m.parameters())
     assert any(not torch.equal(v, s_before[k]) for k, v in model.state_dict().items())
+    trained = method.trained_student(model)
+    assert set(trained.state_dict()) == set(student().state_dict()) or name == "quantized"
+    assert engine.predict(trained, train).shape == (len(train), 10)
+
+
+def test_a_teacher_of_the_wrong_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="'kd' takes a model as its teacher, got NoneType"):
+        build_method("kd", student(), None)
+    with pytest.raises(ConfigError, match="'mutual' takes None"):
+        build_method("mutual", student(), teacher())
+    with pytest.raises(ConfigError, match="list of at least 2 models"):
+        build_method("multi_teacher", student(), [teacher()])
+    with pytest.raises(ConfigError, match="own architecture"):
+        build_method("born_again", student(), teacher())  # ResNet-14 teaching a ResNet-8
 
 
 def test_fitnets_regressor_is_trained_through_method_model():
@@ -152,14 +184,27 @@ def test_kd_weight_adds_the_soft_target_term():
     assert loss1.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_default_taps_only_for_cifar_resnets_explicit_taps_elsewhere():
+def test_default_taps_for_cifar_resnets_and_plain_cnns_explicit_taps_elsewhere():
     assert resnet_taps(CifarResNet(8)) == {
         "stages": ["layer1", "layer2", "layer3"], "middle": ["layer2"], "last": ["layer3"],
         "pair": ["layer1", "layer2"], "embedding": ["avgpool"]}
+    # a plain CNN's stages end at the ReLU before each max-pool: the ResNet stages' shapes
     torch.manual_seed(0)
+    cnn = PlainCNN(6)
+    taps = default_taps(cnn)
+    assert taps["stages"] == ["features.5", "features.12", "features.19"]
+    assert taps["embedding"] == ["features"] and default_taps(PlainCNN(8))["embedding"] == ["hidden"]
+    x = torch.zeros(2, 3, 32, 32)
+    shapes = lambda m, paths: [tuple(f.shape) for f in by_hand(m.eval(), paths, x)]
+    assert shapes(cnn, taps["stages"]) == shapes(CifarResNet(14), ["layer1", "layer2", "layer3"])
+    for name in FEATURE_TERMS:  # every feature method pairs a ResNet and a plain CNN by default
+        build_method(name, PlainCNN(6), teacher())
     cnn_student, cnn_teacher = PlainCNN(2), PlainCNN(4).eval()
+    unknown = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                  torch.nn.LazyLinear(10))
+    unknown(x)
     with pytest.raises(ConfigError, match="student_taps="):
-        build_method("at", cnn_student, cnn_teacher)
+        build_method("at", unknown, cnn_teacher)
     method = build_method("at", cnn_student, cnn_teacher, student_taps=["features.2"],
                           teacher_taps=["features.5"])
     engine.fit(method.model, tiny_cifar(), method, CONFIG, seed=0)

@@ -134,6 +134,13 @@ def resnet_taps(model: nn.Module) -> dict[str, object]:
             "pair": stages[:2], "embedding": ["avgpool"]}
 
 
+def default_taps(model: nn.Module) -> dict[str, object]:
+    """The model's own ``feature_taps()`` when it has one (the plain CNNs), else
+    :func:`resnet_taps`."""
+    own = getattr(model, "feature_taps", None)
+    return own() if own is not None else resnet_taps(model)
+
+
 def _as_paths(taps: str | Sequence[str]) -> list[str]:
     paths = [taps] if isinstance(taps, str) else list(taps)
     if not paths or not all(isinstance(p, str) for p in paths):
@@ -149,12 +156,15 @@ class FeatureDistiller(Objective):
     :meth:`feature_terms` (and :meth:`build_heads` when they learn something).
 
     student_taps / teacher_taps: module paths (one string or a list), paired in order; when
-    only ``student_taps`` is given the teacher uses the same paths; when neither, the CIFAR
-    ResNet defaults. weights: the weight of each feature term, by name. ce_weight, kd_weight,
-    temperature: the label and soft-target terms. input_shape: of one example, for the probe.
+    only ``student_taps`` is given the teacher uses the same paths; when neither, the models'
+    defaults (:func:`default_taps`: CIFAR ResNets and the plain CNNs). weights: the weight of
+    each feature term, by name. ce_weight, kd_weight, temperature: the label and soft-target
+    terms. input_shape: of one example, for the probe.
     """
 
     name: ClassVar[str] = ""
+    family: ClassVar[str] = "feature"  # or "relation"
+    teachers: ClassVar[str] = "one"
     default_taps: ClassVar[str] = "stages"
     tap_count: ClassVar[int | None] = None
     internal_options: ClassVar[tuple[str, ...]] = ("weights",)  # set by the subclass, not users
@@ -208,8 +218,8 @@ class FeatureDistiller(Objective):
         if student_taps is None and teacher_taps is not None:
             raise ConfigError(f"{self.name}: teacher_taps given without student_taps")
         if student_taps is None:
-            student = resnet_taps(self.student)[self.default_taps]
-            teacher = resnet_taps(self.teacher)[self.default_taps]
+            student = default_taps(self.student)[self.default_taps]
+            teacher = default_taps(self.teacher)[self.default_taps]
         else:
             student = _as_paths(student_taps)
             teacher = student if teacher_taps is None else _as_paths(teacher_taps)
@@ -272,4 +282,5 @@ class FeatureDistiller(Objective):
         self._teacher_recorder.remove()
 
 
-__all__ = ["FeatureDistiller", "StudentWithHeads", "TapRecorder", "resnet_taps", "submodule"]
+__all__ = ["FeatureDistiller", "StudentWithHeads", "TapRecorder", "default_taps", "resnet_taps",
+           "submodule"]

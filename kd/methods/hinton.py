@@ -20,6 +20,8 @@ class HintonKD(Distill):
     """
 
     name = "kd"
+    family = "response"
+    teachers = "one"
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float = 4.0,
                  alpha: float = 0.9, **distill_options):

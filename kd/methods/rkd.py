@@ -21,6 +21,7 @@ class RelationalKD(FeatureDistiller):
     """
 
     name = "rkd"
+    family = "relation"
     default_taps = "embedding"
     tap_count = 1
 

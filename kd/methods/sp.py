@@ -20,6 +20,7 @@ class SimilarityPreserving(FeatureDistiller):
     """
 
     name = "sp"
+    family = "relation"
     default_taps = "last"
     tap_count = 1
 

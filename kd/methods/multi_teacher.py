@@ -1,0 +1,53 @@
+"""Several teachers for one student: their mean (You et al. 2017) or one drawn per step
+(Fukuda et al. 2017)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from kd.methods.hinton import HintonKD
+from kd.models import Ensemble
+from kd.schemes import RandomTeacher
+
+
+class MeanTeacherKD(HintonKD):
+    """Multi-teacher KD with the teachers' averaged soft targets, as in You, Xu, Xu & Tao
+    (2017), "Learning from Multiple Teacher Networks":
+
+        p̄ = (1/m) Σ_k softmax(z_k),   L = (1 − α) · CE(s, y) + α · T² · KL(softmax(log p̄ / T) ‖ softmax_T(s))
+
+    The m teachers are one :class:`kd.models.Ensemble` (the log of the mean softmax is a valid
+    logit vector), so this is :class:`HintonKD` with that teacher; its logits are cached when
+    nothing is augmented. Defaults: T = 4, α = 0.9, as for ``kd``.
+    """
+
+    name = "multi_teacher"
+    family = "multi-teacher"
+    teachers = "several"
+
+    def __init__(self, student: nn.Module, teacher: Sequence[nn.Module], **options):
+        super().__init__(student, Ensemble(list(teacher)), **options)
+
+
+class RandomTeacherKD(HintonKD):
+    """Multi-teacher KD with one teacher drawn uniformly at random for each mini-batch, as in
+    Fukuda et al. (2017), "Efficient Knowledge Distillation from an Ensemble of Teachers":
+
+        k ~ U{1..m} per step,   L = (1 − α) · CE(s, y) + α · T² · KL(softmax_T(z_k) ‖ softmax_T(s))
+
+    The draw is seeded (``seed``), so runs repeat; the teachers run on every batch (no cached
+    logits: the answer changes from step to step). Defaults: T = 4, α = 0.9, seed 0.
+    """
+
+    name = "random_teacher"
+    family = "multi-teacher"
+    teachers = "several"
+    internal_options = ("cache_logits",)  # always False here
+
+    def __init__(self, student: nn.Module, teacher: Sequence[nn.Module], *, seed: int = 0,
+                 **options):
+        chooser = RandomTeacher(list(teacher), torch.Generator().manual_seed(seed))
+        super().__init__(student, chooser, cache_logits=False, **options)

@@ -1,0 +1,60 @@
+"""Zhang, Xiang, Hospedales & Lu (2018), "Deep Mutual Learning"."""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from kd.batched import StackedModels
+from kd.errors import ConfigError
+from kd.schemes import MutualLearning
+
+
+def reinitialized(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``model`` whose layers are re-initialized by their ``reset_parameters``, drawn
+    from ``seed`` without touching the global random state."""
+    peer = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in peer.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return peer
+
+
+class DeepMutualLearning(MutualLearning):
+    """Online distillation of Zhang et al. (2018), "Deep Mutual Learning": no teacher; the
+    student and its K − 1 peers train together from scratch, each on the labels and on the
+    others' current predictions,
+
+        L_k = CE(s_k, y) + (1/(K − 1)) Σ_{j ≠ k} KL(softmax_T(s_j) ‖ softmax_T(s_k))
+
+    (see :class:`kd.schemes.MutualLearning`). ``method.model`` is a
+    :class:`kd.batched.StackedModels` of the student and its peers (one optimizer step updates
+    all); :meth:`trained_student` takes the student, the first of the stack, back out.
+    peers: models of the student's architecture (default: one copy of the student
+    re-initialized with ``peer_seed``). Defaults: one peer, T = 1 (the paper's).
+    """
+
+    name = "mutual"
+    family = "online"
+    teachers = "none"
+
+    def __init__(self, student: nn.Module, teacher: None = None, *,
+                 peers: Sequence[nn.Module] | None = None, peer_seed: int = 1,
+                 temperature: float = 1.0):
+        if teacher is not None:
+            raise ConfigError("mutual learning has no teacher: pass teacher=None")
+        super().__init__(temperature)
+        peers = [reinitialized(student, peer_seed)] if peers is None else list(peers)
+        if not peers:
+            raise ConfigError("mutual learning needs at least one peer")
+        self.student = student
+        self.model = StackedModels([student, *peers])
+
+    def trained_student(self, model: nn.Module) -> nn.Module:
+        model = getattr(model, "_orig_mod", model)
+        return model.unstack([copy.deepcopy(self.student) for _ in range(len(model))])[0]

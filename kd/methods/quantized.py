@@ -1,0 +1,45 @@
+"""Polino, Pascanu & Alistarh (2018), "Model Compression via Distillation and Quantization"."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from kd.data import Batch, Split
+from kd.distill import Distill, Objective
+from kd.quantize import quantize_student
+
+
+class QuantizedKD(Objective):
+    """Quantized distillation after Polino et al. (2018): a student with fake-quantized weights
+    (``weight_bits`` per output channel) and activations (``activation_bits``), see
+    :mod:`kd.quantize`, trained with the straight-through estimator on
+
+        L = (1 − α) · CE(s_q, y) + α · T² · KL(softmax_T(t) ‖ softmax_T(s_q))
+
+    from a full-precision teacher, or on CE(s_q, y) alone when ``teacher`` is None (the
+    quantized student on labels, the baseline to compare against). ``method.model`` is the
+    student, quantized in place. Defaults: 4-bit weights, 8-bit activations, T = 4, α = 0.9.
+    """
+
+    name = "quantized"
+    family = "quantized"
+    teachers = "optional"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, *,
+                 weight_bits: int = 4, activation_bits: int | None = 8,
+                 temperature: float = 4.0, alpha: float = 0.9, **distill_options):
+        self.student = self.model = quantize_student(student, weight_bits, activation_bits)
+        self.teacher = teacher
+        self.objective = Objective() if teacher is None else Distill(
+            teacher, temperature, alpha, **distill_options)
+
+    def bind(self, train: Split, augmented: bool) -> None:
+        if self.teacher is not None:
+            self.teacher.to(train.device)
+        self.objective.bind(train, augmented)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.objective.start_epoch(epoch)
+
+    def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.objective(model, batch)

@@ -1,0 +1,96 @@
+"""The registered schemes (mutual, born-again, multi-teacher) and the quantized student:
+hand-computed losses, seeded draws, and what ``trained_student`` hands back."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kd.cifar_models import CifarResNet
+from kd.methods import build_method
+from kd.methods.mutual import reinitialized
+from tests.test_methods import one_batch, student, teacher, tiny_cifar
+
+
+def hinton_by_hand(s_logits, t_logits, y, T, alpha):
+    kl = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1),
+                  reduction="batchmean")
+    return (1 - alpha) * F.cross_entropy(s_logits, y) + alpha * T * T * kl
+
+
+def other_teacher():
+    torch.manual_seed(7)
+    return CifarResNet(8).eval()
+
+
+def test_multi_teacher_distills_the_mean_of_the_teachers_softmaxes():
+    s, teachers = student(), [teacher(), other_teacher()]
+    s.eval()
+    method = build_method("multi_teacher", s, teachers)
+    batch = one_batch(tiny_cifar())
+    loss, _ = method(s, batch)
+    with torch.no_grad():
+        mean = (F.softmax(teachers[0](batch.x), 1) + F.softmax(teachers[1](batch.x), 1)) / 2
+    expected = hinton_by_hand(s(batch.x), mean.log(), batch.y, 4.0, 0.9)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_random_teacher_draws_one_teacher_per_step_repeatably():
+    s, teachers = student(), [teacher(), other_teacher()]
+    s.eval()
+    batch = one_batch(tiny_cifar())
+    with torch.no_grad():
+        by_teacher = [hinton_by_hand(s(batch.x), t(batch.x), batch.y, 4.0, 0.9).item()
+                      for t in teachers]
+    draws = []
+    for _ in range(2):
+        method = build_method("random_teacher", s, teachers, seed=3)
+        method.bind(tiny_cifar(), augmented=False)
+        assert method.cached_logits is None  # a new teacher each step: nothing cached
+        losses = [method(s, batch)[0].item() for _ in range(12)]
+        draws.append(losses)
+    assert draws[0] == draws[1]
+    matched = [min(range(2), key=lambda k: abs(by_teacher[k] - loss)) for loss in draws[0]]
+    assert set(matched) == {0, 1}
+    assert all(loss == pytest.approx(by_teacher[k], rel=1e-5) for loss, k in zip(draws[0], matched))
+
+
+def test_born_again_defaults_to_the_soft_targets_alone_at_t1():
+    s, t = student(), other_teacher()
+    s.eval()
+    method = build_method("born_again", s, t)
+    batch = one_batch(tiny_cifar())
+    loss, _ = method(s, batch)
+    with torch.no_grad():
+        target = F.softmax(t(batch.x), 1)
+    expected = F.kl_div(F.log_softmax(s(batch.x), 1), target, reduction="batchmean")
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_quantized_on_labels_is_the_cross_entropy_of_the_quantized_student():
+    method = build_method("quantized", student(), None, weight_bits=2)
+    model = method.model.eval()
+    conv = model.conv1 if hasattr(model, "conv1") else next(
+        m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    levels = [w.unique().numel() for w in conv.weight]  # 2 bits: {-1, 0, 1} x scale
+    assert max(levels) <= 3
+    batch = one_batch(tiny_cifar())
+    loss, terms = method(model, batch)
+    assert set(terms) == {"ce"}
+    assert loss.item() == pytest.approx(F.cross_entropy(model(batch.x), batch.y).item())
+    distilled = build_method("quantized", student(), teacher(), weight_bits=8)
+    assert set(distilled(distilled.model.eval(), batch)[1]) == {"ce", "kd"}
+
+
+def test_mutual_default_peer_is_a_seeded_reinitialization_and_the_student_comes_back_first():
+    s = student()
+    state = torch.random.get_rng_state()
+    a, b, c = reinitialized(s, 1), reinitialized(s, 1), reinitialized(s, 2)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is untouched
+    w = lambda m: m.conv1.weight if hasattr(m, "conv1") else next(m.parameters())
+    assert torch.equal(w(a), w(b)) and not torch.equal(w(a), w(c))
+    assert not torch.equal(w(a), w(s))
+    method = build_method("mutual", s, None)
+    assert len(method.model) == 2
+    back = method.trained_student(method.model)
+    assert all(torch.equal(v, s.state_dict()[k]) for k, v in back.state_dict().items())
+    assert back is not s
