@@ -119,11 +119,13 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, split: Split, batch_size: int | None = None) -> torch.Tensor:
     """Logits of the whole split, float32 ``[N, C]`` (``[K, N, C]`` for a stack of K models),
-    in eval mode, on the split's device."""
+    in eval mode, on the split's device. Default batches: 1024 images on CUDA, 256 elsewhere
+    (on this 2-core CPU a ResNet-8 predicts about twice as fast in batches of 256 as of 1024)."""
     was_training = model.training
     model.eval()
+    batch_size = batch_size or (1024 if split.device.type == "cuda" else 256)
     with autocast(split.device):
         out = torch.cat([model(b.x).float() for b in
                          iterate_batches(split, batch_size, shuffle=False)], dim=-2)

@@ -7,7 +7,8 @@ random per step from several, and self-distillation over born-again generations.
       L_k = CE(s_k, y) + (1/(K − 1)) Σ_{j ≠ k} KL(softmax(s_j) ‖ softmax(s_k)),
 
   the peers' predictions held fixed (detached) in student k's term. The K students are one
-  :class:`kd.batched.StackedModels`, so one step updates all of them.
+  :class:`kd.batched.StackedModels` or :class:`kd.batched.LoopedModels`, so one step updates
+  all of them.
 * :class:`RandomTeacher` (one of the multi-teacher schemes in Gou et al. 2021's survey): each
   forward pass asks one teacher, drawn uniformly from its generator; an average teacher is
   :class:`kd.models.Ensemble` (the log of the mean of the softmaxes).
@@ -46,8 +47,9 @@ class MutualLearning(Objective):
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         logits = model(batch.x).float()
         if logits.dim() != 3 or logits.shape[0] < 2:
-            raise ConfigError(f"mutual learning needs a StackedModels of at least 2 students "
-                              f"(logits [K, N, C]), got logits {tuple(logits.shape)}")
+            raise ConfigError(f"mutual learning needs a group of at least 2 students (a "
+                              f"StackedModels or LoopedModels: logits [K, N, C]), got logits "
+                              f"{tuple(logits.shape)}")
         k = logits.shape[0]
         ce = label_cross_entropy(logits, batch.y)
         peers = logits.detach()

@@ -58,3 +58,4 @@ def test_method_zoo_notebook_draws_from_smoke_results(fake_cifar10, monkeypatch)
     monkeypatch.setenv("KD_PROFILE", "smoke")
     execute(REPO / "notebooks" / "method_zoo.ipynb")
     assert (Path(os.environ["KD_FIGURES"]) / "method_zoo.png").stat().st_size > 10_000
+    assert (Path(os.environ["KD_FIGURES"]) / "method_zoo_gain.png").stat().st_size > 10_000

@@ -94,3 +94,19 @@ def test_mutual_default_peer_is_a_seeded_reinitialization_and_the_student_comes_
     back = method.trained_student(method.model)
     assert all(torch.equal(v, s.state_dict()[k]) for k, v in back.state_dict().items())
     assert back is not s
+
+
+def test_mutual_learning_looped_and_vectorized_give_the_same_losses_and_weights():
+    from kd import engine
+    from tests.test_methods import CONFIG
+
+    results = []
+    for vectorized in (False, True):
+        peer = student(seed=5)
+        method = build_method("mutual", student(), None, peers=[peer], vectorized=vectorized)
+        history = engine.fit(method.model, tiny_cifar(), method, CONFIG, seed=0).history
+        results.append((history[-1]["train_loss"], method.trained_student(method.model)))
+    (loss_a, a), (loss_b, b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-4)
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v.float(), b.state_dict()[k].float(), rtol=1e-3, atol=1e-5), k

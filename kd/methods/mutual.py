@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kd.batched import StackedModels
+from kd.batched import LoopedModels, StackedModels
 from kd.errors import ConfigError
 from kd.schemes import MutualLearning
 
@@ -32,10 +32,12 @@ class DeepMutualLearning(MutualLearning):
 
         L_k = CE(s_k, y) + (1/(K − 1)) Σ_{j ≠ k} KL(softmax_T(s_j) ‖ softmax_T(s_k))
 
-    (see :class:`kd.schemes.MutualLearning`). ``method.model`` is a
-    :class:`kd.batched.StackedModels` of the student and its peers (one optimizer step updates
-    all); :meth:`trained_student` takes the student, the first of the stack, back out.
-    peers: models of the student's architecture (default: one copy of the student
+    (see :class:`kd.schemes.MutualLearning`). ``method.model`` holds the student and its peers
+    (one optimizer step updates all): a :class:`kd.batched.LoopedModels` (one model after
+    another; the faster on a CPU) or, with ``vectorized=True``, a
+    :class:`kd.batched.StackedModels` (vmap; peers of the student's architecture).
+    :meth:`trained_student` takes the student, the first of the group, back out.
+    peers: models with the student's classes (default: one copy of the student
     re-initialized with ``peer_seed``). Defaults: one peer, T = 1 (the paper's).
     """
 
@@ -45,7 +47,7 @@ class DeepMutualLearning(MutualLearning):
 
     def __init__(self, student: nn.Module, teacher: None = None, *,
                  peers: Sequence[nn.Module] | None = None, peer_seed: int = 1,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, vectorized: bool = False):
         if teacher is not None:
             raise ConfigError("mutual learning has no teacher: pass teacher=None")
         super().__init__(temperature)
@@ -53,7 +55,8 @@ class DeepMutualLearning(MutualLearning):
         if not peers:
             raise ConfigError("mutual learning needs at least one peer")
         self.student = student
-        self.model = StackedModels([student, *peers])
+        group = StackedModels if vectorized else LoopedModels
+        self.model = group([student, *peers])
 
     def trained_student(self, model: nn.Module) -> nn.Module:
         model = getattr(model, "_orig_mod", model)
