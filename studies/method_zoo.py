@@ -232,21 +232,34 @@ class Run:
 # Report
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per cell; the gain is over the same seed's scratch student of the pair (same
+    initialization and batches, so the pairing removes much of the seed-to-seed noise)."""
+    scratch = rows[rows["method"] == "scratch"].set_index(["pair", "seed"])["test_accuracy"]
+    gain = (rows["test_accuracy"] - scratch.reindex(list(zip(rows["pair"], rows["seed"])))
+            .to_numpy()) * 100
     out = []
-    for (pair, cell), g in rows.groupby(["pair", "cell"], sort=False):
+    for (pair, cell), g in rows.assign(gain=gain).groupby(["pair", "cell"], sort=False):
         out.append({"pair": pair, "method": cell.split("/", 1)[1],
                     "family": g["family"].iloc[0],
                     "test accuracy %": mean_std(g["test_accuracy"] * 100, 2),
+                    "gain over scratch (points)": mean_std(g["gain"], 2),
                     "agreement with teacher %": mean_std(g["test_agreement"] * 100, 1),
                     "train s": mean_std(g["train_s"], 0)})
     return pd.DataFrame(out)
 
 
 def teachers_line(rows: pd.DataFrame) -> str:
+    """The teachers' accuracies and the main teachers' training time (recorded when each was
+    trained; a cached teacher's time is not in the cells' wall time)."""
     teachers = rows.drop_duplicates(["teacher", "teacher_seed"])
-    return "Teachers: " + "; ".join(
-        f"{r.teacher} (seed {r.teacher_seed}, {r.teacher_train_n} training images) "
-        f"{r.teacher_accuracy * 100:.2f} %" for r in teachers.itertuples()) + "."
+    parts = [f"{r.teacher} (seed {r.teacher_seed}, {r.teacher_train_n} training images) "
+             f"{r.teacher_accuracy * 100:.2f} %, trained in {r.teacher_train_s / 60:.1f} min"
+             for r in teachers.itertuples()]
+    second = rows["second_teacher_accuracy"].dropna()
+    if len(second):
+        accuracies = ", ".join(f"{a * 100:.2f} %" for a in second.drop_duplicates())
+        parts.append(f"second teacher(s) of the multi-teacher cells {accuracies}")
+    return "Teachers: " + "; ".join(parts) + "."
 
 
 def report(rows: pd.DataFrame) -> str:

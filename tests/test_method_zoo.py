@@ -49,3 +49,4 @@ def test_smoke_runs_every_cell_resumes_and_reports(fake_cifar10, tmp_path, capsy
     out = capsys.readouterr().out
     assert "| resnet8->plain_cnn6 | fitnets | feature |" in out
     assert "resnet56 -> resnet20: KD | 70.66" in out and "Teachers: resnet8 (seed 0" in out
+    assert "second teacher(s) of the multi-teacher cells" in out
