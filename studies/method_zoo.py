@@ -11,7 +11,10 @@ batches within a seed:
   ``peer_test_accuracy``), self (``born_again``: from the pair's scratch student),
   multi-teacher (``multi_teacher``, ``random_teacher``: the pair's teacher and a second one);
 * ``<pair>/quantized/w<b>`` and ``<pair>/quantized/w<b>/labels``: the student with
-  fake-quantized b-bit weights and 8-bit activations, distilled or on labels alone.
+  fake-quantized b-bit weights and 8-bit activations, distilled or on labels alone;
+* ``<pair>/kd_via_<assistant>`` (pairs with an assistant): a teacher-assistant chain (Mirzadeh
+  et al. 2020), KD from the assistant, itself distilled from the teacher. The quick profile has
+  none (no ResNet lies between ResNet-8 and ResNet-14; the capacity-gap study runs TA chains).
 
 Teachers are trained on labels with crop + flip on the teacher data (for the small profiles a
 larger random subset than the students'; the students' subset is part of it) and cached, as are
@@ -50,6 +53,7 @@ class Pair:
     teacher: str
     student: str
     methods: tuple[str, ...] | None = None  # None: every registered method
+    assistant: str | None = None  # a teacher-assistant chain teacher -> assistant -> student
 
     @property
     def name(self) -> str:
@@ -80,7 +84,8 @@ PROFILES = {
     "smoke": Profile(
         description="seconds: ResNet-8 teachers (512 images) -> ResNet-8 and plain CNN-6 "
                     "students (256 images), 1 epoch, 128 test images",
-        seeds=1, pairs=(Pair("resnet8", "resnet8"), Pair("resnet8", "plain_cnn6")),
+        seeds=1, pairs=(Pair("resnet8", "resnet8"),
+                        Pair("resnet8", "plain_cnn6", assistant="resnet8")),
         second_teacher="resnet8", teacher_config=steps(1, ()), student_config=steps(1, ()),
         quantized_bits=(4,), teacher_seed=0, augment_students=False, teacher_train_limit=512,
         student_train_limit=256, test_limit=128),
@@ -102,8 +107,10 @@ PROFILES = {
     "paper": Profile(
         description="a GPU: ResNet-56 -> ResNet-20 and ResNet-56 -> plain CNN-6 on all of "
                     "CIFAR-10, Mirzadeh et al.'s 150-epoch schedule, crop + flip for every "
-                    "model, ResNet-32 as the second teacher, each seed its own teachers, 3 seeds",
-        seeds=3, pairs=(Pair("resnet56", "resnet20"), Pair("resnet56", "plain_cnn6")),
+                    "model, ResNet-32 as the second teacher, teacher-assistant chains through "
+                    "ResNet-32 and ResNet-20, each seed its own teachers, 3 seeds",
+        seeds=3, pairs=(Pair("resnet56", "resnet20", assistant="resnet32"),
+                        Pair("resnet56", "plain_cnn6", assistant="resnet20")),
         second_teacher="resnet32", teacher_config=MIRZADEH_SGD, student_config=MIRZADEH_SGD,
         quantized_bits=(8, 4), teacher_seed=None, augment_students=True),
 }
@@ -115,16 +122,20 @@ class Cell:
     pair: Pair
     method: str | None  # a key of METHODS; None: the scratch student
     options: tuple[tuple[str, object], ...] = ()
+    teachers: str | None = None  # the role below when not the method's own
 
     @property
     def family(self) -> str:
+        if self.teachers == "assistant":
+            return "teacher-assistant"
         return METHODS[self.method].family if self.method else "baseline"
 
     @property
     def teacher_role(self) -> str:
-        """Which model(s) teach this cell: main, both (main and second), scratch, none."""
-        if self.method is None or dict(self.options).get("teacher") == "none":
-            return "none"
+        """Which model(s) teach this cell: main, both (main and second), scratch (the pair's
+        scratch student), assistant (distilled from main), none."""
+        if self.teachers or self.method is None:
+            return self.teachers or "none"
         cls = METHODS[self.method]
         return "scratch" if cls.family == "self" else {
             "one": "main", "optional": "main", "several": "both", "none": "none"}[cls.teachers]
@@ -139,8 +150,11 @@ def pair_cells(pair: Pair, profile: Profile) -> list[Cell]:
         for bits in profile.quantized_bits:
             options = (("weight_bits", bits),)
             cells += [Cell(f"{pair.name}/quantized/w{bits}", pair, method, options),
-                      Cell(f"{pair.name}/quantized/w{bits}/labels", pair, method,
-                           options + (("teacher", "none"),))]
+                      Cell(f"{pair.name}/quantized/w{bits}/labels", pair, method, options,
+                           teachers="none")]
+    if pair.assistant:
+        cells.append(Cell(f"{pair.name}/kd_via_{pair.assistant}", pair, "kd",
+                          teachers="assistant"))
     return cells
 
 
@@ -173,10 +187,17 @@ class Run:
         second = lambda: [self.teacher(self.profile.second_teacher,
                                        self.teacher_seed + SECOND_TEACHER_SEED)]
         return {"main": main, "both": lambda: main() + second(), "none": list,
-                "scratch": lambda: [self.scratch(cell.pair.student)[0]]}[cell.teacher_role]()
+                "scratch": lambda: [self.scratch(cell.pair.student)[0]],
+                "assistant": lambda: [self.assistant(cell.pair)]}[cell.teacher_role]()
+
+    def assistant(self, pair: Pair) -> Teacher:
+        """The pair's assistant distilled from its teacher like a student (KD, T = 4, α = 0.9,
+        the student's data and schedule; cached, as in the capacity-gap study)."""
+        teacher = self.teacher(pair.teacher, self.teacher_seed)
+        return self.zoo.distilled(pair.assistant, self.seed, teacher)[0]
 
     def method(self, cell: Cell, teachers: list[Teacher]):
-        options = {k: v for k, v in cell.options if k != "teacher"}
+        options = dict(cell.options)
         if cell.method == "mutual":  # the peer gets the architecture's own initialization
             options["peers"] = [self.zoo.new_model(cell.pair.student, self.seed + PEER_SEED)]
         models = [t.model for t in teachers]

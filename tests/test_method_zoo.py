@@ -25,6 +25,11 @@ def test_plan_has_every_method_on_the_first_pair_and_a_cross_family_pair():
     assert roles["scratch"] == roles["mutual"] == roles["quantized/w4/labels"] == "none"
     assert roles["kd"] == roles["quantized/w4"] == "main" and roles["born_again"] == "scratch"
     assert roles["multi_teacher"] == roles["random_teacher"] == "both"
+    paper = study.plan(study.PROFILES["paper"])
+    chains = [c for c in paper if c.teacher_role == "assistant"]
+    assert [c.name for c in chains] == ["resnet56->resnet20/kd_via_resnet32",
+                                        "resnet56->plain_cnn6/kd_via_resnet20"]
+    assert {c.family for c in chains} == {"teacher-assistant"}
     assert pd.read_csv(study.REFERENCE)["source"].str.contains("RepDistiller").all()
 
 
@@ -42,6 +47,8 @@ def test_smoke_runs_every_cell_resumes_and_reports(fake_cifar10, tmp_path, capsy
     assert 0 <= rows.loc["resnet8->resnet8/mutual", "peer_test_accuracy"] <= 1
     both = rows["teachers"] == "both"
     assert rows.loc[both, "second_teacher_accuracy"].notna().all() and both.sum() == 4
+    chain = rows.loc["resnet8->plain_cnn6/kd_via_resnet8"]
+    assert chain["teachers"] == "assistant" and chain["model"] == "plain_cnn6"
     study.main(["--profile", "smoke", "--device", "cpu"])  # nothing left to do
     assert len(pd.read_csv(path)) == len(rows)
     capsys.readouterr()
@@ -50,3 +57,22 @@ def test_smoke_runs_every_cell_resumes_and_reports(fake_cifar10, tmp_path, capsy
     assert "| resnet8->plain_cnn6 | fitnets | feature |" in out
     assert "resnet56 -> resnet20: KD | 70.66" in out and "Teachers: resnet8 (seed 0" in out
     assert "second teacher(s) of the multi-teacher cells" in out
+
+
+def test_a_chain_is_taught_by_the_assistant_distilled_from_the_teacher(fake_cifar10):
+    import torch
+
+    from studies.cifar_zoo import Zoo
+
+    profile, cpu = study.PROFILES["smoke"], torch.device("cpu")
+    teacher_zoo = Zoo("cifar10", profile.teacher_config, cpu, train_limit=512, test_limit=128)
+    student_zoo = Zoo("cifar10", profile.student_config, cpu, train_limit=256, test_limit=128,
+                      augment_students=False)
+    run = study.Run(teacher_zoo, student_zoo, profile, 0)
+    cell = next(c for c in study.plan(profile) if c.teacher_role == "assistant")
+    (assistant,) = run.teachers(cell)
+    teacher = run.teacher("resnet8", 0)
+    assert assistant.arch == "resnet8" and assistant.key != teacher.key
+    # the same key as the model distilled from that teacher (its key names the teacher's)
+    assert assistant.key == student_zoo.distilled("resnet8", 0, teacher)[0].key
+    assert assistant.key != student_zoo.distilled("resnet8", 0, None)[0].key
