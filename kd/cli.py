@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from kd.errors import KDError
@@ -41,6 +42,42 @@ def with_compile(profile, enabled: bool):
                for f in dataclasses.fields(profile)
                if isinstance(getattr(profile, f.name), TrainConfig)}
     return dataclasses.replace(profile, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyCommand:
+    """A parsed study command line, ready to run: the arguments, the profile (``--compile``
+    applied), its results table (a :class:`kd.results.ResultsTable`) and the device."""
+
+    args: argparse.Namespace
+    profile: object
+    table: object
+    device: object
+
+
+def open_study(argv: list[str] | None, *, study: str, description: str, profiles: dict,
+               report: Callable, datasets: Sequence[str] = (),
+               dataset_help: str | None = None) -> StudyCommand | None:
+    """Parse a study's command line (:func:`study_parser`). With ``--report``, print
+    ``report(rows)`` for the profile's results and return None; otherwise return what the study
+    runs with. ``datasets`` adds ``--dataset`` (default the first); the rows of another data
+    set go to ``<profile>_<dataset>.csv``."""
+    from kd.engine import resolve_device
+    from kd.results import ResultsTable
+
+    parser = study_parser(description, profiles)
+    if datasets:
+        parser.add_argument("--dataset", choices=list(datasets), default=datasets[0],
+                            help=dataset_help)
+    args = parser.parse_args(argv)
+    other_data = datasets and args.dataset != datasets[0]
+    name = f"{args.profile}_{args.dataset}" if other_data else args.profile
+    table = ResultsTable(study, name, args.results and Path(args.results))
+    if args.report:
+        print(report(table.read_or_fail()))
+        return None
+    return StudyCommand(args, with_compile(profiles[args.profile], args.compile), table,
+                        resolve_device(args.device))
 
 
 def positive_int(text: str) -> int:

@@ -39,7 +39,7 @@ from kd.batched import StackedModels
 from kd.cache import ModelCache
 from kd.cifar import RandomCropFlip
 from kd.cifar_models import flops_per_image
-from kd.cli import run_main, study_parser, with_compile
+from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import build_model, parameter_count
@@ -262,14 +262,12 @@ def stacks(profile: Profile, seeds: int, table: ResultsTable) -> Iterator[tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = study_parser(__doc__.split("\n\n")[0], PROFILES)
-    args = parser.parse_args(argv)
-    profile = with_compile(PROFILES[args.profile], args.compile)
-    table = ResultsTable(STUDY, args.profile, args.results and Path(args.results))
-    if args.report:
-        print(report(table.read_or_fail()))
+    command = open_study(argv, study=STUDY, description=__doc__.split("\n\n")[0],
+                         profiles=PROFILES, report=report)
+    if command is None:
         return
-    device = engine.resolve_device(args.device)
+    args, profile, table, device = (command.args, command.profile, command.table,
+                                    command.device)
     groups = list(stacks(profile, args.seeds or profile.seeds, table))
     teacher_done = ("teacher", TEACHER_SEED) in table.done()
     print(f"{STUDY} [{args.profile}] {profile.description}; "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Protocol
 
 import pandas as pd
@@ -24,11 +23,11 @@ from kd import data, engine, metrics
 from kd.cache import ModelCache, spec_key
 from kd.cifar import RandomCropFlip
 from kd.cifar_models import flops_per_image
-from kd.cli import study_parser, with_compile
+from kd.cli import open_study
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import build_model, parameter_count
-from kd.results import ResultsTable, pending, run_cells
+from kd.results import pending, run_cells
 
 # Mirzadeh et al. 2020: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at epochs 80
 # and 120 of 150. The 1-epoch warm-up is ours: lr 0.1 from the first step kills the 2-layer CNN.
@@ -203,9 +202,7 @@ def make_zoo(profile: ZooProfile, dataset: str, device: torch.device) -> Zoo:
                teacher_checkpoints=profile.teacher_checkpoints)
 
 
-def table_profile(profile: str, dataset: str) -> str:
-    """The results file's profile name: ``quick`` on CIFAR-10, ``quick_cifar100`` on CIFAR-100."""
-    return profile if dataset == "cifar10" else f"{profile}_{dataset}"
+CIFAR_DATASETS = ("cifar10", "cifar100")  # --dataset of the CIFAR studies; the first is the default
 
 
 class SeedRun(Protocol):
@@ -218,16 +215,12 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
                    report: Callable[[pd.DataFrame], str]) -> None:
     """The command line of a study built on the zoo: ``plan(profile name, profile)`` lists the
     cells of one seed, ``new_run(zoo, seed, profile name)`` trains and describes them."""
-    parser = study_parser(description, ZOO_PROFILES)
-    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
-    args = parser.parse_args(argv)
-    table = ResultsTable(study, table_profile(args.profile, args.dataset),
-                         args.results and Path(args.results))
-    if args.report:
-        print(report(table.read_or_fail()))
+    command = open_study(argv, study=study, description=description, profiles=ZOO_PROFILES,
+                         report=report, datasets=CIFAR_DATASETS)
+    if command is None:
         return
-    profile = with_compile(ZOO_PROFILES[args.profile], args.compile)
-    device = engine.resolve_device(args.device)
+    args, profile, table, device = (command.args, command.profile, command.table,
+                                    command.device)
     todo = list(pending(plan(args.profile, profile), args.seeds or profile.seeds, table))
     print(f"{study} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
           f"{table.path}")

@@ -56,13 +56,13 @@ from kd import data, engine, metrics
 from kd.augment import ColorJitter, Compose, Mixup, RandomRotation, RandomVerticalFlip
 from kd.cache import ModelCache, spec_key
 from kd.cifar import RandomCropFlip
-from kd.cli import run_main, study_parser, with_compile
+from kd.cli import open_study, run_main
 from kd.data import Augment, Split
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import Ensemble, build_model, interpolate_state, parameter_count
 from kd.results import ResultsTable, mean_std, run_cells
-from studies.cifar_zoo import table_profile
+from studies.cifar_zoo import CIFAR_DATASETS
 
 STUDY = "fidelity"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -461,17 +461,14 @@ def report(rows: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = study_parser(__doc__.split("\n\n")[0], PROFILES)
-    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10",
-                        help="the data set of the CIFAR experiments (MNIST runs either way)")
-    args = parser.parse_args(argv)
-    profile = with_compile(PROFILES[args.profile], args.compile)
-    table = ResultsTable(STUDY, table_profile(args.profile, args.dataset),
-                         args.results and Path(args.results))
-    if args.report:
-        print(report(table.read_or_fail()))
+    command = open_study(argv, study=STUDY, description=__doc__.split("\n\n")[0],
+                         profiles=PROFILES, report=report, datasets=CIFAR_DATASETS,
+                         dataset_help="the data set of the CIFAR experiments (MNIST runs "
+                                      "either way)")
+    if command is None:
         return
-    device = engine.resolve_device(args.device)
+    args, profile, table, device = (command.args, command.profile, command.table,
+                                    command.device)
     todo = pending(profile, args.seeds or profile.seeds, table)
     print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
           f"{table.path}")

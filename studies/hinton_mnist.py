@@ -35,11 +35,11 @@ from torch import nn
 
 from kd import data, engine, metrics
 from kd.cache import ModelCache
-from kd.cli import run_main, study_parser, with_compile
+from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import MLP, parameter_count
-from kd.results import ResultsTable, mean_std, pending, run_cells, run_footer
+from kd.results import mean_std, pending, run_cells, run_footer
 
 STUDY = "hinton_mnist"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -316,14 +316,12 @@ def report(rows: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = study_parser(__doc__.split("\n\n")[0], PROFILES)
-    args = parser.parse_args(argv)
-    profile = with_compile(PROFILES[args.profile], args.compile)
-    table = ResultsTable(STUDY, args.profile, args.results and Path(args.results))
-    if args.report:
-        print(report(table.read_or_fail()))
+    command = open_study(argv, study=STUDY, description=__doc__.split("\n\n")[0],
+                         profiles=PROFILES, report=report)
+    if command is None:
         return
-    device = engine.resolve_device(args.device)
+    args, profile, table, device = (command.args, command.profile, command.table,
+                                    command.device)
     todo = list(pending(plan(profile), args.seeds or profile.seeds, table))
     print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells to run on "
           f"{device} -> {table.path}")

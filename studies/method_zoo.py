@@ -30,17 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
-from torch import nn
 
 from kd import engine, metrics
 from kd.cache import spec_key
 from kd.cifar import RandomCropFlip
-from kd.cli import run_main, study_parser, with_compile
+from kd.cli import open_study, run_main
 from kd.engine import TrainConfig
 from kd.methods import METHODS, build_method
-from kd.results import ResultsTable, markdown_table, mean_std, pending, run_cells, run_footer
-from studies.cifar_zoo import MIRZADEH_SGD, Teacher, Zoo, table_profile
+from kd.results import markdown_table, mean_std, pending, run_cells, run_footer
+from studies.cifar_zoo import CIFAR_DATASETS, MIRZADEH_SGD, Teacher, Zoo
 
 STUDY = "method_zoo"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -294,16 +292,12 @@ def report(rows: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = study_parser(__doc__.split("\n\n")[0], PROFILES)
-    parser.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar10")
-    args = parser.parse_args(argv)
-    table = ResultsTable(STUDY, table_profile(args.profile, args.dataset),
-                         args.results and Path(args.results))
-    if args.report:
-        print(report(table.read_or_fail()))
+    command = open_study(argv, study=STUDY, description=__doc__.split("\n\n")[0],
+                         profiles=PROFILES, report=report, datasets=CIFAR_DATASETS)
+    if command is None:
         return
-    profile = with_compile(PROFILES[args.profile], args.compile)
-    device = engine.resolve_device(args.device)
+    args, profile, table, device = (command.args, command.profile, command.table,
+                                    command.device)
     todo = list(pending(plan(profile), args.seeds or profile.seeds, table))
     print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
           f"{table.path}")
