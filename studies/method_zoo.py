@@ -165,7 +165,8 @@ class Run:
     loaded) through the cache."""
 
     def __init__(self, teacher_zoo: Zoo, student_zoo: Zoo, profile: Profile, seed: int):
-        self.teacher_zoo, self.zoo, self.profile, self.seed = teacher_zoo, student_zoo, profile, seed
+        self.teacher_zoo, self.zoo = teacher_zoo, student_zoo
+        self.profile, self.seed = profile, seed
         self.teacher_seed = seed if profile.teacher_seed is None else profile.teacher_seed
 
     def teacher(self, arch: str, seed: int) -> Teacher:
@@ -309,7 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[int, Run] = {}
     run_cell = lambda seed, cell: runs.setdefault(
         seed, Run(teacher_zoo, student_zoo, profile, seed)).run(cell)
-    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy {row['test_accuracy']:.4f}")
+    run_cells(table, todo, run_cell, device,
+              lambda row: f"test accuracy {row['test_accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -193,7 +193,8 @@ def test_default_taps_for_cifar_resnets_and_plain_cnns_explicit_taps_elsewhere()
     cnn = PlainCNN(6)
     taps = default_taps(cnn)
     assert taps["stages"] == ["features.5", "features.12", "features.19"]
-    assert taps["embedding"] == ["features"] and default_taps(PlainCNN(8))["embedding"] == ["hidden"]
+    assert taps["embedding"] == ["features"]
+    assert default_taps(PlainCNN(8))["embedding"] == ["hidden"]
     x = torch.zeros(2, 3, 32, 32)
     shapes = lambda m, paths: [tuple(f.shape) for f in by_hand(m.eval(), paths, x)]
     assert shapes(cnn, taps["stages"]) == shapes(CifarResNet(14), ["layer1", "layer2", "layer3"])

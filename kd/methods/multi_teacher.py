@@ -17,7 +17,8 @@ class MeanTeacherKD(HintonKD):
     """Multi-teacher KD with the teachers' averaged soft targets, as in You, Xu, Xu & Tao
     (2017), "Learning from Multiple Teacher Networks":
 
-        p̄ = (1/m) Σ_k softmax(z_k),   L = (1 − α) · CE(s, y) + α · T² · KL(softmax(log p̄ / T) ‖ softmax_T(s))
+        p̄ = (1/m) Σ_k softmax(z_k)
+        L = (1 − α) · CE(s, y) + α · T² · KL(softmax(log p̄ / T) ‖ softmax_T(s))
 
     The m teachers are one :class:`kd.models.Ensemble` (the log of the mean softmax is a valid
     logit vector), so this is :class:`HintonKD` with that teacher; its logits are cached when
@@ -36,7 +37,8 @@ class RandomTeacherKD(HintonKD):
     """Multi-teacher KD with one teacher drawn uniformly at random for each mini-batch, as in
     Fukuda et al. (2017), "Efficient Knowledge Distillation from an Ensemble of Teachers":
 
-        k ~ U{1..m} per step,   L = (1 − α) · CE(s, y) + α · T² · KL(softmax_T(z_k) ‖ softmax_T(s))
+        k ~ U{1..m} per step
+        L = (1 − α) · CE(s, y) + α · T² · KL(softmax_T(z_k) ‖ softmax_T(s))
 
     The draw is seeded (``seed``), so runs repeat; the teachers run on every batch (no cached
     logits: the answer changes from step to step). Defaults: T = 4, α = 0.9, seed 0.
