@@ -151,10 +151,12 @@ def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
         print(f"  seed {seed} {cell.name:>36}: {summary(row)} ({wall:.0f} s)")
 
 
-def markdown_table(frame: pd.DataFrame) -> list[str]:
-    """The lines of a Markdown table of ``frame``'s columns and rows (values as ``str``)."""
+def markdown_table(frame: pd.DataFrame, number: str = "{}") -> list[str]:
+    """The lines of a Markdown table of ``frame``'s columns and rows: floats written with the
+    format ``number`` (e.g. ``"{:.2f}"``), other values with ``str``."""
+    cell = lambda v: number.format(v) if isinstance(v, float) else str(v)
     return (["| " + " | ".join(map(str, frame.columns)) + " |", "| --- " * len(frame.columns) + "|"]
-            + ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)])
+            + ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)])
 
 
 def run_footer(rows: pd.DataFrame) -> str:

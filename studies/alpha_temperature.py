@@ -43,7 +43,8 @@ from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import build_model, parameter_count
-from kd.results import ResultsTable, mean_std, pending, provenance, run_footer
+from kd.results import (ResultsTable, markdown_table, mean_std, pending, provenance,
+                        run_footer)
 
 STUDY = "alpha_temperature"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -238,10 +239,7 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(rows: pd.DataFrame) -> str:
-    frame = comparison(rows)
-    lines = ["| quantity | seed study | ours |", "| --- | --- | --- |"]
-    lines += [f"| {q} | {p:.2f} | {o} |" if isinstance(p, float) else f"| {q} | {p} | {o} |"
-              for q, p, o in frame.itertuples(index=False)]
+    lines = markdown_table(comparison(rows), number="{:.2f}")
     for t_squared in (False, True):
         grid = grid_table(rows, t_squared)
         lines += [f"\nMean test accuracy %, {'with' if t_squared else 'without'} T²:\n",

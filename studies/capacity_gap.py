@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from kd.cli import run_main
-from kd.results import mean_std, run_footer
+from kd.results import markdown_table, mean_std, run_footer
 from studies.cifar_zoo import Family, Teacher, Zoo, zoo_study_main
 
 STUDY = "capacity_gap"
@@ -121,10 +121,8 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(rows: pd.DataFrame) -> str:
-    frame = comparison(rows)
-    lines = ["| quantity | Mirzadeh et al. (best epoch, tuned) | ours (final epoch) |",
-             "| --- | --- | --- |"]
-    lines += [f"| {q} | {p:.2f} | {o} |" for q, p, o in frame.itertuples(index=False)]
+    header = ["quantity", "Mirzadeh et al. (best epoch, tuned)", "ours (final epoch)"]
+    lines = markdown_table(comparison(rows).set_axis(header, axis=1), number="{:.2f}")
     students = rows[rows["role"] == "kd"]
     if not students.empty:
         lines += ["\nStudent accuracy % by teacher (mean over seeds):\n",

@@ -134,8 +134,10 @@ def report(rows: pd.DataFrame) -> str:
     lines = markdown_table(summary(rows))
     reference = pd.read_csv(REFERENCE)
     lines += ["\nReference (Cho & Hariharan 2019, ImageNet, ResNet-18 student, top-1 error %; "
-              "not run here):\n", "| quantity | error % |", "| --- | --- |"]
-    lines += [f"| {r.quantity} | {r.value:.2f} |" for r in reference.itertuples()]
+              "not run here):\n"]
+    lines += markdown_table(
+        reference[["quantity", "value"]].set_axis(["quantity", "error %"], axis=1),
+        number="{:.2f}")
     lines.append("\n" + run_footer(rows))
     return "\n".join(lines)
 

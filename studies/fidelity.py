@@ -61,7 +61,7 @@ from kd.data import Augment, Split
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import Ensemble, build_model, interpolate_state, parameter_count
-from kd.results import ResultsTable, mean_std, run_cells
+from kd.results import ResultsTable, markdown_table, mean_std, run_cells
 from studies.cifar_zoo import CIFAR_DATASETS
 
 STUDY = "fidelity"
@@ -437,10 +437,8 @@ def cell_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 def report(rows: pd.DataFrame) -> str:
     datasets = ", ".join(sorted(rows["dataset"].astype(str).unique()))
-    lines = [f"| quantity | paper's data set | paper | ours ({datasets}, final epoch) |",
-             "| --- | --- | --- | --- |"]
-    lines += [f"| {q} | {d} | {p} | {o} |" for q, d, p, o in
-              comparison(rows).itertuples(index=False)]
+    header = ["quantity", "paper's data set", "paper", f"ours ({datasets}, final epoch)"]
+    lines = markdown_table(comparison(rows).set_axis(header, axis=1))
     table = cell_table(rows)
     lines += ["\nEvery student (mean over seeds; agreement and KL against its own teacher):\n",
               "| cell | " + " | ".join(table.columns) + " |", "| --- " * (len(table.columns) + 1)

@@ -39,7 +39,7 @@ from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import MLP, parameter_count
-from kd.results import mean_std, pending, run_cells, run_footer
+from kd.results import markdown_table, mean_std, pending, run_cells, run_footer
 
 STUDY = "hinton_mnist"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -307,10 +307,7 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
 
 def report(rows: pd.DataFrame) -> str:
     """A Markdown table of :func:`comparison` with the run's profile, hardware and wall time."""
-    frame = comparison(rows)
-    lines = ["| quantity | paper | ours |", "| --- | --- | --- |"]
-    lines += [f"| {q} | {p:g} | {o} |" if isinstance(p, float) else f"| {q} | {p} | {o} |"
-              for q, p, o in frame.itertuples(index=False)]
+    lines = markdown_table(comparison(rows), number="{:g}")
     lines.append("\n" + run_footer(rows))
     return "\n".join(lines)
 

@@ -285,9 +285,10 @@ def teachers_line(rows: pd.DataFrame) -> str:
 def report(rows: pd.DataFrame) -> str:
     lines = [teachers_line(rows), ""] + markdown_table(summary(rows))
     reference = pd.read_csv(REFERENCE)
-    lines += ["\nReference (RepDistiller, CIFAR-100; another data set, not run here):\n",
-              "| quantity | test accuracy % |", "| --- | --- |"]
-    lines += [f"| {r.quantity} | {r.value:.2f} |" for r in reference.itertuples()]
+    lines += ["\nReference (RepDistiller, CIFAR-100; another data set, not run here):\n"]
+    lines += markdown_table(
+        reference[["quantity", "value"]].set_axis(["quantity", "test accuracy %"], axis=1),
+        number="{:.2f}")
     lines.append("\n" + run_footer(rows))
     return "\n".join(lines)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from kd.cache import ModelCache, spec_key
-from kd.results import ResultsTable, git_commit, provenance
+from kd.results import ResultsTable, git_commit, markdown_table, provenance
 
 
 def test_rows_append_with_key_first_and_provenance_last(tmp_path):
@@ -95,3 +95,11 @@ def test_git_commit_is_dirty_for_code_changes_but_not_for_outputs(tmp_path):
     assert git_commit.__wrapped__(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit.__wrapped__(tmp_path) == clean + "+dirty"
+
+
+def test_markdown_table_formats_floats_only_with_the_given_format():
+    frame = pd.DataFrame({"quantity": ["a", "b"], "paper": [0.5, "not run"], "n": [3, 4]})
+    assert markdown_table(frame, number="{:.2f}") == [
+        "| quantity | paper | n |", "| --- | --- | --- |",
+        "| a | 0.50 | 3 |", "| b | not run | 4 |"]
+    assert markdown_table(frame)[2] == "| a | 0.5 | 3 |"
