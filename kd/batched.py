@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kd.errors import ConfigError
+from kd.models import state_shapes
 
 
 class StackedModels(nn.Module):
@@ -35,8 +36,7 @@ class StackedModels(nn.Module):
         models = list(models)
         if not models:
             raise ConfigError("StackedModels needs at least one model")
-        shapes = {tuple((n, tuple(p.shape)) for n, p in m.state_dict().items()) for m in models}
-        if len(shapes) > 1:
+        if any(state_shapes(m) != state_shapes(models[0]) for m in models[1:]):
             raise ConfigError("StackedModels needs models of one architecture (same state_dict "
                               "names and shapes)")
         params, buffers = stack_module_state(models)

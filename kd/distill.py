@@ -54,7 +54,8 @@ class Distill(Objective):
     knowledge distillation): from epoch E + 1 the student trains on CE alone, and the teacher is
     no longer run.
 
-    The teacher is put in eval mode and runs under ``torch.no_grad()``. When the transfer set is
+    The teacher is put in eval mode, moved to the transfer set's device in :meth:`bind`, and
+    runs under ``torch.no_grad()``. When the transfer set is
     not augmented, its logits for the whole set are computed once in :meth:`bind` and looked up
     by example index every epoch instead of running the teacher again.
     """
@@ -90,6 +91,7 @@ class Distill(Objective):
 
     def bind(self, train: Split, augmented: bool) -> None:
         device = train.device
+        self.teacher.to(device)
         self.temperature, self.alpha, self.kd_weight = (
             t.to(device) for t in (self.temperature, self.alpha, self.kd_weight))
         if augmented or not self.cache_logits:

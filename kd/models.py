@@ -122,6 +122,12 @@ class Ensemble(nn.Module):
         return ensemble_log_probs([member(x) for member in self.members])
 
 
+def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The model's state-dict names and tensor shapes: equal for two models of one
+    architecture."""
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
 def interpolate_state(a_state: dict, b_state: dict, lam: float) -> dict:
     """θ = λ·θ_a + (1 − λ)·θ_b for every floating tensor of two state dicts of one architecture;
     other entries (integer buffers such as BatchNorm's ``num_batches_tracked``) are a's.

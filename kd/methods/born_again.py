@@ -6,12 +6,7 @@ from torch import nn
 
 from kd.errors import ConfigError
 from kd.methods.hinton import HintonKD
-
-
-def same_architecture(a: nn.Module, b: nn.Module) -> bool:
-    """Whether two models have the same state-dict names and shapes."""
-    shapes = lambda m: {name: tuple(t.shape) for name, t in m.state_dict().items()}
-    return shapes(a) == shapes(b)
+from kd.models import state_shapes
 
 
 class BornAgain(HintonKD):
@@ -30,7 +25,7 @@ class BornAgain(HintonKD):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float = 1.0,
                  alpha: float = 1.0, **options):
-        if not same_architecture(student, teacher):
+        if state_shapes(student) != state_shapes(teacher):
             raise ConfigError("born_again: the teacher must be a trained model of the student's "
                               "own architecture (same state-dict names and shapes)")
         super().__init__(student, teacher, temperature=temperature, alpha=alpha, **options)

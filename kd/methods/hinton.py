@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from kd.data import Split
 from kd.distill import Distill
 
 
@@ -27,7 +26,3 @@ class HintonKD(Distill):
                  alpha: float = 0.9, **distill_options):
         super().__init__(teacher, temperature, alpha, **distill_options)
         self.student = self.model = student
-
-    def bind(self, train: Split, augmented: bool) -> None:
-        self.teacher.to(train.device)
-        super().bind(train, augmented)

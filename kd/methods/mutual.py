@@ -59,5 +59,5 @@ class DeepMutualLearning(MutualLearning):
         self.model = group([student, *peers])
 
     def trained_student(self, model: nn.Module) -> nn.Module:
-        model = getattr(model, "_orig_mod", model)
+        model = super().trained_student(model)  # the group, unwrapped from torch.compile
         return model.unstack([copy.deepcopy(self.student) for _ in range(len(model))])[0]

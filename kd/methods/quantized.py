@@ -29,13 +29,10 @@ class QuantizedKD(Objective):
                  weight_bits: int = 4, activation_bits: int | None = 8,
                  temperature: float = 4.0, alpha: float = 0.9, **distill_options):
         self.student = self.model = quantize_student(student, weight_bits, activation_bits)
-        self.teacher = teacher
         self.objective = Objective() if teacher is None else Distill(
             teacher, temperature, alpha, **distill_options)
 
     def bind(self, train: Split, augmented: bool) -> None:
-        if self.teacher is not None:
-            self.teacher.to(train.device)
         self.objective.bind(train, augmented)
 
     def start_epoch(self, epoch: int) -> None:
