@@ -11,6 +11,7 @@ from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.models import MLP
+from tests.closeness import assert_states_close
 
 
 def toy_split(n=96, seed=0):
@@ -114,8 +115,9 @@ def test_cached_and_live_teacher_give_the_same_training():
             objective.bind = lambda train, augmented: None
         engine.fit(student, toy_split(), objective, TrainConfig(epochs=2, batch_size=16, lr=0.05),
                    seed=0)
-        return student.classifier.weight
-    torch.testing.assert_close(run(True), run(False), atol=1e-5, rtol=1e-4)
+        return student.state_dict()
+    # the cached logits come from predict() in batches, the live ones batch by batch
+    assert_states_close(run(False), run(True), steps=2 * 6)  # 96 images, batches of 16
 
 
 def test_distill_logs_both_terms():
@@ -195,8 +197,7 @@ def test_compiled_forward_trains_like_eager():
     config = TrainConfig(epochs=1, batch_size=16, lr=0.05)
     eager, _ = train_once(3, config)
     compiled, _ = train_once(3, dataclasses.replace(config, compile=True))
-    for (name, value), other in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        torch.testing.assert_close(other, value, rtol=1e-4, atol=1e-5, msg=name)
+    assert_states_close(compiled.state_dict(), eager.state_dict(), steps=6)  # 96 / 16
 
 
 def test_compile_flag_reaches_every_train_config_of_a_profile():
