@@ -209,3 +209,46 @@ def test_compile_flag_reaches_every_train_config_of_a_profile():
     from studies.cifar_zoo import ZOO_PROFILES  # a profile with one config, of another class
 
     assert with_compile(ZOO_PROFILES["smoke"], True).config.compile
+
+
+def test_a_diverging_loss_stops_training_naming_the_epoch_and_term():
+    config = TrainConfig(epochs=3, batch_size=16, lr=1e30, schedule="constant")
+    with pytest.raises(engine.NonFiniteLossError, match=r"toy: .*'loss' is not finite at epoch 1"):
+        engine.seed_everything(0)
+        engine.fit(MLP(64, (16,), 4), toy_split(), CrossEntropy(), config, seed=0, desc="toy")
+
+
+def test_precision_auto_follows_the_hardware_and_unknown_names_are_refused(monkeypatch):
+    cpu = torch.device("cpu")
+    assert engine.resolve_precision("fp32", cpu) == "fp32"
+    assert engine.resolve_precision("bf16", cpu) == "bf16"
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(engine, "native_bf16", lambda device: native)
+        assert engine.resolve_precision("auto", cpu) == expected
+    with pytest.raises(ConfigError, match="unknown precision 'fp16'"):
+        engine.resolve_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match="unknown precision"):
+        TrainConfig(precision="auto")  # resolved before it reaches a config
+
+
+def test_bf16_training_repeats_exactly_and_stays_near_fp32():
+    config = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    bf16 = dataclasses.replace(config, precision="bf16")
+    (a, ra), (b, rb) = train_once(3, bf16), train_once(3, bf16)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert ra.history == rb.history
+    fp32, _ = train_once(3, config)
+    assert a.classifier.weight.dtype == torch.float32  # autocast: the weights stay fp32
+    drift = (a.classifier.weight - fp32.classifier.weight).norm() / fp32.classifier.weight.norm()
+    assert 0 < drift < 0.05  # bf16 rounds differently (8 bits of mantissa), but trains alike
+
+
+def test_compile_backend_avoids_inductor_on_scalar_cpu_kernels(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("KD_COMPILE_BACKEND", raising=False)
+    for capability, backend in (("AVX2", "inductor"), ("AVX512", "inductor"),
+                                ("DEFAULT", "aot_eager")):
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        assert engine.compile_backend(cpu) == backend
+    monkeypatch.setenv("KD_COMPILE_BACKEND", "eager")
+    assert engine.compile_backend(cpu) == "eager"
