@@ -7,9 +7,11 @@ any field of the spec (or ``CACHE_VERSION``, when training code changes meaning)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 
 from kd.data import cache_root
 from kd.engine import fit
+from kd.errors import NotWritableError, check_writable_folder, reason
 
 CACHE_VERSION = 2  # 2: fused Adam
 
@@ -37,25 +40,45 @@ class ModelCache:
         return self.root / f"{spec_key(spec)}.pt"
 
     def load(self, spec: dict) -> dict | None:
-        """``{"state_dict", "meta", "spec"}`` for a hit; None for a miss or an unreadable file."""
+        """``{"state_dict", "meta", "spec"}`` for a hit; None for a miss. A truncated, corrupt or
+        foreign entry is a miss too, said in one line on stderr: it is trained again and the
+        entry is overwritten (it is derived data)."""
         path = self.path(spec)
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             return None
-        except Exception:  # a truncated or foreign file is a miss, retrained and overwritten
-            return None
-        return entry if entry.get("spec") == json.loads(json.dumps(spec, default=str)) else None
+        # torch.load of a broken file raises RuntimeError (zip), UnpicklingError, EOFError, ...
+        except Exception as error:
+            return self._unusable(path, reason(error))
+        if not isinstance(entry, dict) or not {"spec", "meta", "state_dict"} <= entry.keys():
+            return self._unusable(path, "not a model-cache entry")
+        if entry["spec"] != json.loads(json.dumps(spec, default=str)):
+            return self._unusable(path, "an entry of another spec")
+        return entry
+
+    @staticmethod
+    def _unusable(path: Path, why: str) -> None:
+        print(f"warning: model cache entry {path} is unusable ({why}); training it again",
+              file=sys.stderr)
+        return None
 
     def save(self, spec: dict, state_dict: dict, meta: dict | None = None,
              checkpoints: dict[int, dict] | None = None) -> Path:
         """Store weights, metadata and optional earlier checkpoints ``{epoch: state_dict}``."""
         path = self.path(spec)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"spec": json.loads(json.dumps(spec, default=str)), "meta": meta or {},
-                    "state_dict": state_dict, "checkpoints": checkpoints or {}}, tmp)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"spec": json.loads(json.dumps(spec, default=str)), "meta": meta or {},
+                        "state_dict": state_dict, "checkpoints": checkpoints or {}}, tmp)
+            os.replace(tmp, path)
+        except OSError as error:
+            raise NotWritableError(f"cannot write model cache entry {path} ({reason(error)}): "
+                                   f"set KD_CACHE to a writable folder") from None
+        finally:
+            with contextlib.suppress(OSError):  # after a failed save (or a parent that is a file)
+                tmp.unlink(missing_ok=True)
         return path
 
     def fit(self, spec: dict, model: nn.Module, train, objective, config, *, seed: int,
@@ -70,6 +93,8 @@ class ModelCache:
         """
         hit = self.load(spec)
         if hit is None:
+            # Fail before training, not when storing the result after it.
+            check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
             fitted = fit(model, train, objective, config, seed=seed, augment=augment, desc=desc)
             meta = {"train_s": round(fitted.wall_s, 2),
                     "final_train_loss": fitted.final.get("train_loss")}

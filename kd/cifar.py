@@ -17,6 +17,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from PIL import Image
 from torch import Tensor
 
 from kd.data import DATASETS, RandomTranslate, Split, cache_root, data_root, download_allowed
-from kd.errors import DataNotFoundError
+from kd.errors import CorruptFileError, DataNotFoundError, NotWritableError, reason
 
 # Channel statistics of the training splits, in [0, 1] units.
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -41,15 +44,48 @@ LAYOUTS = {
 OFFLINE_NPZ = "cifar10-jpeg.npz"
 
 
-def _read_pickled_layout(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_pickled_layout(folder: Path, files: list[str], label_key: str,
+                         classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Images ``[N, 3, 32, 32]`` uint8 and labels from torchvision's pickled batches."""
     images, labels = [], []
     for name in files:
-        with open(folder / name, "rb") as handle:
-            batch = pickle.load(handle, encoding="latin1")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        batch_images, batch_labels = _read_pickled_batch(folder / name, label_key, classes)
+        images.append(batch_images)
+        labels.append(batch_labels)
     return np.concatenate(images), np.concatenate(labels)
+
+
+def _read_pickled_batch(path: Path, label_key: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch; a :class:`CorruptFileError` naming it when it is not one."""
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    # Unpickling a broken or foreign file can raise nearly anything (EOFError, UnpicklingError,
+    # KeyError, AttributeError, ImportError, ...), and so can a batch without its arrays.
+    except Exception as error:
+        raise CorruptFileError(f"{path} is not a whole CIFAR batch ({reason(error)}): restore "
+                               f"it from the original download") from None
+    problem = _labels_problem(labels, len(images), classes)
+    if problem is not None:
+        raise CorruptFileError(f"{path} {problem}: restore it from the original download")
+    return images, labels
+
+
+def _labels_problem(labels: np.ndarray, n_images: int, classes: int) -> str | None:
+    """Labels that do not fit their images, or a class index out of range (which would
+    otherwise stop training deep inside the loss)."""
+    if labels.shape != (n_images,):
+        return f"holds {n_images} images but {labels.size} labels"
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        return f"has labels outside 0..{classes - 1}"
+    return None
+
+
+# What reading a broken .npz raises: not a zip, a truncated member, a missing array, bad JPEG
+# bytes (Pillow's errors are OSErrors).
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, IndexError, zipfile.BadZipFile, zlib.error)
 
 
 def _decode_offline_npz(npz: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -58,19 +94,64 @@ def _decode_offline_npz(npz: Path, train: bool) -> tuple[np.ndarray, np.ndarray]
     stat = npz.stat()
     cached = cache_root() / "cifar10" / f"{split}-{stat.st_size}-{int(stat.st_mtime)}.npz"
     if cached.is_file():
-        with np.load(cached) as arrays:
-            return arrays["images"], arrays["labels"]
+        arrays = _read_decoded_cache(cached)
+        if arrays is not None:
+            return arrays
+    try:
+        images, labels = _decode_jpeg_split(npz, split)
+    except NPZ_ERRORS as error:
+        raise CorruptFileError(f"{npz} is not a whole CIFAR-10 JPEG archive ({reason(error)}): "
+                               f"restore it from the original copy") from None
+    _write_decoded_cache(cached, images, labels)
+    return images, labels
+
+
+def _decode_jpeg_split(npz: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     with np.load(npz) as arrays:
         blob, offsets = arrays[f"{split}_jpeg"], arrays[f"{split}_offsets"]
         labels = arrays[f"{split}_labels"].astype(np.int64)
+    if offsets.shape != (len(labels) + 1,) or offsets[-1] != len(blob):
+        raise ValueError(f"{split}_offsets do not match its {len(labels)} labels and "
+                         f"{len(blob)} JPEG bytes")
+    problem = _labels_problem(labels, len(labels), 10)
+    if problem is not None:
+        raise ValueError(f"{split}_labels {problem}")
     # Pillow, not torchvision.io: torchvision 0.29 deprecates its image decoders.
     images = np.stack([np.asarray(Image.open(io.BytesIO(blob[offsets[i]:offsets[i + 1]].tobytes()))
                                   .convert("RGB")) for i in range(len(labels))]).transpose(0, 3, 1, 2)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp, cached)
+    if images.shape[1:] != (3, 32, 32):
+        raise ValueError(f"{split} images of {images.shape[2]}x{images.shape[3]} pixels")
     return images, labels
+
+
+def _read_decoded_cache(cached: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The cached decoded split, or None (after saying so, and deleting it) when it is broken:
+    it is derived data, decoded again from the archive."""
+    try:
+        with np.load(cached) as arrays:
+            images, labels = arrays["images"], arrays["labels"]
+        if images.dtype != np.uint8 or images.shape[1:] != (3, 32, 32) or \
+                _labels_problem(labels, len(images), 10) is not None:
+            raise ValueError(f"arrays of shapes {images.shape} and {labels.shape}")
+        return images, labels
+    except NPZ_ERRORS as error:
+        print(f"warning: dropping the broken cache file {cached} ({reason(error)}); decoding "
+              f"the archive again", file=sys.stderr)
+        cached.unlink(missing_ok=True)
+        return None
+
+
+def _write_decoded_cache(cached: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """Store the decoded split through a temporary file, so no half-written cache stays."""
+    tmp = cached.with_name(f".{cached.stem}.{os.getpid()}.tmp.npz")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, images=images, labels=labels)
+        os.replace(tmp, cached)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise NotWritableError(f"cannot write the decoded CIFAR-10 cache {cached}: "
+                               f"{reason(error)}; set KD_CACHE to a writable folder") from None
 
 
 def load_cifar(name: str, train: bool, root: Path | None = None) -> Split:
@@ -80,7 +161,7 @@ def load_cifar(name: str, train: bool, root: Path | None = None) -> Split:
     files = train_files if train else test_files
     arrays = None
     if all((folder / f).is_file() for f in files):
-        arrays = _read_pickled_layout(folder, files, label_key)
+        arrays = _read_pickled_layout(folder, files, label_key, classes)
     elif name == "cifar10" and (root / OFFLINE_NPZ).is_file():
         arrays = _decode_offline_npz(root / OFFLINE_NPZ, train)
     elif download_allowed():
@@ -88,9 +169,10 @@ def load_cifar(name: str, train: bool, root: Path | None = None) -> Split:
 
         try:
             getattr(torchvision.datasets, tv_class)(str(root), train=train, download=True)
-            arrays = _read_pickled_layout(folder, files, label_key)
         except Exception:  # offline, or the root is not writable: reported below
-            arrays = None
+            pass
+        if all((folder / f).is_file() for f in files):
+            arrays = _read_pickled_layout(folder, files, label_key, classes)
     if arrays is None:
         offline = f" or {root / OFFLINE_NPZ}" if name == "cifar10" else ""
         raise DataNotFoundError(

@@ -8,14 +8,22 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from kd.errors import KDError
+from kd.errors import ConfigError, KDError
 
 EXIT_BAD_INPUT = 2
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument error is a :class:`ConfigError`, so :func:`run_main` prints it as one line
+    and exits 2 (argparse itself prints the usage, several lines, before its message)."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see --help)")
+
+
 def study_parser(description: str, profiles: Sequence[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineErrorParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--profile", choices=list(profiles), default="quick",
                         help="smoke: seconds, for tests; quick: a 2-core CPU in minutes; "
                              "paper: the paper's settings, for a GPU")
@@ -76,8 +84,9 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     if args.report:
         print(report(table.read_or_fail()))
         return None
-    return StudyCommand(args, with_compile(profiles[args.profile], args.compile), table,
-                        resolve_device(args.device))
+    device = resolve_device(args.device)
+    table.check_writable()  # a foreign table or a read-only folder: say so before training
+    return StudyCommand(args, with_compile(profiles[args.profile], args.compile), table, device)
 
 
 def positive_int(text: str) -> int:
@@ -95,7 +104,8 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
     try:
         main(argv)
     except KDError as error:
-        print(f"error: {error}", file=sys.stderr)
+        one_line = " ".join(str(error).splitlines())
+        print(f"error: {one_line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: finished rows are saved; rerun the same command to resume",

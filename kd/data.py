@@ -11,8 +11,11 @@ Data sets are read from the data root ``$KD_DATA`` (default ``data/``) in torchv
 from __future__ import annotations
 
 import gzip
+import math
 import os
-import shutil
+import struct
+import sys
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
@@ -20,17 +23,31 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from kd.errors import ConfigError, DataNotFoundError
+from kd.errors import (ConfigError, CorruptFileError, DataNotFoundError, NotWritableError,
+                       blocking_file, reason)
 
 
 def data_root() -> Path:
     """The data root: ``$KD_DATA`` if set, else ``data/`` under the current directory."""
-    return Path(os.environ.get("KD_DATA", "data")).expanduser().resolve()
+    root = Path(os.environ.get("KD_DATA", "data")).expanduser().resolve()
+    if blocking_file(root) is not None:
+        raise DataNotFoundError(f"the data root {root} (KD_DATA) {_not_a_folder(root)}: set "
+                                f"KD_DATA to the folder that holds the data sets")
+    return root
 
 
 def cache_root() -> Path:
     """Where derived files (decompressed data, cached teachers) go: ``$KD_CACHE`` or ``.cache/kd``."""
-    return Path(os.environ.get("KD_CACHE", ".cache/kd")).expanduser().resolve()
+    root = Path(os.environ.get("KD_CACHE", ".cache/kd")).expanduser().resolve()
+    if blocking_file(root) is not None:
+        raise ConfigError(f"the cache folder {root} (KD_CACHE) {_not_a_folder(root)}: set "
+                          f"KD_CACHE to a folder (or unset it for .cache/kd)")
+    return root
+
+
+def _not_a_folder(path: Path) -> str:
+    blocker = blocking_file(path)
+    return "is a file, not a folder" if blocker == path else f"is under {blocker}, a file"
 
 
 def download_allowed() -> bool:
@@ -166,36 +183,109 @@ MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+MNIST_NAMES = tuple(name for pair in MNIST_FILES.values() for name in pair)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
 def _mnist_raw_dir(root: Path) -> Path | None:
-    """A folder ``<...>/MNIST/raw`` that torchvision can read, gunzipping ``.gz`` files if needed.
+    """A folder ``<...>/MNIST/raw`` of whole idx files that torchvision can read, gunzipping
+    ``.gz`` files if needed; None when the files are not there.
 
     When only the ``.gz`` files are present and their folder is read-only, they are gunzipped
     into ``$KD_CACHE/MNIST/raw`` instead.
     """
     raw = root / "MNIST" / "raw"
-    names = [name for pair in MNIST_FILES.values() for name in pair]
-    if all((raw / name).is_file() for name in names):
-        return raw
-    if not all((raw / f"{name}.gz").is_file() for name in names):
+    if all((raw / name).is_file() for name in MNIST_NAMES):
+        target = raw
+    elif all((raw / f"{name}.gz").is_file() for name in MNIST_NAMES):
+        target = raw if os.access(raw, os.W_OK) else cache_root() / "MNIST" / "raw"
+    else:
         return None
-    target = raw if os.access(raw, os.W_OK) else cache_root() / "MNIST" / "raw"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        if not (target / name).is_file():
-            tmp = target / f"{name}.tmp{os.getpid()}"
-            with gzip.open(raw / f"{name}.gz", "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(tmp, target / name)
+    for name in MNIST_NAMES:
+        _ensure_idx(target / name, raw / f"{name}.gz", name)
     return target
+
+
+def _ensure_idx(path: Path, gz: Path, name: str) -> None:
+    """Make ``path`` a whole idx file ``name``: keep it if it is one, else gunzip ``gz`` into it.
+
+    A broken file with a ``.gz`` beside it was gunzipped from it (by us or torchvision), so it
+    is rebuilt, saying so; one without is an original, left alone and reported.
+    """
+    if path.is_file():
+        problem = _idx_file_problem(path, name)
+        if problem is None:
+            return
+        if not gz.is_file():
+            raise CorruptFileError(f"{path} is {problem}: restore it from the original MNIST "
+                                   f"download")
+        print(f"warning: {path} is {problem}; gunzipping {gz} again", file=sys.stderr)
+    _gunzip(gz, path, name)
+
+
+def _gunzip(gz: Path, target: Path, name: str) -> None:
+    """Decompress ``gz`` (in memory: MNIST's largest file is 47 MB), check it is a whole idx
+    file ``name``, and write it through a temporary file, so no half-written file stays."""
+    try:
+        blob = gzip.decompress(gz.read_bytes())
+        problem = _idx_problem(blob, len(blob), name)
+    except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
+        problem = f"not a whole gzip file ({reason(error)})"
+    if problem is not None:
+        raise CorruptFileError(f"{gz} is {problem}: restore it from the original MNIST download "
+                               f"(or delete the four MNIST files and let torchvision download "
+                               f"them)")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(blob)
+        os.replace(tmp, target)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise NotWritableError(f"cannot write {target} (gunzipped from {gz.name}): "
+                               f"{reason(error)}; make {target.parent} writable or set KD_CACHE "
+                               f"to a writable folder") from None
+
+
+# kind -> (magic number, header length): unsigned bytes; images have 3 dimensions, labels 1.
+IDX_HEADER = {"images": (0x803, 16), "labels": (0x801, 8)}
+
+
+def _idx_file_problem(path: Path, name: str) -> str | None:
+    """Why the file ``path`` is not a whole MNIST idx file ``name``; None when it is one."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(IDX_HEADER[name.split("-")[1]][1])
+        size = path.stat().st_size
+    except OSError as error:
+        return f"unreadable ({reason(error)})"
+    return _idx_problem(header, size, name)
+
+
+def _idx_problem(header: bytes, size: int, name: str) -> str | None:
+    """Why a file of ``size`` bytes that starts with ``header`` is not the idx file ``name``:
+    another magic number, images that are not 28x28, or a size its header does not give."""
+    kind = name.split("-")[1]
+    magic, length = IDX_HEADER[kind]
+    if len(header) < length:
+        return f"too short for an idx header ({size} bytes)"
+    found, *dims = struct.unpack(f">{length // 4}I", header[:length])
+    if found != magic:
+        return f"not an MNIST {kind} file (magic number {found:#x}, expected {magic:#x})"
+    if kind == "images" and dims[1:] != [28, 28]:
+        return f"not MNIST images ({dims[1]}x{dims[2]} pixels, expected 28x28)"
+    expected = length + math.prod(dims)
+    if size != expected:
+        return f"{'truncated' if size < expected else 'too long'} ({size} bytes, its header says " \
+               f"{expected})"
+    return None
 
 
 def mnist_torchvision_root(root: Path | None = None) -> Path:
     """A folder that ``torchvision.datasets.MNIST(folder)`` reads, downloading if allowed.
 
-    Raises :class:`DataNotFoundError`, naming the files and ``KD_DATA``, when there is none.
+    Raises :class:`DataNotFoundError`, naming the files and ``KD_DATA``, when there is none, and
+    :class:`CorruptFileError`, naming the file, when one is broken.
     """
     import torchvision
 
@@ -205,11 +295,11 @@ def mnist_torchvision_root(root: Path | None = None) -> Path:
         try:
             for train in (True, False):
                 torchvision.datasets.MNIST(str(root), train=train, download=True)
-            raw = _mnist_raw_dir(root)
         except Exception:  # offline, or the root is not writable: reported below
-            raw = None
+            pass
+        raw = _mnist_raw_dir(root)
     if raw is None:
-        wanted = ", ".join(f"{n}[.gz]" for pair in MNIST_FILES.values() for n in pair)
+        wanted = ", ".join(f"{n}[.gz]" for n in MNIST_NAMES)
         raise DataNotFoundError(
             f"MNIST not found: expected {wanted} in {root / 'MNIST' / 'raw'} "
             f"(set KD_DATA to the folder that holds MNIST/raw; download failed or was disabled)")
@@ -220,7 +310,22 @@ def load_mnist(train: bool, root: Path | None = None) -> Split:
     """MNIST from ``root`` (default: the data root) in torchvision's layout ``MNIST/raw/``."""
     import torchvision
 
-    ds = torchvision.datasets.MNIST(str(mnist_torchvision_root(root)), train=train)
+    folder = mnist_torchvision_root(root)
+    images, labels = (folder / "MNIST" / "raw" / name
+                      for name in MNIST_FILES["train" if train else "test"])
+    try:  # the files were checked; this is for what torchvision reads besides them
+        ds = torchvision.datasets.MNIST(str(folder), train=train)
+    except (RuntimeError, ValueError, TypeError, AssertionError, KeyError, OSError) as error:
+        raise CorruptFileError(f"torchvision cannot read {images} or {labels} "
+                               f"({reason(error)}): restore them from the original MNIST "
+                               f"download") from None
+    if len(ds.data) != len(ds.targets):
+        raise CorruptFileError(f"{images} holds {len(ds.data)} images but {labels} "
+                               f"{len(ds.targets)} labels: restore them from the original MNIST "
+                               f"download")
+    if len(ds.targets) and (ds.targets.min() < 0 or ds.targets.max() > 9):
+        raise CorruptFileError(f"{labels} has labels outside 0..9: restore it from the original "
+                               f"MNIST download")
     return Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long(), MNIST_MEAN, MNIST_STD)
 
 

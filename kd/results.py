@@ -7,7 +7,10 @@ asks :meth:`ResultsTable.done` and skips the (cell, seed) pairs already present.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import datetime
+import io
 import os
 import platform
 import subprocess
@@ -19,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 import torch
 
-from kd.errors import ConfigError
+from kd.errors import ConfigError, CorruptFileError, NotWritableError, check_writable_folder, reason
 
 PROVENANCE_COLUMNS = ("wall_s", "device", "hardware", "torch", "git_commit", "finished_at")
 
@@ -30,7 +33,12 @@ def results_root() -> Path:
 
 
 class ResultsTable:
-    """``<root>/<study>/<profile>.csv``; key columns ``study, profile, cell, seed`` come first."""
+    """``<root>/<study>/<profile>.csv``; key columns ``study, profile, cell, seed`` come first.
+
+    A file that is not a whole table of this study and profile (unparseable, empty, cut short,
+    another schema's or study's) is a :class:`~kd.errors.CorruptFileError` naming it, and is
+    never overwritten or appended to.
+    """
 
     KEY = ("study", "profile", "cell", "seed")
 
@@ -41,7 +49,65 @@ class ResultsTable:
     def read(self) -> pd.DataFrame:
         if not self.path.exists():
             return pd.DataFrame(columns=list(self.KEY))
-        return pd.read_csv(self.path)
+        frame = self._parse()
+        problem = self._problem(frame)
+        if problem is not None:
+            raise CorruptFileError(f"results table {self.path} {problem}; it is left as it is")
+        return frame
+
+    def _parse(self) -> pd.DataFrame:
+        """The file as a frame; the checks our atomic writes make safe to assume of our files."""
+        try:
+            blob = self.path.read_bytes()
+        except OSError as error:
+            raise CorruptFileError(f"cannot read results table {self.path} ({reason(error)}): "
+                                   f"fix its permissions or move it away, then rerun") from None
+        fix = None
+        if not blob:
+            fix = "is empty (0 bytes): delete it and rerun"
+        elif not blob.endswith(b"\n"):  # every row we write ends with one
+            fix = "ends in a half-written line: delete that last line and rerun"
+        elif b"\0" in blob:  # what a crash of the machine can leave in a file's last blocks
+            fix = "contains NUL bytes: repair it or move it away, then rerun"
+        if fix is None:
+            try:
+                text = blob.decode()
+                ragged = _ragged_line(text)
+                if ragged is None:
+                    return pd.read_csv(io.StringIO(text), index_col=False)
+                fix = f"has {ragged}: repair that line or move the file away, then rerun"
+            except (ValueError, csv.Error) as error:  # not UTF-8, pandas' ParserError, ...
+                fix = (f"cannot be parsed as CSV ({reason(error)}): repair it or move it away, "
+                       f"then rerun")
+        raise CorruptFileError(f"results table {self.path} {fix}; it is left as it is")
+
+    def _problem(self, frame: pd.DataFrame) -> str | None:
+        """What makes a parsed file not a table of this study and profile, and what to do."""
+        elsewhere = "move it away or pass --results with another folder, then rerun"
+        missing = [c for c in self.KEY if c not in frame.columns]
+        if missing:
+            return (f"has no {', '.join(missing)} column, so it is not a results table of this "
+                    f"project: {elsewhere}")
+        blank = frame[list(self.KEY)].isna().any(axis=1)
+        if blank.any():
+            return (f"has a row without study, profile, cell or seed (line "
+                    f"{blank.to_numpy().argmax() + 2}): repair or delete that row and rerun")
+        seeds = pd.to_numeric(frame["seed"], errors="coerce")
+        if seeds.isna().any() or (seeds % 1 != 0).any():
+            return "has seeds that are not integers: repair them or move it away, then rerun"
+        owners = sorted({f"{s}/{p}" for s, p in zip(frame["study"].astype(str),
+                                                     frame["profile"].astype(str))})
+        if owners and owners != [f"{self.study}/{self.profile}"]:
+            return (f"holds rows of {', '.join(owners)}, not {self.study}/{self.profile}: "
+                    f"{elsewhere}")
+        return None
+
+    def check_writable(self) -> None:
+        """Fail now, before any training, where appending rows would fail after it: a file that
+        is not this table, or a folder that cannot be written."""
+        self.read()
+        check_writable_folder(self.path.parent, f"{self.study} results",
+                              "pass --results (or set KD_RESULTS) with a writable folder")
 
     def read_or_fail(self) -> pd.DataFrame:
         """The rows, or a :class:`ConfigError` saying the profile has not been run."""
@@ -67,17 +133,37 @@ class ResultsTable:
         last = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
         middle = [c for c in frame.columns if c not in first and c not in last]
         # Nullable dtypes keep integer columns integers where other rows leave them empty.
-        frame = frame[first + middle + last].convert_dtypes()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write(frame[first + middle + last].convert_dtypes())
+
+    def _write(self, frame: pd.DataFrame) -> None:
+        """Replace the file by ``frame`` through a temporary file: the old file or the new one,
+        never a partial row."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "w", newline="") as handle:
                 frame.to_csv(handle, index=False)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
+        except OSError as error:
+            raise NotWritableError(f"cannot write results table {self.path} ({reason(error)}): "
+                                   f"it is left as it was; make its folder writable and rerun "
+                                   f"to resume") from None
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a parent that is a file: no tmp to remove
+                tmp.unlink(missing_ok=True)
+
+
+def _ragged_line(text: str) -> str | None:
+    """The first line whose number of fields differs from the header's, described; every row
+    we write has them all (pandas would quietly fill a short row or index by a long one)."""
+    rows = csv.reader(io.StringIO(text, newline=""))
+    width = len(next(rows, []))
+    for row in rows:
+        if row and len(row) != width:  # blank lines are skipped, as pandas does
+            return f"{len(row)} fields on line {rows.line_num}, its header {width}"
+    return None
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
