@@ -12,7 +12,7 @@ STUDY ?= hinton_mnist
 PROFILE ?= quick
 ARGS ?=
 
-.PHONY: venv test study figures bench clean-venv
+.PHONY: venv test study figures bench scorecard clean-venv
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ figures: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m kd.bench $(ARGS)
+
+# One verdict per claim (studies/claims.csv) and profile: results/scorecard.csv, figures/scorecard.png.
+scorecard: $(STAMP)
+	$(PY) -m studies.scorecard $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

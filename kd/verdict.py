@@ -1,0 +1,140 @@
+"""Verdicts on claims from paired differences over seeds, by a rule fixed before the runs.
+
+Cells of one seed share their initial weights and batches (and, where the study has one per
+seed, their teacher), so a claim is tested on one number per seed, q_s: a paired difference of
+two cells of the same seed (or a level, such as an agreement). Over the n seeds:
+
+    mean  q̄ = (1/n) Σ q_s
+    sd    s = sqrt( Σ (q_s − q̄)² / (n − 1) )
+    95 % interval  q̄ ± t_{0.975, n−1} · s / √n    (Student's t, n − 1 degrees of freedom)
+
+A claim states a direction and a reference r (0 for a difference, a level such as 99 % for a
+threshold) and, in advance, a margin m:
+
+* direction ``>`` (the claim: q > r). **reproduced** when the whole interval lies above r;
+  **contradicted** when it lies below r; **absent** when it lies inside (r − m, r + m) (a
+  well-measured null; only when the claim states a margin); otherwise **inconclusive**.
+  Checked in this order: an interval above r but within the margin is still reproduced (the
+  effect column shows its size).
+* direction ``<``: the mirror image.
+* direction ``=`` (a level claim, q = r within a tolerance m): **reproduced** when the whole
+  interval lies inside [r − m, r + m]; **contradicted** when it lies wholly outside it;
+  otherwise **inconclusive**.
+* direction ``report``: no claim, the quantity is only reported with its interval (verdict
+  **report**).
+
+Before that: **not run** when no seed has the cells; **inconclusive** with fewer than
+:data:`MIN_SEEDS` seeds, whatever the numbers. A claim may also name a precondition, a quantity
+that must be > 0 for the claim to be testable at all (measured per seed like the claim):
+**precondition not met** when its mean is ≤ 0; when its interval does not lie wholly above 0
+(or it has fewer than :data:`MIN_SEEDS` seeds) the verdict is at best **inconclusive**.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+from scipy import stats
+
+MIN_SEEDS = 3
+LEVEL = 0.95
+DIRECTIONS = (">", "<", "=", "report")
+VERDICTS = ("reproduced", "contradicted", "absent", "inconclusive", "precondition not met",
+            "not run", "report")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean and two-sided t-interval of per-seed values (``low``/``high`` NaN below 2 seeds)."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+
+    @property
+    def known(self) -> bool:
+        return not (math.isnan(self.low) or math.isnan(self.high))
+
+
+def t_interval(values: Iterable[float], level: float = LEVEL) -> Interval:
+    """q̄ ± t_{(1+level)/2, n−1} · s/√n over the finite values (NaNs dropped)."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Interval(0, math.nan, math.nan, math.nan)
+    mean = float(x.mean())
+    if n == 1:
+        return Interval(1, mean, math.nan, math.nan)
+    half = float(stats.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Interval(n, mean, mean - half, mean + half)
+
+
+def _margin(margin: float | None) -> float | None:
+    return None if margin is None or (isinstance(margin, float) and math.isnan(margin)) else margin
+
+
+def rule(interval: Interval, direction: str, reference: float = 0.0,
+         margin: float | None = None) -> str:
+    """The verdict of one interval under the rule of the module docstring (seed count aside)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction {direction!r}: expected one of {DIRECTIONS}")
+    if direction == "report":
+        return "report"
+    margin = _margin(margin)
+    if not interval.known:
+        return "inconclusive"
+    low, high = interval.low, interval.high
+    if direction == "=":
+        if margin is None:
+            raise ValueError("a level claim ('=') needs its tolerance as the margin")
+        if reference - margin <= low and high <= reference + margin:
+            return "reproduced"
+        if high < reference - margin or low > reference + margin:
+            return "contradicted"
+        return "inconclusive"
+    if direction == "<":  # mirror onto '>'
+        low, high, reference = -high, -low, -reference
+    if low > reference:
+        return "reproduced"
+    if high < reference:
+        return "contradicted"
+    if margin is not None and reference - margin < low and high < reference + margin:
+        return "absent"
+    return "inconclusive"
+
+
+def precondition_status(interval: Interval, min_seeds: int = MIN_SEEDS) -> str:
+    """``met`` (interval wholly above 0 on enough seeds), ``not met`` (mean ≤ 0), ``not run``
+    (no seed), else ``unsure``."""
+    if interval.n == 0:
+        return "not run"
+    if interval.mean <= 0:
+        return "not met"
+    if interval.n >= min_seeds and interval.known and interval.low > 0:
+        return "met"
+    return "unsure"
+
+
+def decide(interval: Interval, direction: str, reference: float = 0.0,
+           margin: float | None = None, precondition: Interval | None = None,
+           min_seeds: int = MIN_SEEDS) -> str:
+    """The verdict of a claim: not run, precondition, seed count, then :func:`rule`."""
+    if interval.n == 0:
+        return "not run"
+    if precondition is not None:
+        status = precondition_status(precondition, min_seeds)
+        if status == "not run":
+            return "not run"
+        if status == "not met":
+            return "precondition not met"
+    if direction == "report":
+        return "report"
+    if interval.n < min_seeds:
+        return "inconclusive"
+    if precondition is not None and precondition_status(precondition, min_seeds) != "met":
+        return "inconclusive"
+    return rule(interval, direction, reference, margin)

@@ -1,0 +1,584 @@
+"""The reproduction scorecard: one verdict per claim and profile, from every study's CSVs.
+
+The claims are data, in ``studies/claims.csv`` (one row per claim: the study, the paper, the
+claim in one sentence, the quantity that tests it, its ``measure`` here, the claimed direction,
+the reference and margin or tolerance, the paper's value, and an optional precondition). This
+module only turns a study's rows into one number per seed for each ``measure`` (the functions
+registered below, one per kind of quantity) and hands them to :mod:`kd.verdict`, whose rule
+decides. A measure spec is ``name`` or ``name:arg1,arg2``; the arguments are strings.
+
+Run ``python -m studies.scorecard`` (or ``make scorecard``): it reads
+``<results>/<study>/<profile>.csv`` for every study and profile found (profiles ordered paper,
+full, quick, then the rest) and writes ``<results>/scorecard.csv`` and
+``<figures>/scorecard.png`` (a forest plot); ``--markdown`` also prints the README's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from kd import verdict as rule
+from kd.cli import OneLineErrorParser, run_main
+from kd.errors import ConfigError
+from kd.results import markdown_table, results_root
+
+CLAIMS = Path(__file__).with_name("claims.csv")
+PROFILE_ORDER = ("paper", "full", "quick")
+SCORECARD = "scorecard.csv"
+FIGURE = "scorecard.png"
+
+
+# ----------------------------------------------------------------------------------------------
+# A study's rows, seed by seed
+
+class Rows:
+    """One study's rows for one profile. Every cell a measure asks for is remembered, so the
+    scorecard row can name the commits and hardware of the rows it was computed from."""
+
+    def __init__(self, frame: pd.DataFrame | None):
+        self.frame = frame if frame is not None else pd.DataFrame(columns=["cell", "seed"])
+        self.used: set[str] = set()
+
+    def names(self, pattern: str = ".*") -> list[str]:
+        """The cells whose whole name matches the regular expression, in the table's order."""
+        return [c for c in dict.fromkeys(self.frame["cell"].astype(str))
+                if re.fullmatch(pattern, c)]
+
+    def has(self, cell: str) -> bool:
+        return bool((self.frame["cell"] == cell).any())
+
+    def value(self, cell: str, column: str, scale: float = 1.0) -> pd.Series:
+        """``column`` of ``cell`` by seed, times ``scale`` (empty when the cell is missing)."""
+        self.used.add(cell)
+        rows = self.frame[self.frame["cell"] == cell]
+        if rows.empty or column not in rows:
+            return pd.Series(dtype=float)
+        return rows.set_index(rows["seed"].astype(int))[column].astype(float) * scale
+
+    def percent(self, cell: str, column: str = "test_accuracy") -> pd.Series:
+        """A fraction column (accuracy, agreement) in %."""
+        return self.value(cell, column, 100.0)
+
+    def where(self, **equal) -> pd.DataFrame:
+        mask = pd.Series(True, index=self.frame.index)
+        for column, value in equal.items():
+            if column not in self.frame:
+                return self.frame.iloc[0:0]
+            mask &= self.frame[column] == value
+        return self.frame[mask]
+
+    def provenance(self) -> dict:
+        rows = self.frame[self.frame["cell"].isin(self.used)]
+        join = lambda column: ("; ".join(sorted(rows[column].dropna().astype(str).unique()))
+                               if column in rows else "")
+        return {"git_commits": join("git_commit"), "hardware": join("hardware")}
+
+
+def per_seed_mean(parts: list[pd.Series]) -> pd.Series:
+    """The mean of several per-seed series, NaN for a seed that one of them lacks."""
+    if not parts:
+        return pd.Series(dtype=float)
+    return pd.concat(parts, axis=1).mean(axis=1, skipna=False)
+
+
+def per_seed(parts: list[pd.Series], how: str) -> pd.Series:
+    """min / max of several per-seed series, NaN for a seed that one of them lacks."""
+    if not parts:
+        return pd.Series(dtype=float)
+    frame = pd.concat(parts, axis=1)
+    return getattr(frame, how)(axis=1, skipna=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measures: rows -> one number per seed
+
+MEASURES: dict[str, Callable[..., pd.Series]] = {}
+
+
+def measure(function: Callable[..., pd.Series]) -> Callable[..., pd.Series]:
+    MEASURES[function.__name__] = function
+    return function
+
+
+def evaluate(spec: str, rows: Rows) -> pd.Series:
+    """The per-seed values of a measure spec (``name`` or ``name:arg,...``), NaNs dropped."""
+    name, _, args = str(spec).partition(":")
+    if name not in MEASURES:
+        raise ConfigError(f"measure {name!r} in {CLAIMS.name} is not registered in "
+                          f"studies.scorecard (known: {', '.join(sorted(MEASURES))})")
+    values = MEASURES[name](rows, *(args.split(",") if args else ()))
+    return values.astype(float).replace([np.inf, -np.inf], np.nan).dropna().sort_index()
+
+
+def temperatures(rows: Rows, width: str) -> dict[float, str]:
+    """Hinton: the distilled ``<width>x2/T<T>`` cells by temperature."""
+    found = {}
+    for cell in rows.names(rf"{width}x2/T([0-9.]+)"):
+        found[float(cell.split("/T", 1)[1])] = cell
+    return dict(sorted(found.items()))
+
+
+@measure
+def hinton_distill_gain(rows: Rows, width: str, temperature: str) -> pd.Series:
+    """errors(<w>x2/hard) − errors(<w>x2/T<T>)."""
+    return (rows.value(f"{width}x2/hard", "test_errors")
+            - rows.value(f"{width}x2/T{float(temperature):g}", "test_errors"))
+
+
+@measure
+def hinton_spread_above(rows: Rows, width: str, lowest: str) -> pd.Series:
+    """max − min test errors over the distilled students with T ≥ ``lowest``."""
+    cells = [c for t, c in temperatures(rows, width).items() if t >= float(lowest)]
+    if len(cells) < 2:
+        return pd.Series(dtype=float)
+    errors = [rows.value(c, "test_errors") for c in cells]
+    return per_seed(errors, "max") - per_seed(errors, "min")
+
+
+@measure
+def hinton_band_advantage(rows: Rows, width: str, low: str, high: str) -> pd.Series:
+    """min(mean errors below the band, mean errors above it) − mean errors inside it."""
+    by_t = temperatures(rows, width)
+    groups = [[c for t, c in by_t.items() if test(t)] for test in (
+        lambda t: t < float(low), lambda t: float(low) <= t <= float(high),
+        lambda t: t > float(high))]
+    if not all(groups):
+        return pd.Series(dtype=float)
+    below, inside, above = (per_seed_mean([rows.value(c, "test_errors") for c in g])
+                            for g in groups)
+    return per_seed([below, above], "min") - inside
+
+
+@measure
+def hinton_class_accuracy(rows: Rows, cell: str) -> pd.Series:
+    """% of the omitted class's test images right, before any shift."""
+    errors = rows.value(cell, "shifted_class_errors")
+    return 100 * (1 - errors / rows.value(cell, "shifted_class_n"))
+
+
+@measure
+def hinton_recovered(rows: Rows, cell: str) -> pd.Series:
+    """% of the errors on the omitted class removed by the paper's bias shift."""
+    before = rows.value(cell, "shifted_class_errors")
+    return 100 * (before - rows.value(cell, "shifted_class_errors_shift_paper")) / before
+
+
+@measure
+def hinton_shifted_error_pct(rows: Rows, cell: str) -> pd.Series:
+    """Test error % after the paper's bias shift."""
+    return rows.value(cell, "test_error_pct_shift_paper")
+
+
+@measure
+def at_diff(rows: Rows, cell: str, baseline: str) -> pd.Series:
+    """Test accuracy % of ``cell`` − ``baseline``."""
+    return rows.percent(cell) - rows.percent(baseline)
+
+
+@measure
+def at_t2_agreement(rows: Rows) -> pd.Series:
+    """Mean over α of test agreement % with T² − without, at the grid's highest T."""
+    grid = {}
+    for cell in rows.names(r"a[0-9.]+_T[0-9.]+_(t2|no_t2)"):
+        alpha, temp, kind = re.fullmatch(r"a([0-9.]+)_T([0-9.]+)_(t2|no_t2)", cell).groups()
+        grid.setdefault((float(temp), alpha), set()).add(kind)
+    both = [key for key, kinds in grid.items() if kinds == {"t2", "no_t2"}]
+    if not both:
+        return pd.Series(dtype=float)
+    top = max(t for t, _ in both)
+    return per_seed_mean([
+        rows.percent(f"a{a}_T{t:g}_t2", "test_agreement")
+        - rows.percent(f"a{a}_T{t:g}_no_t2", "test_agreement") for t, a in both if t == top])
+
+
+def family_teachers(rows: Rows, family: str, role: str = "teacher") -> list[str]:
+    """The family's teacher architectures by growing parameter count."""
+    teachers = rows.where(family=family, role=role)
+    if teachers.empty:
+        return []
+    arch = "model" if role == "teacher" else "teacher"
+    return list(teachers.groupby(arch)["params"].first().sort_values().index)
+
+
+def family_student(rows: Rows, family: str) -> str | None:
+    scratch = rows.where(family=family, role="scratch")
+    return None if scratch.empty else str(scratch["model"].iloc[0])
+
+
+@measure
+def cg_teacher_rise(rows: Rows, family: str) -> pd.Series:
+    """The smallest step in test accuracy % between consecutive teachers by size."""
+    teachers = family_teachers(rows, family)
+    if len(teachers) < 2:
+        return pd.Series(dtype=float)
+    acc = [rows.percent(f"teacher/{t}") for t in teachers]
+    return per_seed([b - a for a, b in zip(acc, acc[1:])], "min")
+
+
+@measure
+def cg_top_step(rows: Rows, family: str) -> pd.Series:
+    """Student of the largest teacher − student of the second-largest (test accuracy %)."""
+    teachers, student = family_teachers(rows, family), family_student(rows, family)
+    if len(teachers) < 2 or student is None:
+        return pd.Series(dtype=float)
+    return (rows.percent(f"kd/{teachers[-1]}/{student}")
+            - rows.percent(f"kd/{teachers[-2]}/{student}"))
+
+
+@measure
+def cg_ta_gain(rows: Rows, family: str) -> pd.Series:
+    """Mean over the assistants of the largest teacher: student via the assistant − direct."""
+    teachers, student = family_teachers(rows, family), family_student(rows, family)
+    if not teachers or student is None:
+        return pd.Series(dtype=float)
+    largest = teachers[-1]
+    chains = rows.names(rf"kd/{re.escape(largest)}/[^/]+/{re.escape(student)}")
+    direct = rows.percent(f"kd/{largest}/{student}")
+    return per_seed_mean([rows.percent(c) - direct for c in chains])
+
+
+def checkpoint_students(rows: Rows, teacher: str) -> dict[int, str]:
+    """Early stopping: the ``kd/<teacher>@<epoch>/<student>`` cells by teacher epoch."""
+    found = {}
+    for cell in rows.names(rf"kd/{re.escape(teacher)}@([0-9]+)/[^/]+"):
+        found[int(cell.split("@", 1)[1].split("/", 1)[0])] = cell
+    return dict(sorted(found.items()))
+
+
+def kd_teachers(rows: Rows) -> list[str]:
+    kd = rows.where(role="kd")
+    return [] if kd.empty else list(dict.fromkeys(kd["teacher"].astype(str)))
+
+
+def first_drop(rows: Rows, cell: str) -> float:
+    """The schedule's first learning-rate drop (``step (5, 8)`` → 5), else half its epochs."""
+    row = rows.frame[rows.frame["cell"] == cell].iloc[0]
+    drops = re.findall(r"[0-9]+", str(row.get("schedule", "")).partition("(")[2])
+    return float(drops[0]) if drops else float(row["epochs"]) / 2
+
+
+@measure
+def es_eskd_gain(rows: Rows) -> pd.Series:
+    """Mean over teachers: ESKD student − full-KD student of the final checkpoint."""
+    parts = []
+    for teacher in kd_teachers(rows):
+        by_epoch = checkpoint_students(rows, teacher)
+        eskd = rows.names(rf"eskd/{re.escape(teacher)}/[^/]+")
+        if by_epoch and eskd:
+            parts.append(rows.percent(eskd[0]) - rows.percent(by_epoch[max(by_epoch)]))
+    return per_seed_mean(parts)
+
+
+@measure
+def es_early_teacher_gain(rows: Rows) -> pd.Series:
+    """Mean over teachers: student of the latest checkpoint at or before the first learning-rate
+    drop − student of the final checkpoint."""
+    parts = []
+    for teacher in kd_teachers(rows):
+        by_epoch = checkpoint_students(rows, teacher)
+        if not by_epoch:
+            continue
+        final = max(by_epoch)
+        early = [e for e in by_epoch if e <= first_drop(rows, by_epoch[final]) and e < final]
+        if early:
+            parts.append(rows.percent(by_epoch[max(early)]) - rows.percent(by_epoch[final]))
+    return per_seed_mean(parts)
+
+
+@measure
+def es_full_vs_scratch(rows: Rows, family: str) -> pd.Series:
+    """Full-KD student of the family's largest teacher − the scratch student."""
+    teachers = family_teachers(rows, family, role="teacher_checkpoint")
+    student = family_student(rows, family)
+    if not teachers or student is None:
+        return pd.Series(dtype=float)
+    by_epoch = checkpoint_students(rows, teachers[-1])
+    if not by_epoch:
+        return pd.Series(dtype=float)
+    return rows.percent(by_epoch[max(by_epoch)]) - rows.percent(f"scratch/{student}")
+
+
+@measure
+def fid_level(rows: Rows, cell: str, column: str) -> pd.Series:
+    """A fraction column of one cell, in %."""
+    return rows.percent(cell, column)
+
+
+@measure
+def fid_diff(rows: Rows, cell: str, baseline: str, column: str) -> pd.Series:
+    """A fraction column of ``cell`` − ``baseline``, in points."""
+    return rows.percent(cell, column) - rows.percent(baseline, column)
+
+
+HARDER_ALONE = ("mixup", "rotation", "vflip", "color_jitter")
+
+
+@measure
+def fid_augment_each(rows: Rows) -> pd.Series:
+    """Mean over the single harder augmentations run: train agreement − crop + flip's."""
+    base = rows.percent("augment/crop_flip", "train_agreement")
+    return per_seed_mean([rows.percent(f"augment/{a}", "train_agreement") - base
+                          for a in HARDER_ALONE if rows.has(f"augment/{a}")])
+
+
+def lambda_cells(rows: Rows, keep: Callable[[float], bool]) -> list[str]:
+    return [c for c in rows.names(r"init/lam[0-9.]+") if keep(float(c[len("init/lam"):]))]
+
+
+@measure
+def fid_lambda_min(rows: Rows, lowest: str) -> pd.Series:
+    """min over λ ≥ ``lowest`` of train agreement %."""
+    return per_seed([rows.percent(c, "train_agreement")
+                     for c in lambda_cells(rows, lambda lam: lam >= float(lowest))], "min")
+
+
+@measure
+def fid_lambda_max(rows: Rows, highest: str) -> pd.Series:
+    """max over λ ≤ ``highest`` of train agreement %."""
+    return per_seed([rows.percent(c, "train_agreement")
+                     for c in lambda_cells(rows, lambda lam: lam <= float(highest))], "max")
+
+
+@measure
+def fid_discordance(rows: Rows) -> pd.Series:
+    """% of pairs of distinct CIFAR students of a seed where the one with the higher test
+    agreement has the lower test accuracy."""
+    students = rows.where(role="student")
+    students = students[~students["cell"].astype(str).str.startswith("mnist/")]
+    out = {}
+    for seed, group in students.groupby("seed"):
+        rows.used.update(group["cell"].astype(str))
+        group = group.drop_duplicates("model_key") if "model_key" in group else group
+        acc, agr = group["test_accuracy"].to_numpy(float), group["test_agreement"].to_numpy(float)
+        i, j = np.triu_indices(len(group), k=1)
+        if len(i):
+            out[int(seed)] = 100 * float(np.mean((acc[i] - acc[j]) * (agr[i] - agr[j]) < 0))
+    return pd.Series(out, dtype=float)
+
+
+def mz_pairs(rows: Rows) -> list[str]:
+    return [] if "pair" not in rows.frame else list(dict.fromkeys(rows.frame["pair"].astype(str)))
+
+
+@measure
+def mz_diff(rows: Rows, cell: str, baseline: str) -> pd.Series:
+    """Per seed, mean over the pairs that ran both: test accuracy % of ``<pair>/<cell>`` −
+    ``<pair>/<baseline>``."""
+    return per_seed_mean([rows.percent(f"{p}/{cell}") - rows.percent(f"{p}/{baseline}")
+                          for p in mz_pairs(rows)
+                          if rows.has(f"{p}/{cell}") and rows.has(f"{p}/{baseline}")])
+
+
+@measure
+def mz_ta_chain(rows: Rows) -> pd.Series:
+    """Per seed, mean over the pairs with an assistant: KD via the assistant − KD."""
+    return per_seed_mean([rows.percent(c) - rows.percent(f"{p}/kd") for p in mz_pairs(rows)
+                          for c in rows.names(rf"{re.escape(p)}/kd_via_.+")
+                          if rows.has(f"{p}/kd")])
+
+
+# ----------------------------------------------------------------------------------------------
+# The scorecard
+
+def read_claims(path: Path | None = None) -> pd.DataFrame:
+    """The claims table: ``path``, else ``$KD_CLAIMS``, else ``studies/claims.csv``."""
+    path = Path(path or os.environ.get("KD_CLAIMS") or CLAIMS)
+    claims = pd.read_csv(path, dtype={"measure": str, "precondition_measure": str})
+    for column in ("reference", "margin", "paper_value"):
+        claims[column] = pd.to_numeric(claims[column], errors="coerce")
+    claims["reference"] = claims["reference"].fillna(0.0)
+    duplicated = claims["id"][claims["id"].duplicated()]
+    if not duplicated.empty:
+        raise ConfigError(f"claim ids repeated in {path}: {', '.join(duplicated)}")
+    bad = set(claims["direction"]) - set(rule.DIRECTIONS)
+    if bad:
+        raise ConfigError(f"unknown directions in {path}: {sorted(bad)}")
+    return claims
+
+
+def profile_key(profile: str) -> tuple[int, str]:
+    return (PROFILE_ORDER.index(profile) if profile in PROFILE_ORDER else len(PROFILE_ORDER),
+            profile)
+
+
+def find_tables(root: Path, studies) -> dict[tuple[str, str], pd.DataFrame]:
+    """Every ``<root>/<study>/<profile>.csv`` of the given studies."""
+    tables = {}
+    for study in studies:
+        for path in sorted((root / study).glob("*.csv")):
+            tables[(study, path.stem)] = pd.read_csv(path)
+    return tables
+
+
+def interval_columns(prefix: str, interval: rule.Interval) -> dict:
+    return {f"{prefix}n": interval.n, f"{prefix}effect": interval.mean,
+            f"{prefix}ci_low": interval.low, f"{prefix}ci_high": interval.high}
+
+
+def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
+    """One row per claim and profile (claims in their order, profiles paper, full, quick, ...).
+    A claim whose study lacks a profile found for another study is ``not run`` there."""
+    profiles = sorted({p for _, p in tables}, key=profile_key)
+    out = []
+    for claim in claims.itertuples(index=False):
+        for profile in profiles:
+            rows = Rows(tables.get((claim.study, profile)))
+            values = evaluate(claim.measure, rows)
+            interval = rule.t_interval(values)
+            pre = None
+            if isinstance(claim.precondition_measure, str) and claim.precondition_measure:
+                pre = rule.t_interval(evaluate(claim.precondition_measure, rows))
+            margin = None if math.isnan(claim.margin) else float(claim.margin)
+            out.append({
+                "claim": claim.id, "study": claim.study, "profile": profile,
+                "n_seeds": interval.n, "seeds": " ".join(map(str, values.index)),
+                "effect": interval.mean, "ci_low": interval.low, "ci_high": interval.high,
+                "unit": claim.unit, "direction": claim.direction,
+                "reference": claim.reference, "margin": margin,
+                "paper_value": claim.paper_value,
+                "verdict": rule.decide(interval, claim.direction, claim.reference, margin, pre),
+                **(interval_columns("precondition_", pre) if pre else
+                   dict.fromkeys(interval_columns("precondition_", rule.t_interval([])))),
+                "precondition_status": rule.precondition_status(pre) if pre else "",
+                **rows.provenance()})
+    frame = pd.DataFrame(out)
+    numeric = frame.select_dtypes("number").columns
+    frame[numeric] = frame[numeric].round(4)
+    return frame
+
+
+VERDICT_COLOURS = {"reproduced": "#2ca02c", "contradicted": "#d62728", "absent": "#1f77b4",
+                   "inconclusive": "#ff7f0e", "precondition not met": "#9467bd",
+                   "not run": "#bbbbbb", "report": "#444444"}
+
+
+def forest_plot(scorecard: pd.DataFrame, path: Path | None = None):
+    """One line per claim and profile, each on its own x scale (claims have different units):
+    the mean with its 95 % interval coloured by verdict, the reference (zero for a difference)
+    as a black line, the margin or tolerance shaded, the paper's value as a grey diamond."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    n = len(scorecard)
+    fig, axes = plt.subplots(n, 1, figsize=(11, 1.2 + 0.4 * n), squeeze=False)
+    for ax, row in zip(axes[:, 0], scorecard.itertuples(index=False)):
+        colour = VERDICT_COLOURS.get(row.verdict, "k")
+        ref = row.reference
+        points = [v for v in (row.effect, row.ci_low, row.ci_high, ref, row.paper_value)
+                  if v is not None and np.isfinite(v)]
+        if row.margin is not None and np.isfinite(row.margin):
+            ax.axvspan(ref - row.margin, ref + row.margin, color="0.92", lw=0)
+            points += [ref - row.margin, ref + row.margin]
+        ax.axvline(ref, color="k", lw=0.8)
+        if np.isfinite(row.paper_value):
+            ax.plot(row.paper_value, 0, marker="D", color="0.55", ms=5, zorder=3)
+        if np.isfinite(row.effect):
+            if np.isfinite(row.ci_low):
+                ax.plot([row.ci_low, row.ci_high], [0, 0], color=colour, lw=2.2)
+            ax.plot(row.effect, 0, "o", color=colour, ms=5, zorder=4)
+        low, high = (min(points), max(points)) if points else (-1.0, 1.0)
+        pad = 0.08 * (high - low) or 1.0
+        ax.set(xlim=(low - pad, high + pad), ylim=(-1, 1), yticks=[])
+        ax.tick_params(axis="x", labelsize=6, pad=1, length=2)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+        ax.text(-0.01, 0.5, f"{row.claim}  [{row.profile}, n={row.n_seeds}]", ha="right",
+                va="center", transform=ax.transAxes, fontsize=7.5)
+        ax.text(1.01, 0.5, f"{row.verdict} ({row.unit})", ha="left", va="center",
+                transform=ax.transAxes, fontsize=7.5, color=colour)
+    handles = [Line2D([], [], color=c, marker="o", lw=2, label=v)
+               for v, c in VERDICT_COLOURS.items() if v in set(scorecard["verdict"])]
+    handles += [Line2D([], [], color="k", lw=0.8, label="reference (0 for a difference)"),
+                Line2D([], [], color="0.55", marker="D", lw=0, label="paper's value"),
+                Line2D([], [], color="0.85", lw=6, label="margin / tolerance")]
+    fig.legend(handles=handles, loc="upper center", ncol=5, fontsize=7.5, frameon=False)
+    fig.subplots_adjust(left=0.27, right=0.8, top=1 - 0.75 / (1.2 + 0.4 * n),
+                        bottom=0.3 / (1.2 + 0.4 * n), hspace=1.3)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return "" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def summary_cell(row) -> str:
+    """``verdict, n seeds: mean [low, high]`` for the README table."""
+    if row.n_seeds == 0:
+        return row.verdict
+    interval = f" [{fmt(row.ci_low)}, {fmt(row.ci_high)}]" if np.isfinite(row.ci_low) else ""
+    seeds = f"{row.n_seeds} seed{'s' * (row.n_seeds != 1)}"
+    return f"**{row.verdict}**, {seeds}: {fmt(row.effect)}{interval}"
+
+
+def markdown(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
+    """The README's table: one line per claim, one column per profile, and the counts."""
+    profiles = list(dict.fromkeys(scorecard["profile"]))
+    text = claims.set_index("id")
+    table = []
+    for claim, group in scorecard.groupby("claim", sort=False):
+        c = text.loc[claim]
+        test = {">": f"> {c.reference:g}", "<": f"< {c.reference:g}",
+                "=": f"{c.reference:g} ± {c.margin:g}", "report": "(report)"}[c.direction]
+        line = {"claim": f"`{claim}`", "what it says": c.claim, "test": f"{test} {c.unit}",
+                "paper": fmt(c.paper_value, 2)}
+        line.update({p: summary_cell(r) for p, r in zip(group["profile"],
+                                                          group.itertuples(index=False))})
+        table.append(line)
+    frame = pd.DataFrame(table, columns=["claim", "what it says", "test", "paper", *profiles])
+    counts = [f"{p}: " + ", ".join(f"{n} {v}" for v, n in scorecard[scorecard["profile"] == p]
+                                   ["verdict"].value_counts().items()) for p in profiles]
+    return "\n".join(markdown_table(frame.fillna("")) + [""] + [f"Verdicts, {c}." for c in counts])
+
+
+def figures_root() -> Path:
+    return Path(os.environ.get("KD_FIGURES", "figures"))
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--results", default=None, help="results root (default $KD_RESULTS "
+                                                        "or results/)")
+    parser.add_argument("--figures", default=None, help="figures folder (default $KD_FIGURES "
+                                                        "or figures/)")
+    parser.add_argument("--claims", default=None,
+                        help=f"the claims table (default $KD_CLAIMS or {CLAIMS})")
+    parser.add_argument("--markdown", action="store_true", help="also print the README table")
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # a file, no window
+    root = Path(args.results) if args.results else results_root()
+    claims = read_claims(args.claims)
+    tables = find_tables(root, claims["study"].unique())
+    if not tables:
+        raise ConfigError(f"no study results under {root}: run a study first "
+                          f"(make study STUDY=<name> PROFILE=<profile>)")
+    scorecard = score(claims, tables)
+    root.mkdir(parents=True, exist_ok=True)
+    scorecard.to_csv(root / SCORECARD, index=False)
+    figure = (Path(args.figures) if args.figures else figures_root()) / FIGURE
+    forest_plot(scorecard, figure)
+    counts = scorecard.groupby(["profile", "verdict"], sort=False).size()
+    print(f"{len(claims)} claims x {scorecard['profile'].nunique()} profile(s) -> "
+          f"{root / SCORECARD}, {figure}")
+    for (profile, verdict), n in counts.items():
+        print(f"  {profile:>8}  {verdict:<22} {n}")
+    if args.markdown:
+        print("\n" + markdown(scorecard, claims))
+    return scorecard
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

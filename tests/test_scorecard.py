@@ -1,0 +1,258 @@
+"""The verdict rule on hand-made numbers (every verdict reached), the measures on hand-made rows,
+and the scorecard end to end (command line and notebook) on small hand-made result tables."""
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kd import verdict as v
+from studies import scorecard as sc
+from tests.conftest import REPO
+
+T_975 = {2: 4.302652729911275, 1: 12.706204736174707}  # t(0.975, df) from tables
+
+
+def interval(mean, low, high, n=5):
+    return v.Interval(n, mean, low, high)
+
+
+# ----------------------------------------------------------------------------------------------
+# kd.verdict
+
+def test_t_interval_by_hand():
+    got = v.t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1
+    half = T_975[2] * 1 / math.sqrt(3)
+    assert (got.n, got.mean) == (3, 2.0)
+    assert got.low == pytest.approx(2 - half) and got.high == pytest.approx(2 + half)
+    two = v.t_interval([0.0, 2.0, float("nan")])  # NaN dropped; mean 1, sd sqrt(2)
+    assert two.n == 2 and two.high == pytest.approx(1 + T_975[1] * math.sqrt(2) / math.sqrt(2))
+    one = v.t_interval([4.0])
+    assert (one.n, one.mean, one.known) == (1, 4.0, False)
+    assert v.t_interval([]).n == 0 and math.isnan(v.t_interval([]).mean)
+    same = v.t_interval([3.0, 3.0, 3.0])  # no spread: a point interval
+    assert (same.low, same.high) == (3.0, 3.0)
+
+
+@pytest.mark.parametrize("direction, reference, margin, low, high, expected", [
+    (">", 0, 1.0, 0.2, 3.0, "reproduced"),
+    (">", 0, 1.0, 0.2, 0.5, "reproduced"),        # above zero but inside the margin: reproduced
+    (">", 0, 1.0, -3.0, -0.2, "contradicted"),
+    (">", 0, 1.0, -0.5, 0.6, "absent"),           # inside (-1, 1) and straddling 0
+    (">", 0, 1.0, -0.5, 1.6, "inconclusive"),     # straddles 0, leaves the margin
+    (">", 0, None, -0.5, 0.6, "inconclusive"),    # no margin stated: never absent
+    ("<", 0, 1.0, -3.0, -0.2, "reproduced"),
+    ("<", 0, 1.0, 0.2, 3.0, "contradicted"),
+    ("<", 0, 1.0, -0.9, 0.9, "absent"),
+    ("<", 36, None, 5.0, 20.0, "reproduced"),     # a threshold: below 36
+    (">", 99, None, 97.0, 98.5, "contradicted"),  # a threshold: not above 99
+    ("=", 13.2, 3.3, 11.0, 15.0, "reproduced"),
+    ("=", 13.2, 3.3, 17.0, 19.0, "contradicted"),
+    ("=", 13.2, 3.3, 2.0, 9.0, "contradicted"),
+    ("=", 13.2, 3.3, 15.0, 18.0, "inconclusive"),
+    ("report", 0, None, 1.0, 2.0, "report"),
+])
+def test_rule_reaches_each_verdict(direction, reference, margin, low, high, expected):
+    assert v.rule(interval((low + high) / 2, low, high), direction, reference, margin) == expected
+
+
+def test_rule_refuses_unknown_direction_and_level_without_tolerance():
+    with pytest.raises(ValueError, match="direction"):
+        v.rule(interval(0, -1, 1), ">=")
+    with pytest.raises(ValueError, match="tolerance"):
+        v.rule(interval(0, -1, 1), "=", 0.0, None)
+
+
+def test_decide_not_run_seed_count_and_preconditions():
+    strong = v.t_interval([5.0, 5.1, 4.9])
+    assert v.decide(v.t_interval([]), ">") == "not run"
+    assert v.decide(v.t_interval([5.0, 5.2]), ">") == "inconclusive"  # 2 seeds, whatever
+    assert v.decide(v.t_interval([5.0]), ">") == "inconclusive"
+    assert v.decide(strong, ">") == "reproduced"
+    assert v.decide(strong, "<") == "contradicted"
+    assert v.decide(v.t_interval([0.1, -0.1, 0.05]), ">", 0, 0.5) == "absent"
+    # a precondition whose mean is <= 0: not met, even on 2 seeds
+    assert v.decide(v.t_interval([5.0, 5.2]), ">",
+                    precondition=v.t_interval([-1.0, -2.0])) == "precondition not met"
+    # met (interval above 0 on 3 seeds): the rule decides
+    assert v.decide(strong, ">", precondition=v.t_interval([1.0, 1.2, 0.9])) == "reproduced"
+    # above 0 on average but not shown: at best inconclusive
+    assert v.decide(strong, ">", precondition=v.t_interval([1.0, -0.5, 2.0])) == "inconclusive"
+    assert v.decide(strong, ">", precondition=v.t_interval([])) == "not run"
+    assert v.decide(strong, "report") == "report"
+    assert v.precondition_status(v.t_interval([1.0, 1.2, 0.9])) == "met"
+    assert v.precondition_status(v.t_interval([1.0, 2.0])) == "unsure"
+
+
+# ----------------------------------------------------------------------------------------------
+# hand-made result tables
+
+def table(study, profile, cells, seeds=(0, 1, 2), commit="abc123"):
+    """Rows for every (cell, seed): ``cells`` maps a cell to its columns, each a value or a
+    function of the seed."""
+    rows = []
+    for cell, columns in cells.items():
+        for seed in seeds:
+            row = {"study": study, "profile": profile, "cell": cell, "seed": seed}
+            row.update({k: (f(seed) if callable(f) else f) for k, f in columns.items()})
+            row.update(git_commit=commit, hardware="test CPU")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write(root: Path, frame: pd.DataFrame) -> None:
+    study, profile = frame["study"].iloc[0], frame["profile"].iloc[0]
+    (root / study).mkdir(parents=True, exist_ok=True)
+    frame.to_csv(root / study / f"{profile}.csv", index=False)
+
+
+def zoo_table(profile="quick", seeds=(0, 1, 2), gain=lambda s: 0.03 + 0.001 * s):
+    pair = "resnet14->resnet8"
+    return table("method_zoo", profile, {
+        f"{pair}/scratch": {"pair": pair, "test_accuracy": lambda s: 0.5 + 0.01 * s},
+        f"{pair}/kd": {"pair": pair, "test_accuracy": lambda s: 0.5 + 0.01 * s + gain(s)},
+        f"{pair}/fitnets": {"pair": pair, "test_accuracy": lambda s: 0.5 + 0.01 * s - 0.02},
+    }, seeds)
+
+
+def capacity_table(teacher_acc):
+    """Plain family: teachers 4, 6, 8 layers with the given accuracies, one assistant."""
+    cells = {}
+    for (arch, params), acc in zip((("plain_cnn4", 10), ("plain_cnn6", 20), ("plain_cnn8", 30)),
+                                   teacher_acc):
+        cells[f"teacher/{arch}"] = {"family": "plain", "role": "teacher", "model": arch,
+                                    "params": params, "test_accuracy": acc}
+        cells[f"kd/{arch}/plain_cnn2"] = {"family": "plain", "role": "kd", "model": "plain_cnn2",
+                                          "teacher": arch, "params": 5,
+                                          "test_accuracy": 0.5 + params / 1000}
+    cells["scratch/plain_cnn2"] = {"family": "plain", "role": "scratch", "model": "plain_cnn2",
+                                   "params": 5, "test_accuracy": 0.5}
+    cells["kd/plain_cnn8/plain_cnn6/plain_cnn2"] = {"family": "plain", "role": "ta_kd",
+                                                    "model": "plain_cnn2", "params": 5,
+                                                    "test_accuracy": lambda s: 0.54 + 0.001 * s}
+    return table("capacity_gap", "quick", cells, seeds=(0, 1))
+
+
+def test_measures_on_hand_made_rows():
+    hinton = sc.Rows(table("hinton_mnist", "quick", {
+        "30x2/hard": {"test_errors": 400},
+        **{f"30x2/T{t:g}": {"test_errors": e} for t, e in
+           ((1, 330), (2, 310), (3, 300), (4, 290), (5, 320), (20, 500))},
+        "no_3": {"shifted_class_errors": 100, "shifted_class_n": 1000,
+                 "shifted_class_errors_shift_paper": 10, "test_error_pct_shift_paper": 12.0},
+    }, seeds=(0,)))
+    # below the band: mean(330, 310) = 320; above: mean(320, 500) = 410; inside: 295
+    assert sc.evaluate("hinton_band_advantage:30,2.5,4", hinton).tolist() == [25.0]
+    assert sc.evaluate("hinton_spread_above:30,4", hinton).tolist() == [210.0]
+    assert sc.evaluate("hinton_distill_gain:30,20", hinton).tolist() == [-100.0]
+    assert sc.evaluate("hinton_class_accuracy:no_3", hinton).tolist() == [90.0]
+    assert sc.evaluate("hinton_recovered:no_3", hinton).tolist() == [90.0]
+    assert sc.evaluate("hinton_spread_above:800,8", hinton).empty  # not run: no such cells
+
+    capacity = sc.Rows(capacity_table([0.60, 0.63, 0.59]))
+    # teachers ordered by params: steps +3 and -4 points, so the smallest step is -4
+    assert sc.evaluate("cg_teacher_rise:plain", capacity).round(6).tolist() == [-4.0, -4.0]
+    assert sc.evaluate("cg_top_step:plain", capacity).round(6).tolist() == [1.0, 1.0]
+    assert sc.evaluate("cg_ta_gain:plain", capacity).round(6).tolist() == [1.0, 1.1]
+
+    early = sc.Rows(table("early_stopping", "quick", {
+        **{f"kd/plain_cnn4@{e}/plain_cnn2": {"role": "kd", "teacher": "plain_cnn4",
+                                             "schedule": "step (5, 8)", "epochs": 10,
+                                             "test_accuracy": 0.5 + e / 100}
+           for e in (2, 4, 6, 10)},
+        "eskd/plain_cnn4/plain_cnn2": {"role": "eskd", "teacher": "plain_cnn4",
+                                       "test_accuracy": 0.62},
+    }, seeds=(0,)))
+    # the latest checkpoint at or before the first drop (epoch 5) is epoch 4: 54 - 60 %
+    assert sc.evaluate("es_early_teacher_gain", early).round(6).tolist() == [-6.0]
+    assert sc.evaluate("es_eskd_gain", early).round(6).tolist() == [2.0]
+
+    fidelity = sc.Rows(table("fidelity", "quick", {
+        "ensemble/m1": {"role": "student", "model_key": "a", "test_accuracy": 0.50,
+                        "test_agreement": 0.80},
+        "augment/crop_flip": {"role": "student", "model_key": "a", "test_accuracy": 0.50,
+                              "test_agreement": 0.80},
+        "augment/mixup": {"role": "student", "model_key": "b", "test_accuracy": 0.52,
+                          "test_agreement": 0.70},
+        "epochs/x4": {"role": "student", "model_key": "c", "test_accuracy": 0.55,
+                      "test_agreement": 0.90},
+        "mnist/student": {"role": "student", "model_key": "d", "test_accuracy": 0.1,
+                          "test_agreement": 0.99},
+    }, seeds=(0,)))
+    # distinct CIFAR students a, b, c: pairs (a,b) discordant, (a,c), (b,c) concordant
+    assert sc.evaluate("fid_discordance", fidelity).round(6).tolist() == [pytest.approx(100 / 3)]
+
+
+def test_every_claim_names_a_registered_measure():
+    claims = sc.read_claims(sc.CLAIMS)
+    assert claims["id"].is_unique
+    for spec in [*claims["measure"], *claims["precondition_measure"].dropna()]:
+        assert sc.evaluate(spec, sc.Rows(None)).empty, spec  # no rows: not run
+    assert set(claims["direction"]) <= set(v.DIRECTIONS)
+    levels = claims[claims["direction"] == "="]
+    assert levels["margin"].notna().all()
+
+
+SOME_CLAIMS = ("hin-distill-800", "cg-falls-plain", "mz-gain-kd", "mz-gain-fitnets", "mz-gain-sp",
+               "mz-vs-kd-fitnets")
+
+
+@pytest.fixture
+def some_claims(tmp_path, monkeypatch):
+    """$KD_CLAIMS: a few rows of the real claims table (a short figure draws faster)."""
+    claims = pd.read_csv(sc.CLAIMS)
+    path = tmp_path / "claims.csv"
+    claims[claims["id"].isin(SOME_CLAIMS)].to_csv(path, index=False)
+    monkeypatch.setenv("KD_CLAIMS", str(path))
+    return path
+
+
+def test_scorecard_end_to_end(some_claims):
+    root = Path(os.environ["KD_RESULTS"])
+    write(root, zoo_table("quick"))
+    write(root, zoo_table("paper", seeds=(0, 1)))
+    write(root, capacity_table([0.60, 0.63, 0.59]))
+    assert sc.run_main(sc.main, []) == 0
+    card = pd.read_csv(root / "scorecard.csv")
+    claims = sc.read_claims()
+    assert len(claims) == len(SOME_CLAIMS) and len(card) == 2 * len(claims)
+    assert list(dict.fromkeys(card["profile"])) == ["paper", "quick"]
+    got = card.set_index(["claim", "profile"])
+    kd = got.loc[("mz-gain-kd", "quick")]
+    assert kd["verdict"] == "reproduced" and kd["n_seeds"] == 3
+    assert kd["effect"] == pytest.approx(3.1) and kd["git_commits"] == "abc123"
+    assert got.loc[("mz-gain-kd", "paper"), "verdict"] == "inconclusive"  # 2 seeds
+    assert got.loc[("mz-vs-kd-fitnets", "quick"), "verdict"] == "reproduced"  # 5 points below
+    assert got.loc[("mz-gain-fitnets", "quick"), "verdict"] == "contradicted"
+    assert got.loc[("mz-gain-sp", "quick"), "verdict"] == "not run"
+    assert got.loc[("hin-distill-800", "quick"), "verdict"] == "not run"  # no hinton table
+    falls = got.loc[("cg-falls-plain", "quick")]
+    assert falls["verdict"] == "precondition not met"
+    assert falls["precondition_effect"] == pytest.approx(-4.0)
+    assert falls["precondition_status"] == "not met"
+    assert (Path(os.environ["KD_FIGURES"]) / sc.FIGURE).stat().st_size > 10_000
+    text = sc.markdown(sc.score(claims, sc.find_tables(root, claims["study"].unique())), claims)
+    assert "| `mz-gain-kd` |" in text and "**reproduced**, 3 seeds" in text
+
+
+def test_absent_and_empty_results(tmp_path, capsys):
+    root = Path(os.environ["KD_RESULTS"])
+    assert sc.run_main(sc.main, []) == 2  # nothing to score
+    assert "no study results" in capsys.readouterr().err
+    # KD's gain: within ±0.1 point of zero, straddling it, on 4 seeds: a measured null
+    write(root, zoo_table("quick", seeds=(0, 1, 2, 3),
+                          gain=lambda s: [0.0005, -0.0004, 0.0003, -0.0002][s]))
+    claims = sc.read_claims(sc.CLAIMS)
+    card = sc.score(claims, sc.find_tables(root, claims["study"].unique()))
+    assert card.set_index("claim").loc["mz-gain-kd", "verdict"] == "absent"
+
+
+def test_scorecard_notebook_draws_from_hand_made_results(some_claims):
+    from tests.test_notebooks import execute
+
+    write(Path(os.environ["KD_RESULTS"]), zoo_table("quick"))
+    execute(REPO / "notebooks" / "scorecard.ipynb")
+    assert (Path(os.environ["KD_FIGURES"]) / sc.FIGURE).stat().st_size > 10_000
