@@ -24,9 +24,19 @@ batched: K students (``--students``, default 45) of ``plain_cnn2`` distilled fro
   ``resnet18_cifar`` with crop + flip, each with its own (α, T): one stacked model
   (:class:`kd.batched.StackedModels`, one teacher pass per batch for all K) against the same K
   students trained one after another, in student-images per second.
+roofline: the machine's own limit, measured in the same run: the FLOP/s of an n x n matmul
+  (n = 2048) in fp32 and in bf16, then for each model the studies train (the Hinton MLP
+  784-1200-1200-10, plain_cnn2, resnet8, resnet20) SGD training steps on random data in fp32 and
+  in bf16 autocast: images/s, achieved training FLOP/s (FLOPs of a forward and backward pass
+  counted by torch's FlopCounterMode), the share of the matmul's FLOP/s in the same precision,
+  and the bf16/fp32 ratio. ``--batches`` timed steps (default 3) after one untimed.
 
-    python -m kd.bench [--task mnist|cifar|batched|all] [--device auto] [--batch-size 128]
-                       [--workers 0] [--repeats 1] [--batches N] [--students 45]
+``--precision`` (auto, fp32, bf16) is what our loop trains in (auto: bf16 where the hardware
+computes it natively, see :func:`kd.engine.resolve_precision`); the textbook loops stay fp32.
+
+    python -m kd.bench [--task mnist|cifar|batched|roofline|all] [--device auto]
+                       [--precision auto] [--batch-size 128] [--workers 0] [--repeats 1]
+                       [--batches N] [--students 45]
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ import torch
 import torchvision
 from PIL import Image
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
 from kd import cifar, data, engine
@@ -75,10 +86,11 @@ def image_count(split_size: int, batch_size: int, batches: int | None) -> int:
 
 
 def ours(device: torch.device, train: data.Split, teacher: nn.Module, student: nn.Module,
-         temperature: float, batch_size: int, augment: data.Augment | None = None) -> float:
+         temperature: float, batch_size: int, augment: data.Augment | None = None,
+         precision: str = "fp32") -> float:
     """Images per second of one epoch of ``kd.engine.fit`` (teacher-logit caching included)."""
     config = TrainConfig(epochs=1, batch_size=batch_size, lr=LR, momentum=MOMENTUM,
-                         schedule="constant")
+                         schedule="constant", precision=precision)
     objective = Distill(teacher, temperature, ALPHA)
     fit = lambda: engine.fit(student, train, objective, config, seed=0, augment=augment,
                              desc="ours")
@@ -130,7 +142,8 @@ def mnist_dataset(count: int) -> torch.utils.data.Dataset:
 def mnist(device: torch.device, args: argparse.Namespace) -> tuple[float, float]:
     train = data.load("mnist", train=True)
     train = train.head(image_count(len(train), args.batch_size, args.batches)).to(device)
-    ours_rate = ours(device, train, *mnist_models(device), TEMPERATURE, args.batch_size)
+    ours_rate = ours(device, train, *mnist_models(device), TEMPERATURE, args.batch_size,
+                     precision=args.precision)
     book_rate = textbook(device, mnist_dataset(len(train)), *mnist_models(device), TEMPERATURE,
                          args.batch_size, args.workers)
     return ours_rate, book_rate
@@ -179,7 +192,7 @@ def cifar_bench(device: torch.device, args: argparse.Namespace) -> tuple[float, 
     train = data.load("cifar10", train=True)
     train = train.head(image_count(len(train), args.batch_size, args.batches))
     ours_rate = ours(device, train.to(device), *cifar_models(device), CIFAR_TEMPERATURE,
-                     args.batch_size, augment=cifar.RandomCropFlip())
+                     args.batch_size, augment=cifar.RandomCropFlip(), precision=args.precision)
     dataset = PILImageDataset(train, cifar_transform(train))
     book_rate = textbook(device, dataset, *cifar_models(device, plain_to), CIFAR_TEMPERATURE,
                          args.batch_size, args.workers)
@@ -201,7 +214,7 @@ def batched_bench(device: torch.device, args: argparse.Namespace) -> tuple[float
                     for k in range(args.students)]
     alphas = [(0.1, 0.25, 0.5, 0.75, 0.9)[k % 5] for k in range(args.students)]
     config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=LR, momentum=MOMENTUM,
-                         schedule="constant")
+                         schedule="constant", precision=args.precision)
 
     def students() -> list[nn.Module]:
         engine.seed_everything(0)
@@ -221,6 +234,87 @@ def batched_bench(device: torch.device, args: argparse.Namespace) -> tuple[float
     return images / seconds(device, stacked), images / seconds(device, sequential)
 
 
+# ----------------------------------------------------------------------------------------------
+# Against the machine's limit
+
+ROOFLINE_MODELS = {  # name: (builder, input shape of one image)
+    "mlp 784-1200-1200-10": (lambda: MLP(784, (1200, 1200)), (1, 28, 28)),
+    "plain_cnn2": (lambda: build_model("plain_cnn2"), (3, 32, 32)),
+    "resnet8": (lambda: build_model("resnet8"), (3, 32, 32)),
+    "resnet20": (lambda: build_model("resnet20"), (3, 32, 32)),
+}
+
+
+def matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 2048,
+                 repeats: int = 5) -> float:
+    """FLOP/s of an ``n x n`` matrix product (2 n³ FLOPs): the best of up to ``repeats`` timed
+    products after a warm-up, fewer when one takes over a second (emulated bf16 on a CPU
+    without it takes a minute)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    times = [seconds(device, lambda: a @ b)]  # the warm-up, kept if it is all there is
+    while len(times) <= repeats and sum(times) < 1.0:
+        times.append(seconds(device, lambda: a @ b))
+    return 2 * n ** 3 / min(times[1:] or times)
+
+
+def training_step(model: nn.Module, precision: str, device: torch.device):
+    """One SGD step of ``model`` on a batch, in ``precision``, as a function of the batch."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with engine.autocast(device, precision):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def training_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """FLOPs of one forward and backward pass on the batch ``x`` (torch's FlopCounterMode)."""
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def roofline_rows(device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """One row per model and precision: images/s, achieved FLOP/s and the matmul's FLOP/s."""
+    peaks = {"fp32": matmul_flops(device, torch.float32),
+             "bf16": matmul_flops(device, torch.bfloat16)}
+    steps = args.batches or 3
+    rows = []
+    for name, (build, shape) in ROOFLINE_MODELS.items():
+        engine.seed_everything(0)
+        model = engine.prepare_model(build(), device)
+        x = torch.randn(args.batch_size, *shape, device=device)
+        x = x.contiguous(memory_format=torch.channels_last) if x.shape[-1] > 1 else x
+        y = torch.randint(0, 10, (args.batch_size,), device=device)
+        flops = training_flops(model, x, y)
+        for precision in ("fp32", "bf16"):
+            step = training_step(model, precision, device)
+            step(x, y)  # warm-up: kernels chosen, memory allocated
+            wall = seconds(device, lambda: [step(x, y) for _ in range(steps)])
+            rows.append({"model": name, "precision": precision,
+                         "images_per_s": steps * args.batch_size / wall,
+                         "flops_per_s": steps * flops / wall, "peak_flops_per_s": peaks[precision]})
+    return rows
+
+
+def roofline(device: torch.device, args: argparse.Namespace) -> None:
+    rows = roofline_rows(device, args)
+    fp32_peak, bf16_peak = rows[0]["peak_flops_per_s"], rows[1]["peak_flops_per_s"]
+    print(f"  matmul 2048x2048: fp32 {fp32_peak / 1e9:,.1f} GFLOP/s, bf16 {bf16_peak / 1e9:,.1f} "
+          f"GFLOP/s (bf16/fp32 {bf16_peak / fp32_peak:.2f}x); bf16 native here: "
+          f"{'yes' if engine.native_bf16(device) else 'no (emulated)'}")
+    for fp32, bf16 in zip(rows[::2], rows[1::2]):
+        print(f"  {fp32['model']:<21}" + "".join(
+            f" | {r['precision']} {r['images_per_s']:8,.0f} images/s "
+            f"{r['flops_per_s'] / 1e9:6,.1f} GFLOP/s ({r['flops_per_s'] / r['peak_flops_per_s']:4.0%}"
+            f" of matmul)" for r in (fp32, bf16))
+              + f" | bf16/fp32 {bf16['images_per_s'] / fp32['images_per_s']:.2f}x")
+
+
 TASKS = {
     # name: (benchmark, what it times, what it counts, names of its two loops)
     "mnist": (mnist, "MNIST 800-800 student distillation", "samples",
@@ -232,6 +326,7 @@ TASKS = {
                 "CIFAR-10, {students} plain_cnn2 students from one resnet18_cifar teacher, "
                 "crop + flip", "student-images",
                 ("stacked", "sequential  (the same students one after another)")),
+    "roofline": (roofline, "Training steps against this machine's matmul FLOP/s", None, None),
 }
 
 
@@ -246,9 +341,13 @@ def report(first: float, second: float, names: tuple[str, str], unit: str) -> No
 def run_task(name: str, device: torch.device, args: argparse.Namespace) -> None:
     """Print the header, time both loops (best of ``--repeats`` each) and print the rates."""
     bench, title, unit, names = TASKS[name]
+    if unit is None:  # the roofline prints its own table
+        print(f"{title}, batch {args.batch_size}, {device} ({hardware(device.type)}), "
+              f"torch {torch.__version__}")
+        return bench(device, args)
     span = "one epoch" if args.batches is None else f"first {args.batches} batches"
     print(f"{title.format(students=args.students)}, {span}, batch {args.batch_size}, {device} "
-          f"({hardware(device.type)}), torch {torch.__version__}")
+          f"({hardware(device.type)}), torch {torch.__version__}, ours in {args.precision}")
     rates = [bench(device, args) for _ in range(args.repeats)]
     names = tuple(n.format(workers=args.workers) for n in names)
     report(max(r[0] for r in rates), max(r[1] for r in rates), names, unit)
@@ -259,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", choices=[*TASKS, "all"], default="mnist",
                         help="which benchmark: mnist (default), cifar, or all in turn")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="what our loop trains in (the textbook loops stay fp32)")
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (textbook)")
     parser.add_argument("--repeats", type=positive_int, default=1,
@@ -269,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="time only the first N batches of the epoch (default: all)")
     args = parser.parse_args(argv)
     device = engine.resolve_device(args.device)
+    args.precision = engine.resolve_precision(args.precision, device)
     for name in TASKS if args.task == "all" else [args.task]:
         run_task(name, device, args)
 

@@ -25,6 +25,9 @@ def test_bench_prints_rates_for_both_tasks(tmp_path, monkeypatch, capsys, one_th
     root = write_pickled_layout(write_fake_mnist(tmp_path / "data", n_train=64, n_test=10),
                                 "cifar10", n_train=8)
     monkeypatch.setenv("KD_DATA", str(root))
+    monkeypatch.setattr(bench, "ROOFLINE_MODELS", {"mlp 784-1200-1200-10": (
+        lambda: bench.MLP(784, (1200, 1200)), (1, 28, 28))})
+    monkeypatch.setattr(bench, "matmul_flops", lambda device, dtype, **kw: 1e9)
     bench.main(["--task", "all", "--device", "cpu", "--batch-size", "4", "--batches", "2",
                 "--students", "3"])
     lines = capsys.readouterr().out.splitlines()
@@ -37,6 +40,7 @@ def test_bench_prints_rates_for_both_tasks(tmp_path, monkeypatch, capsys, one_th
     assert len(ratios) == 3 and all(r > 0 for r in ratios)
     assert lines[5].endswith("images/s") and lines[1].endswith("samples/s")
     assert "stacked" in lines[9] and lines[9].endswith("student-images/s")
+    assert lines[12].startswith("Training steps against") and "bf16/fp32" in lines[14]
 
 
 def test_pil_dataset_serves_what_torchvision_cifar10_would(tmp_path, monkeypatch):
@@ -46,3 +50,25 @@ def test_pil_dataset_serves_what_torchvision_cifar10_would(tmp_path, monkeypatch
     image, label = dataset[3]
     assert image.size == (32, 32) and image.mode == "RGB" and label == int(split.labels[3])
     assert torch.equal(pil_to_tensor(image), split.images[3])
+
+
+def test_roofline_prints_each_model_in_both_precisions_against_the_matmul(capsys, one_thread,
+                                                                          monkeypatch):
+    from kd import bench as module
+
+    monkeypatch.setattr(module, "matmul_flops", lambda device, dtype, **kw: 1e9)  # no 2048³ here
+    rows = module.roofline_rows(torch.device("cpu"),
+                                module.argparse.Namespace(batch_size=2, batches=1))
+    assert [(r["model"], r["precision"]) for r in rows[:2]] == [
+        ("mlp 784-1200-1200-10", "fp32"), ("mlp 784-1200-1200-10", "bf16")]
+    assert len(rows) == 2 * len(module.ROOFLINE_MODELS)
+    # the MLP's FLOPs by hand: forward 2·(784·1200 + 1200·1200 + 1200·10) per image, backward
+    # twice that (gradients of inputs and weights), except the first layer's input gradient
+    mlp = rows[0]["flops_per_s"] / rows[0]["images_per_s"]
+    forward = 2 * (784 * 1200 + 1200 * 1200 + 1200 * 10)
+    assert mlp == pytest.approx(3 * forward - 2 * 784 * 1200, rel=1e-6)
+    module.main(["--task", "roofline", "--device", "cpu", "--batch-size", "2", "--batches", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("  matmul 2048x2048: fp32 1.0 GFLOP/s, bf16 1.0 GFLOP/s")
+    assert len(out) == 2 + len(module.ROOFLINE_MODELS)
+    assert all("fp32" in line and "bf16/fp32" in line for line in out[2:])
