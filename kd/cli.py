@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +33,11 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every training forward pass (for GPUs; slow to start)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                        default=os.environ.get("KD_PRECISION", "auto"),
+                        help="training steps in fp32 or bf16 autocast; auto: bf16 where the "
+                             "device computes it natively (CUDA, AVX512_BF16 or AMX CPUs); "
+                             "the default comes from $KD_PRECISION when set")
     parser.add_argument("--report", action="store_true",
                         help="print the study's paper-vs-ours tables for the profile's results "
                              "and exit")
@@ -40,27 +46,34 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
     return parser
 
 
-def with_compile(profile, enabled: bool):
-    """The profile with ``compile=True`` in every :class:`~kd.engine.TrainConfig` it holds."""
+def with_training(profile, **settings):
+    """The profile with ``settings`` (e.g. ``compile=True``, ``precision="bf16"``) in every
+    :class:`~kd.engine.TrainConfig` it holds; the same object when nothing changes."""
     from kd.engine import TrainConfig
 
-    if not enabled:
-        return profile
-    changes = {f.name: dataclasses.replace(getattr(profile, f.name), compile=True)
+    changes = {f.name: dataclasses.replace(getattr(profile, f.name), **settings)
                for f in dataclasses.fields(profile)
                if isinstance(getattr(profile, f.name), TrainConfig)}
-    return dataclasses.replace(profile, **changes)
+    same = all(changes[name] == getattr(profile, name) for name in changes)
+    return profile if same else dataclasses.replace(profile, **changes)
+
+
+def with_compile(profile, enabled: bool):
+    """The profile with ``compile=True`` in every :class:`~kd.engine.TrainConfig` it holds."""
+    return with_training(profile, compile=True) if enabled else profile
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyCommand:
-    """A parsed study command line, ready to run: the arguments, the profile (``--compile``
-    applied), its results table (a :class:`kd.results.ResultsTable`) and the device."""
+    """A parsed study command line, ready to run: the arguments, the profile (``--compile`` and
+    the precision applied), its results table (a :class:`kd.results.ResultsTable`), the device
+    and the resolved precision (``fp32`` or ``bf16``)."""
 
     args: argparse.Namespace
     profile: object
     table: object
     device: object
+    precision: str = "fp32"
 
 
 def open_study(argv: list[str] | None, *, study: str, description: str, profiles: dict,
@@ -70,8 +83,8 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     ``report(rows)`` for the profile's results and return None; otherwise return what the study
     runs with. ``datasets`` adds ``--dataset`` (default the first); the rows of another data
     set go to ``<profile>_<dataset>.csv``."""
-    from kd.engine import resolve_device
-    from kd.results import ResultsTable
+    from kd.engine import native_bf16, resolve_device, resolve_precision
+    from kd.results import ResultsTable, failure_lines
 
     parser = study_parser(description, profiles)
     if datasets:
@@ -82,11 +95,17 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     name = f"{args.profile}_{args.dataset}" if other_data else args.profile
     table = ResultsTable(study, name, args.results and Path(args.results))
     if args.report:
-        print(report(table.read_or_fail()))
+        print("\n".join([report(table.read_or_fail()), *failure_lines(table)]))
         return None
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    if precision == "bf16" and not native_bf16(device):
+        print(f"warning: {device} has no native bf16; it is emulated, and much slower than fp32",
+              file=sys.stderr)
     table.check_writable()  # a foreign table or a read-only folder: say so before training
-    return StudyCommand(args, with_compile(profiles[args.profile], args.compile), table, device)
+    profile = with_training(with_compile(profiles[args.profile], args.compile),
+                            precision=precision)
+    return StudyCommand(args, profile, table, device, precision)
 
 
 def positive_int(text: str) -> int:

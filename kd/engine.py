@@ -24,14 +24,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kd.data import Augment, Split, iterate_batches
-from kd.errors import ConfigError, KDError
+from kd.errors import ConfigError, NonFiniteLossError
 from kd import metrics
 
 PRECISIONS = ("fp32", "bf16")  # what a TrainConfig trains in; "auto" is resolved before
-
-
-class NonFiniteLossError(KDError):
-    """Training produced a loss term that is NaN or infinite (the epoch and term are named)."""
 
 
 @dataclass(frozen=True)
@@ -242,7 +238,7 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *, seed:
                 post_step()
             for name, value in {"loss": loss, **terms}.items():
                 sums[name] = sums.get(name, 0) + value.detach().float()
-        check_finite(sums, epoch, desc)
+        check_finite(sums, params, epoch, desc)
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         # .tolist(): a number for one model, a list of K for a stack of K
         record.update({f"train_{k}": (v / steps_per_epoch).tolist() for k, v in sums.items()})
@@ -259,17 +255,21 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *, seed:
     return result
 
 
-def check_finite(sums: dict[str, torch.Tensor], epoch: int, desc: str) -> None:
-    """Raise :class:`NonFiniteLossError` naming the first term whose epoch sum is NaN or
-    infinite. Checked once an epoch, not per step: a NaN stays NaN in the sum, and a per-step
-    check would wait on the device every step."""
-    if not sums:
-        return
-    finite = torch.stack([v.isfinite().all() for v in sums.values()]).tolist()
-    for name, ok in zip(sums, finite):
-        if not ok:
+def check_finite(sums: dict[str, torch.Tensor], params: list[torch.Tensor], epoch: int,
+                 desc: str) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first loss term whose epoch sum is NaN or
+    infinite, or else saying that the weights are (an update after the epoch's last finite
+    loss can still blow up). Checked once an epoch, not per step: a NaN stays NaN in the sum,
+    and a per-step check would wait on the device every step."""
+    flags = torch.stack([v.isfinite().all() for v in sums.values()]
+                        + [torch.stack([p.isfinite().all() for p in params]).all()]).tolist()
+    for name, ok in zip([*sums, None], flags):
+        if not ok and name is not None:
             raise NonFiniteLossError(f"{desc}: training loss term {name!r} is not finite at "
                                      f"epoch {epoch}")
+        if not ok:
+            raise NonFiniteLossError(f"{desc}: the weights are not finite after epoch {epoch} "
+                                     f"(the update of its last step diverged)")
 
 
 __all__ = ["NonFiniteLossError", "native_bf16", "resolve_precision", "compile_backend",

@@ -56,3 +56,8 @@ def reason(error: BaseException) -> str:
         return error.strerror
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+class NonFiniteLossError(KDError):
+    """Training produced a loss term that is NaN or infinite; the message names the model,
+    the epoch and the term. A study records the cell as failed and goes on with the others."""

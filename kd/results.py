@@ -14,6 +14,7 @@ import io
 import os
 import platform
 import subprocess
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -22,9 +23,11 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 import torch
 
-from kd.errors import ConfigError, CorruptFileError, NotWritableError, check_writable_folder, reason
+from kd.errors import (ConfigError, CorruptFileError, NonFiniteLossError, NotWritableError,
+                       check_writable_folder, reason)
 
-PROVENANCE_COLUMNS = ("wall_s", "device", "hardware", "torch", "git_commit", "finished_at")
+PROVENANCE_COLUMNS = ("wall_s", "device", "precision", "hardware", "torch", "git_commit",
+                      "finished_at")
 
 
 def results_root() -> Path:
@@ -42,9 +45,16 @@ class ResultsTable:
 
     KEY = ("study", "profile", "cell", "seed")
 
-    def __init__(self, study: str, profile: str, root: Path | None = None):
-        self.study, self.profile = study, profile
-        self.path = (results_root() if root is None else Path(root)) / study / f"{profile}.csv"
+    def __init__(self, study: str, profile: str, root: Path | None = None,
+                 suffix: str = ""):
+        self.study, self.profile, self.root = study, profile, root
+        folder = results_root() if root is None else Path(root)
+        self.path = folder / study / f"{profile}{suffix}.csv"
+
+    def failures(self) -> "ResultsTable":
+        """``<profile>_failures.csv`` beside this table: cells whose training failed (a
+        non-finite loss), one row each until a rerun trains them."""
+        return ResultsTable(self.study, self.profile, self.root, suffix="_failures")
 
     def read(self) -> pd.DataFrame:
         if not self.path.exists():
@@ -135,6 +145,14 @@ class ResultsTable:
         # Nullable dtypes keep integer columns integers where other rows leave them empty.
         self._write(frame[first + middle + last].convert_dtypes())
 
+    def discard(self, cell: str, seed: int) -> None:
+        """Remove the row of ``(cell, seed)`` if there is one (atomically, like :meth:`append`)."""
+        if (cell, seed) not in self.done():
+            return
+        frame = self.read()
+        keep = ~((frame["cell"].astype(str) == cell) & (frame["seed"].astype(int) == seed))
+        self._write(frame[keep].convert_dtypes())
+
     def _write(self, frame: pd.DataFrame) -> None:
         """Replace the file by ``frame`` through a temporary file: the old file or the new one,
         never a partial row."""
@@ -199,9 +217,11 @@ def hardware(device_type: str) -> str:
     return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def provenance(device: torch.device, wall_s: float) -> dict:
-    """The columns every row ends with: how long, where, with what, from which commit."""
-    return {"wall_s": round(wall_s, 2), "device": str(device), "hardware": hardware(device.type),
+def provenance(device: torch.device, wall_s: float, precision: str = "fp32") -> dict:
+    """The columns every row ends with: how long, where, in what precision, with what, from
+    which commit."""
+    return {"wall_s": round(wall_s, 2), "device": str(device), "precision": precision,
+            "hardware": hardware(device.type),
             "torch": torch.__version__, "git_commit": git_commit(),
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -226,15 +246,49 @@ def pending(cells: Iterable, seeds: int, table: ResultsTable) -> Iterator[tuple[
 
 def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
               run_cell: Callable[[int, object], dict], device: torch.device,
-              summary: Callable[[dict], str]) -> None:
+              summary: Callable[[dict], str], precision: str = "fp32") -> int:
     """Train and score each pending ``(seed, cell)`` with ``run_cell``, appending its row (with
-    provenance) as soon as it is done, so a killed study loses at most the cell it was on."""
+    provenance) as soon as it is done, so a killed study loses at most the cell it was on.
+
+    A cell whose training loss stops being finite gets no row: it is recorded in
+    ``table.failures()`` (cell, seed, the message naming epoch and term) and the other cells go
+    on; a rerun retries it, and its failure row is removed once it trains. Returns the number
+    of cells that failed this time."""
+    failed = 0
     for seed, cell in todo:
         start = time.perf_counter()
-        row = run_cell(seed, cell)
+        try:
+            row = run_cell(seed, cell)
+        except NonFiniteLossError as error:
+            failed += 1
+            record_failure(table, cell.name, seed, error,
+                           provenance(device, time.perf_counter() - start, precision))
+            continue
         wall = time.perf_counter() - start
-        table.append({"cell": cell.name, "seed": seed, **row, **provenance(device, wall)})
+        table.append({"cell": cell.name, "seed": seed, **row,
+                      **provenance(device, wall, precision)})
+        table.failures().discard(cell.name, seed)
         print(f"  seed {seed} {cell.name:>36}: {summary(row)} ({wall:.0f} s)")
+    return failed
+
+
+def record_failure(table: ResultsTable, cell: str, seed: int, error: Exception,
+                   provenance_columns: dict) -> None:
+    """Record (or replace) the failure row of ``(cell, seed)`` and say so on stderr."""
+    failures = table.failures()
+    failures.discard(cell, seed)
+    failures.append({"cell": cell, "seed": seed, "error": str(error), **provenance_columns})
+    print(f"  seed {seed} {cell:>36}: FAILED, {error} (recorded in {failures.path}; a rerun "
+          f"retries it)", file=sys.stderr)
+
+
+def failure_lines(table: ResultsTable) -> list[str]:
+    """What ``--report`` adds under a study's tables: one line per cell that failed, if any."""
+    if not table.failures().path.exists():
+        return []
+    frame = table.failures().read()
+    return [f"FAILED (no row): seed {seed} {cell}: {error}"
+            for cell, seed, error in zip(frame["cell"], frame["seed"], frame["error"])]
 
 
 def markdown_table(frame: pd.DataFrame, number: str = "{}") -> list[str]:

@@ -43,8 +43,9 @@ from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import build_model, parameter_count
+from kd.errors import NonFiniteLossError
 from kd.results import (ResultsTable, markdown_table, mean_std, pending, provenance,
-                        run_footer)
+                        record_failure, run_footer)
 
 STUDY = "alpha_temperature"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -276,14 +277,23 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         row = run.teacher_row()
         table.append({"cell": "teacher", "seed": TEACHER_SEED, **row,
-                      **provenance(device, time.perf_counter() - start)})
+                      **provenance(device, time.perf_counter() - start, command.precision)})
         print(f"  teacher {profile.teacher_arch}: test accuracy {row['test_accuracy']:.4f}")
     for seed, cells in groups:
         start = time.perf_counter()
-        rows = run.train_students(cells, seed)
+        try:
+            rows = run.train_students(cells, seed)
+        except NonFiniteLossError as error:  # a stack fails as a whole: each of its cells
+            wall = (time.perf_counter() - start) / len(cells)
+            for cell in cells:
+                record_failure(table, cell.name, seed, error,
+                               provenance(device, wall, command.precision))
+            continue
         wall = (time.perf_counter() - start) / len(cells)
         for cell, row in zip(cells, rows):
-            table.append({"cell": cell.name, "seed": seed, **row, **provenance(device, wall)})
+            table.append({"cell": cell.name, "seed": seed, **row,
+                          **provenance(device, wall, command.precision)})
+            table.failures().discard(cell.name, seed)
             print(f"  seed {seed} {cell.name:>16}: test accuracy {row['test_accuracy']:.4f}")
 
 

@@ -231,4 +231,5 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
         run = runs.setdefault(seed, new_run(zoo, seed, args.profile))
         return {"dataset": args.dataset, **run.run(cell)}
 
-    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy {row['test_accuracy']:.4f}")
+    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy {row['test_accuracy']:.4f}",
+              precision=command.precision)

@@ -478,7 +478,8 @@ def main(argv: list[str] | None = None) -> None:
                                    **parts[cell.part]().run(cell, seed)}
     run_cells(table, todo, run_cell, device, lambda row: f"test accuracy "
               f"{row['test_accuracy']:.4f}" + (f", test agreement {row['test_agreement']:.4f}"
-                                              if "test_agreement" in row else ""))
+                                              if "test_agreement" in row else ""),
+              precision=command.precision)
 
 
 if __name__ == "__main__":

@@ -305,8 +305,16 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(table, columns=["quantity", "paper", "ours"])
 
 
+# Columns only student rows have: a partial run (the teacher alone) reports them as not run.
+STUDENT_COLUMNS = ("width", "temperature", "transfer", "shifted_class_errors", "shift_fitted",
+                   *(f"{quantity}_shift_{tag}" for tag in ("paper", "fitted") for quantity in
+                     ("test_errors", "test_error_pct", "shifted_class_errors")))
+
+
 def report(rows: pd.DataFrame) -> str:
     """A Markdown table of :func:`comparison` with the run's profile, hardware and wall time."""
+    rows = rows.reindex(columns=[*rows.columns,
+                                 *(c for c in STUDENT_COLUMNS if c not in rows.columns)])
     lines = markdown_table(comparison(rows), number="{:g}")
     lines.append("\n" + run_footer(rows))
     return "\n".join(lines)
@@ -325,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[int, Run] = {}
     cache = ModelCache()
     run_cell = lambda seed, cell: runs.setdefault(seed, Run(profile, seed, device, cache)).run(cell)
-    run_cells(table, todo, run_cell, device, lambda row: f"{row['test_errors']} test errors")
+    run_cells(table, todo, run_cell, device, lambda row: f"{row['test_errors']} test errors",
+              precision=command.precision)
 
 
 if __name__ == "__main__":

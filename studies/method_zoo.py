@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     run_cell = lambda seed, cell: runs.setdefault(
         seed, Run(teacher_zoo, student_zoo, profile, seed)).run(cell)
     run_cells(table, todo, run_cell, device,
-              lambda row: f"test accuracy {row['test_accuracy']:.4f}")
+              lambda row: f"test accuracy {row['test_accuracy']:.4f}",
+              precision=command.precision)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,11 @@ MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
-    """Every test: downloads off, its own cache and results folders."""
+    """Every test: downloads off, its own cache and results folders, and studies in fp32
+    unless a test asks for bf16 (``--precision auto`` would pick bf16 on some CPUs only, and the
+    suite must behave the same on every machine)."""
     monkeypatch.setenv("KD_OFFLINE", "1")
+    monkeypatch.setenv("KD_PRECISION", "fp32")
     monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KD_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("KD_FIGURES", str(tmp_path / "figures"))

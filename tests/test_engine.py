@@ -252,3 +252,11 @@ def test_compile_backend_avoids_inductor_on_scalar_cpu_kernels(monkeypatch):
         assert engine.compile_backend(cpu) == backend
     monkeypatch.setenv("KD_COMPILE_BACKEND", "eager")
     assert engine.compile_backend(cpu) == "eager"
+
+
+def test_weights_blown_up_by_the_last_step_are_caught_too():
+    """One batch an epoch: the loss of that step is finite, the update it makes is not."""
+    config = TrainConfig(epochs=1, batch_size=96, lr=float("inf"), schedule="constant")
+    with pytest.raises(engine.NonFiniteLossError, match="toy: the weights are not finite after "
+                                                         "epoch 1"):
+        engine.fit(MLP(64, (16,), 4), toy_split(), CrossEntropy(), config, seed=0, desc="toy")

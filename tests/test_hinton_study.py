@@ -85,7 +85,7 @@ def test_missing_data_root_gives_one_clear_line_and_exit_2(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--device", "tpu"], "unknown device"), (["--seeds", "0"], "positive integer"),
-    (["--profile", "huge"], "invalid choice")])
+    (["--profile", "huge"], "invalid choice"), (["--precision", "fp16"], "invalid choice")])
 def test_bad_arguments_exit_2_without_traceback(args, message):
     done = run_cli(*args)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
@@ -124,3 +124,57 @@ def test_transfer_sets_match_the_class_filters():
     only = split.subset(hinton_mnist.TRANSFER_SETS["only_7_8"].keep(split))
     assert torch.equal(only.labels, split.only_classes([7, 8]).labels) and len(only) == 8
     assert hinton_mnist.TRANSFER_SETS["all"].keep(split).all()
+
+
+def test_diverging_cells_are_recorded_as_failed_and_retried_by_a_rerun(fake_mnist, tmp_path,
+                                                                       monkeypatch, capsys):
+    """Students trained at an infinite learning rate blow up: no row of numbers, a failure row naming cell, epoch
+    and term, the other cells (the teacher) go on; a rerun with a sane profile retries them."""
+    import dataclasses
+
+    smoke = hinton_mnist.PROFILES["smoke"]
+    diverging = dataclasses.replace(smoke, student=dataclasses.replace(
+        smoke.student, optimizer="sgd", lr=float("inf"), schedule="constant"))
+    monkeypatch.setitem(hinton_mnist.PROFILES, "smoke", diverging)
+    assert run_main_code(["--profile", "smoke", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "is not finite at epoch 1" in err
+    folder = tmp_path / "results" / "hinton_mnist"
+    rows, failures = pd.read_csv(folder / "smoke.csv"), pd.read_csv(folder / "smoke_failures.csv")
+    assert rows["cell"].tolist() == ["teacher"]
+    cells = [c.name for c in hinton_mnist.plan(smoke)][1:]
+    assert sorted(failures["cell"]) == sorted(cells)
+    assert failures["error"].str.contains("training loss term '(?:loss|ce|kd)' is not finite at "
+                                          "epoch 1|the weights are not finite after epoch 1").all()
+    assert failures["error"].str.contains("30x2/T20|no_3").any()  # each names its cell
+    assert run_main_code(["--profile", "smoke", "--report"]) == 0
+    assert capsys.readouterr().out.count("FAILED (no row)") == len(cells)
+
+    monkeypatch.setitem(hinton_mnist.PROFILES, "smoke", smoke)
+    assert run_main_code(["--profile", "smoke", "--device", "cpu"]) == 0
+    rows = pd.read_csv(folder / "smoke.csv")
+    assert sorted(rows["cell"]) == sorted(["teacher", *cells]) and rows["precision"].eq("fp32").all()
+    assert pd.read_csv(folder / "smoke_failures.csv").empty
+
+
+def run_main_code(argv):
+    from kd.cli import run_main
+
+    return run_main(hinton_mnist.main, argv)
+
+
+def test_precision_reaches_every_training_config_and_every_row(monkeypatch):
+    from kd import cli, engine
+
+    seen = []
+    monkeypatch.setattr(hinton_mnist, "run_cells", lambda *args, **kw: seen.append(kw))
+    monkeypatch.setattr(engine, "native_bf16", lambda device: True)  # as on an AVX512_BF16 CPU
+    command = cli.open_study(["--profile", "smoke", "--precision", "auto"], study="hinton_mnist",
+                             description="", profiles=hinton_mnist.PROFILES, report=str)
+    assert command.precision == "bf16"
+    assert command.profile.teacher.precision == command.profile.student.precision == "bf16"
+    monkeypatch.delenv("KD_PRECISION")
+    assert cli.study_parser("", ["smoke"]).parse_args([]).precision == "auto"
+    monkeypatch.setattr(hinton_mnist, "Run", None)  # nothing is trained: run_cells is stubbed
+    hinton_mnist.main(["--profile", "smoke", "--precision", "fp32", "--device", "cpu"])
+    assert seen == [{"precision": "fp32"}]

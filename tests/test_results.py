@@ -13,12 +13,26 @@ def test_rows_append_with_key_first_and_provenance_last(tmp_path):
                   **provenance(torch.device("cpu"), 2.0)})
     frame = pd.read_csv(tmp_path / "study" / "smoke.csv")
     assert list(frame.columns[:4]) == ["study", "profile", "cell", "seed"]
-    assert list(frame.columns[-6:]) == ["wall_s", "device", "hardware", "torch", "git_commit",
-                                        "finished_at"]
+    assert list(frame.columns[-7:]) == ["wall_s", "device", "precision", "hardware", "torch",
+                                        "git_commit", "finished_at"]
+    assert frame["precision"].tolist() == ["fp32", "fp32"]
     assert frame["cell"].tolist() == ["a", "b"] and frame["test_errors"].tolist() == [5, 4]
     assert frame["profile"].unique().tolist() == ["smoke"]
     assert table.done() == {("a", 0), ("b", 0)}
     assert frame["wall_s"].tolist() == [1.23, 2.0]
+
+
+def test_discard_removes_one_row_and_failures_live_beside_the_table(tmp_path):
+    table = ResultsTable("study", "smoke", tmp_path)
+    for cell, seed in (("a", 0), ("a", 1), ("b", 0)):
+        table.append({"cell": cell, "seed": seed})
+    table.discard("a", 0)
+    table.discard("zz", 0)  # nothing to remove: nothing changes
+    assert table.done() == {("a", 1), ("b", 0)}
+    failures = table.failures()
+    assert failures.path == tmp_path / "study" / "smoke_failures.csv"
+    failures.append({"cell": "c", "seed": 0, "error": "nan"})
+    assert table.done() == {("a", 1), ("b", 0)} and failures.done() == {("c", 0)}
 
 
 def test_duplicate_rows_are_refused(tmp_path):
