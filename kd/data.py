@@ -36,12 +36,20 @@ def data_root() -> Path:
     return root
 
 
+def default_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/kd``, else ``~/.cache/kd``: outside the checkout, as torch's and
+    pip's caches are, so every clone shares the teachers it has trained."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "kd"
+
+
 def cache_root() -> Path:
-    """Where derived files (decompressed data, cached teachers) go: ``$KD_CACHE`` or ``.cache/kd``."""
-    root = Path(os.environ.get("KD_CACHE", ".cache/kd")).expanduser().resolve()
+    """Where derived files (decompressed data, cached teachers) go: ``$KD_CACHE``, else
+    :func:`default_cache_root`."""
+    root = Path(os.environ.get("KD_CACHE") or default_cache_root()).expanduser().resolve()
     if blocking_file(root) is not None:
         raise ConfigError(f"the cache folder {root} (KD_CACHE) {_not_a_folder(root)}: set "
-                          f"KD_CACHE to a folder (or unset it for .cache/kd)")
+                          f"KD_CACHE to a folder (or unset it for {default_cache_root()})")
     return root
 
 

@@ -117,3 +117,14 @@ def test_random_translate_shifts_each_image_within_two_pixels():
     assert len(shifts) > 10  # each image draws its own shift
     again = data.RandomTranslate(2)(images, torch.Generator().manual_seed(3))
     assert torch.equal(out, again)
+
+
+def test_cache_defaults_outside_the_checkout(monkeypatch, tmp_path):
+    monkeypatch.delenv("KD_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.cache_root() == tmp_path / "xdg" / "kd"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.cache_root() == tmp_path / "home" / ".cache" / "kd"
+    monkeypatch.setenv("KD_CACHE", str(tmp_path / "mine"))
+    assert data.cache_root() == tmp_path / "mine"
