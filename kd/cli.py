@@ -48,12 +48,18 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
 
 def with_training(profile, **settings):
     """The profile with ``settings`` (e.g. ``compile=True``, ``precision="bf16"``) in every
-    :class:`~kd.engine.TrainConfig` it holds; the same object when nothing changes."""
+    :class:`~kd.engine.TrainConfig` it holds, directly or as the values of a dict (named
+    candidates); the same object when nothing changes."""
     from kd.engine import TrainConfig
 
-    changes = {f.name: dataclasses.replace(getattr(profile, f.name), **settings)
-               for f in dataclasses.fields(profile)
-               if isinstance(getattr(profile, f.name), TrainConfig)}
+    def changed(value):
+        if isinstance(value, TrainConfig):
+            return dataclasses.replace(value, **settings)
+        if isinstance(value, dict) and any(isinstance(v, TrainConfig) for v in value.values()):
+            return {k: changed(v) for k, v in value.items()}
+        return value
+
+    changes = {f.name: changed(getattr(profile, f.name)) for f in dataclasses.fields(profile)}
     same = all(changes[name] == getattr(profile, name) for name in changes)
     return profile if same else dataclasses.replace(profile, **changes)
 

@@ -349,3 +349,16 @@ def load(name: str, train: bool, root: Path | None = None) -> Split:
     except KeyError:
         raise ConfigError(f"unknown data set {name!r}; known: {sorted(DATASETS)}") from None
     return loader(train, root)
+
+
+def holdout(split: Split, n: int, seed: int = 0) -> tuple[Split, Split]:
+    """``(rest, held_out)``: ``n`` examples drawn without replacement with a fixed seed, held
+    out as a validation split carved from ``split``, and the others (both in their original
+    order). Choices (schedules, weights, best cells) are made on such a split, never on the
+    test set."""
+    if not 0 < n < len(split):
+        raise ConfigError(f"cannot hold out {n} of {len(split)} examples")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    held = torch.zeros(len(split), dtype=torch.bool)
+    held[order[:n]] = True
+    return split.subset(~held), split.subset(held)

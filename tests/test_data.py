@@ -128,3 +128,17 @@ def test_cache_defaults_outside_the_checkout(monkeypatch, tmp_path):
     assert data.cache_root() == tmp_path / "home" / ".cache" / "kd"
     monkeypatch.setenv("KD_CACHE", str(tmp_path / "mine"))
     assert data.cache_root() == tmp_path / "mine"
+
+
+def test_holdout_carves_a_seeded_validation_split_from_the_rest():
+    labels = torch.arange(50) % 10
+    split = data.Split(torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1), labels, (0.0,),
+                       (1.0,))
+    rest, held = data.holdout(split, 10, seed=3)
+    assert len(rest) == 40 and len(held) == 10
+    ids = lambda s: s.images.flatten().tolist()
+    assert sorted(ids(rest) + ids(held)) == list(range(50)) and ids(held) == sorted(ids(held))
+    assert ids(data.holdout(split, 10, seed=3)[1]) == ids(held)
+    assert ids(data.holdout(split, 10, seed=4)[1]) != ids(held)
+    with pytest.raises(ConfigError, match="cannot hold out 50 of 50"):
+        data.holdout(split, 50)

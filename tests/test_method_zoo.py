@@ -49,6 +49,13 @@ def test_smoke_runs_every_cell_resumes_and_reports(fake_cifar10, tmp_path, capsy
     assert rows.loc[both, "second_teacher_accuracy"].notna().all() and both.sum() == 4
     chain = rows.loc["resnet8->plain_cnn6/kd_via_resnet8"]
     assert chain["teachers"] == "assistant" and chain["model"] == "plain_cnn6"
+    # the students' schedule was chosen on 64 held-out training images, never the test set
+    selection = pd.read_csv(path.with_name("smoke_selection.csv"))
+    assert len(selection) == 2 * 2 * 2 and (selection["validation_n"] == 64).all()
+    assert (selection["fit_n"] == 256 - 64).all()
+    means = selection.groupby("candidate", sort=False)["validation_accuracy"].mean()
+    assert rows["student_schedule"].eq(means.idxmax()).all()
+    assert rows["schedule_selected_on"].str.startswith("validation: ").all()
     study.main(["--profile", "smoke", "--device", "cpu"])  # nothing left to do
     assert len(pd.read_csv(path)) == len(rows)
     capsys.readouterr()
