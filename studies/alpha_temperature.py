@@ -44,6 +44,7 @@ from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.models import build_model, parameter_count
 from kd.errors import NonFiniteLossError
+from kd.executor import Unit, every, run_units_on_ray
 from kd.results import (ResultsTable, markdown_table, mean_std, pending, provenance,
                         record_failure, run_footer)
 
@@ -161,8 +162,10 @@ class Run:
         return None if self.profile.augment_students else engine.predict(self.teacher, self.train)
 
     def teacher_row(self) -> dict:
+        teacher = self.teacher  # trained or loaded first: that sets teacher_train_s
         return {"role": "teacher", "model": self.profile.teacher_arch,
-                "train_s": self.teacher_train_s, **self.describe(self.teacher, self.profile.teacher),
+                "train_s": self.teacher_train_s,
+                **self.describe(teacher, self.profile.teacher, augmented=True),
                 **self.evaluate(self.teacher_test_logits, teacher=False)}
 
     def train_students(self, cells: list[Cell], seed: int) -> list[dict]:
@@ -191,12 +194,15 @@ class Run:
                  "train_accuracy": metrics.accuracy(train_logits[k], self.train.labels)}
                 for k, cell in enumerate(cells)]
 
-    def describe(self, model: nn.Module, config: TrainConfig) -> dict:
+    def describe(self, model: nn.Module, config: TrainConfig, augmented: bool | None = None
+                 ) -> dict:
+        """``augmented``: whether ``model`` trained with crop + flip (default: the students')."""
+        augmented = self.profile.augment_students if augmented is None else augmented
         return {"params": parameter_count(model), "flops_per_image": flops_per_image(model),
                 "train_n": len(self.train), "epochs": config.epochs,
                 "batch_size": config.batch_size, "optimizer": config.optimizer, "lr": config.lr,
                 "weight_decay": config.weight_decay, "schedule": config.schedule,
-                "augment": "crop4+flip" if self.profile.augment_students else "none"}
+                "augment": "crop4+flip" if augmented else "none"}
 
     def evaluate(self, logits: torch.Tensor, teacher: bool = True) -> dict:
         labels = self.test.labels
@@ -272,6 +278,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{STUDY} [{args.profile}] {profile.description}; "
           f"{sum(map(len, (g for _, g in groups)))} student cells to run on {device} -> "
           f"{table.path}")
+    if command.executor == "ray":  # the teacher a task, then each group a task after it
+        first = [] if teacher_done else [Unit(TEACHER_SEED, (Cell("teacher"),))]
+        units = first + [Unit(seed, tuple(cells), tuple(range(len(first))))
+                         for seed, cells in groups]
+        order = [("teacher", TEACHER_SEED)] + [(c.name, seed) for seed, c in every(
+            plan(profile), args.seeds or profile.seeds)]
+        run_units_on_ray(command, units, group_runner, summary, grouped=True, order=order)
+        return
     run = Run(profile, device, ModelCache())
     if not teacher_done:
         start = time.perf_counter()
@@ -294,7 +308,19 @@ def main(argv: list[str] | None = None) -> None:
             table.append({"cell": cell.name, "seed": seed, **row,
                           **provenance(device, wall, command.precision)})
             table.failures().discard(cell.name, seed)
-            print(f"  seed {seed} {cell.name:>16}: test accuracy {row['test_accuracy']:.4f}")
+            print(f"  seed {seed} {cell.name:>16}: {summary(row)}")
+
+
+def summary(row: dict) -> str:
+    return f"test accuracy {row['test_accuracy']:.4f}"
+
+
+def group_runner(command):
+    """``run(seed, cells) -> rows`` for a study command (on a Ray worker): the teacher's row
+    for the cell ``teacher``, else the students of one group trained together."""
+    run = Run(command.profile, command.device, ModelCache())
+    return lambda seed, cells: ([run.teacher_row()] if cells[0].is_teacher
+                                else run.train_students(list(cells), seed))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import pandas as pd
 from kd.cli import run_main
 from kd.errors import ConfigError
 from kd.results import markdown_table, mean_std, run_footer
-from studies.cifar_zoo import Family, Teacher, Zoo, zoo_study_main
+from studies.cifar_zoo import Family, Teacher, Zoo, zoo_cell_runner, zoo_study_main
 
 STUDY = "early_stopping"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -95,7 +95,10 @@ class Run:
         if cell.role == "teacher_checkpoint":
             teacher = self.teacher_at(cell.arch, cell.teacher_epoch)
             meta = self.teacher_meta[cell.arch]
-            return {**row, "teacher": cell.arch, **self.zoo.describe(teacher, meta)}
+            # A checkpoint's own epochs; its time was never measured apart from the run's.
+            return {**row, "teacher": cell.arch, **self.zoo.describe(teacher, meta),
+                    "epochs": cell.teacher_epoch, "train_s": None,
+                    "run_epochs": self.zoo.config.epochs, "run_train_s": meta.get("train_s")}
         if cell.role == "scratch":
             model, meta = self.zoo.distilled(cell.arch, self.seed, None)
             return {**row, **self.zoo.describe(model, meta)}
@@ -142,11 +145,22 @@ def report(rows: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def cell_runner(command):
+    """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker)."""
+    return zoo_cell_runner(command, lambda zoo, seed, name: Run(zoo, seed, KD_STOP_EPOCH[name]))
+
+
+def models_used(seed: int, cell: Cell) -> list[tuple]:
+    """The teacher run whose checkpoints a cell evaluates or learns from (one training run
+    gives every checkpoint); a scratch student uses none."""
+    teacher = cell.arch if cell.role == "teacher_checkpoint" else cell.teacher
+    return [] if teacher is None else [(seed, teacher)]
+
+
 def main(argv: list[str] | None = None) -> None:
     zoo_study_main(argv, study=STUDY, description=__doc__.split("\n\n")[0],
                    plan=lambda name, profile: plan(FAMILIES[name], profile.teacher_checkpoints),
-                   new_run=lambda zoo, seed, name: Run(zoo, seed, KD_STOP_EPOCH[name]),
-                   report=report)
+                   runner=cell_runner, models_used=models_used, report=report)
 
 
 if __name__ == "__main__":

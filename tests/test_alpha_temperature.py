@@ -40,6 +40,9 @@ def test_smoke_study_runs_resumes_and_reports(fake_cifar10, tmp_path, capsys):
         assert students[column].notna().all(), column
     assert students["test_accuracy"].between(0, 1).all()
     assert (students["params"] == 432 + 32 + 2304 + 32 + 10240 + 10).all()  # the 2-layer CNN
+    teacher = rows.set_index("cell").loc["teacher"]
+    assert teacher["train_s"] > 0 and teacher["augment"] == "crop4+flip"  # its own, not the
+    assert (students["augment"] == "none").all()                          # students' setting
 
     # a second seed reuses the teacher (no new teacher row) and adds only seed 1's cells
     study.main(["--profile", "smoke", "--device", "cpu", "--seeds", "2"])

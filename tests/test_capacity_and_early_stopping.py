@@ -117,6 +117,9 @@ def test_capacity_gap_smoke_trains_a_ta_chain(fake_cifar10, tmp_path, fits, caps
     assert es.loc["eskd/plain_cnn4/plain_cnn2", "kd_until_epoch"] == 1
     assert es.loc["teacher/plain_cnn4@2", "test_accuracy"] == rows.loc[
         "teacher/plain_cnn4", "test_accuracy"]
+    early = es.loc["teacher/plain_cnn4@1"]  # a checkpoint: its own epochs, the run's time apart
+    assert early["epochs"] == 1 and pd.isna(early["train_s"]) and early["run_epochs"] == 2
+    assert early["run_train_s"] == rows.loc["teacher/plain_cnn4", "train_s"]
     for ours, theirs in (("scratch/plain_cnn2", "scratch/plain_cnn2"),
                          ("kd/plain_cnn4@2/plain_cnn2", "kd/plain_cnn4/plain_cnn2")):
         assert es.loc[ours, "test_accuracy"] == rows.loc[theirs, "test_accuracy"]
