@@ -226,14 +226,15 @@ def provenance(device: torch.device, wall_s: float, precision: str = "fp32") -> 
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def mean_std(values: pd.Series, digits: int = 1) -> str:
-    """``mean ± std (n seeds)``; the std is left out for a single seed."""
+def mean_std(values: pd.Series, digits: int = 1, of: str = "seed") -> str:
+    """``mean ± std (n seeds)``; the std is left out for a single value. ``of`` names what the
+    values are of (``"teacher"``: several models of one seed are not seeds)."""
     values = values.dropna().astype(float)
     if values.empty:
         return "not run"
     if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f} (1 seed)"
-    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} ({len(values)} seeds)"
+        return f"{values.iloc[0]:.{digits}f} (1 {of})"
+    return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} ({len(values)} {of}s)"
 
 
 def pending(cells: Iterable, seeds: int, table: ResultsTable) -> Iterator[tuple[int, object]]:

@@ -60,6 +60,7 @@ from kd.cli import open_study, run_main
 from kd.data import Augment, Split
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
+from kd.executor import run_cells_on_ray
 from kd.models import Ensemble, build_model, interpolate_state, parameter_count
 from kd.results import ResultsTable, markdown_table, mean_std, run_cells
 from studies.cifar_zoo import CIFAR_DATASETS
@@ -449,7 +450,7 @@ def report(rows: pd.DataFrame) -> str:
     teachers = rows[rows["cell"] == "teacher"]
     if not teachers.empty:
         lines.append(f"\nPool teachers ({teachers['model'].iloc[0]}, seed column = pool index): "
-                     f"test accuracy {mean_std(teachers['test_accuracy'] * 100, 2)}.")
+                     f"test accuracy {mean_std(teachers['test_accuracy'] * 100, 2, 'teacher')}.")
     lines.append(f"Profile {', '.join(sorted(rows['profile'].unique()))}; seeds "
                  f"{sorted(rows.loc[rows['role'] == 'student', 'seed'].unique().tolist())}; "
                  f"{'; '.join(sorted(rows['hardware'].unique()))}; "
@@ -470,16 +471,34 @@ def main(argv: list[str] | None = None) -> None:
     todo = pending(profile, args.seeds or profile.seeds, table)
     print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
           f"{table.path}")
-    cache = ModelCache()
+    summary = lambda row: f"test accuracy {row['test_accuracy']:.4f}" + (
+        f", test agreement {row['test_agreement']:.4f}" if "test_agreement" in row else "")
+    if command.executor == "ray":
+        run_cells_on_ray(command, plan(profile, args.seeds or profile.seeds), cell_runner,
+                         summary, models_used)
+        return
+    run_cells(table, todo, cell_runner(command), device, summary, precision=command.precision)
+
+
+def cell_runner(command) -> Callable[[int, Cell], dict]:
+    """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker)."""
+    profile, device, cache = command.profile, command.device, ModelCache()
     # Built on first use, so a resumed run loads only the data its remaining cells need.
-    parts = {"cifar": functools.cache(lambda: Cifar(profile, args.dataset, device, cache)),
+    parts = {"cifar": functools.cache(lambda: Cifar(profile, command.args.dataset, device,
+                                                    cache)),
              "mnist": functools.cache(lambda: Mnist(profile, device, cache))}
-    run_cell = lambda seed, cell: {"experiment": cell.experiment,
-                                   **parts[cell.part]().run(cell, seed)}
-    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy "
-              f"{row['test_accuracy']:.4f}" + (f", test agreement {row['test_agreement']:.4f}"
-                                              if "test_agreement" in row else ""),
-              precision=command.precision)
+    return lambda seed, cell: {"experiment": cell.experiment, **parts[cell.part]().run(cell, seed)}
+
+
+def models_used(seed: int, cell: Cell) -> list[tuple]:
+    """The models a cell trains or loads: pool teachers (the seed of a teacher cell is its
+    pool index) and its own student, which cells with the same settings share."""
+    if cell.part == "mnist":
+        return [("mnist teacher", seed)] + [("mnist student", seed)] * (cell.role == "student")
+    if cell.role == "teacher":
+        return [("teacher", seed)]
+    return [*(("teacher", k) for k in members(seed, cell.m)),
+            ("student", seed, cell.m, cell.augment, cell.epochs_factor, cell.lam, cell.init)]
 
 
 if __name__ == "__main__":
