@@ -42,7 +42,7 @@ from kd.cifar import RandomCropFlip
 from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy
 from kd.engine import TrainConfig
-from kd.methods import METHODS, build_method
+from kd.methods import METHODS, build_method, method_settings
 from kd.results import (ResultsTable, markdown_table, mean_std, pending, run_cells,
                         run_footer)
 from studies.cifar_zoo import CIFAR_DATASETS, MIRZADEH_SGD, Teacher, Zoo
@@ -221,16 +221,23 @@ class Run:
         return build_method(cell.method, self.zoo.new_model(cell.pair.student, self.seed),
                             teacher, **options)
 
+    def spec(self, cell: Cell, teachers: list[Teacher]) -> dict:
+        """Everything that decides a cell's student: data, architecture, seed, training config,
+        teachers, augmentation, and every option of its method with the defaults filled in
+        (so a changed default is a new key)."""
+        return {**self.zoo.base_spec(cell.pair.student, self.seed, self.zoo.config),
+                "role": STUDY, "method": cell.method,
+                "method_settings": method_settings(cell.method, **dict(cell.options)),
+                "teachers": [t.key for t in teachers],
+                "augment": "crop4+flip" if self.zoo.augment_students else "none"}
+
     def train(self, cell: Cell) -> tuple[Teacher, dict, float | None]:
         """The cell's trained student, its training meta and the peer's test accuracy."""
         if cell.method is None:
             return *self.scratch(cell.pair.student), None
         teachers = self.teachers(cell)
         method = self.method(cell, teachers)
-        spec = {**self.zoo.base_spec(cell.pair.student, self.seed, self.zoo.config),
-                "role": STUDY, "method": cell.method, "options": repr(cell.options),
-                "teachers": [t.key for t in teachers],
-                "augment": "crop4+flip" if self.zoo.augment_students else "none"}
+        spec = self.spec(cell, teachers)
         model, meta, _ = self.zoo.cache.fit(
             spec, engine.prepare_model(method.model, self.zoo.device), self.zoo.train, method,
             self.zoo.config, seed=self.seed, desc=f"{cell.name} seed {self.seed}",

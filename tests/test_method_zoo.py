@@ -83,3 +83,19 @@ def test_a_chain_is_taught_by_the_assistant_distilled_from_the_teacher(fake_cifa
     # the same key as the model distilled from that teacher (its key names the teacher's)
     assert assistant.key == student_zoo.distilled("resnet8", 0, teacher)[0].key
     assert assistant.key != student_zoo.distilled("resnet8", 0, None)[0].key
+
+
+def test_a_changed_method_default_changes_the_cells_cache_key(monkeypatch):
+    """FitNets' beta and FSP's lambda once changed without changing any key."""
+    from kd.cache import spec_key
+    from kd.methods.fitnets import FitNets
+
+    profile = study.PROFILES["smoke"]
+    run = study.Run(None, type("FakeZoo", (), {
+        "base_spec": lambda self, arch, seed, config: {"arch": arch, "seed": seed},
+        "augment_students": False, "config": None})(), profile, 0)
+    cell = next(c for c in study.plan(profile) if c.method == "fitnets")
+    before = spec_key(run.spec(cell, []))
+    assert run.spec(cell, [])["method_settings"]["beta"] == 10.0
+    monkeypatch.setitem(FitNets.__init__.__kwdefaults__, "beta", 100.0)
+    assert spec_key(run.spec(cell, [])) != before

@@ -84,6 +84,27 @@ def accepted_options(cls: type) -> list[str]:
     return names
 
 
+def method_settings(name: str, **overrides) -> dict:
+    """Every option :func:`build_method` would build ``name`` with: its defaults (walking the
+    class and its bases as :func:`accepted_options` does), replaced by ``overrides``. Models
+    (a mutual-learning peer) appear by class name. A cache key made from this changes when any
+    default changes, not only when an override does."""
+    cls = METHODS[name]
+    settings: dict = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        settings.update({p.name: p.default for p in parameters if p.kind == p.KEYWORD_ONLY
+                         and p.default is not p.empty and p.name not in settings})
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    settings.update(overrides)
+    describe = lambda v: type(v).__name__ if isinstance(v, nn.Module) else v
+    return {k: [describe(m) for m in v] if isinstance(v, (list, tuple)) else describe(v)
+            for k, v in sorted(settings.items())}
+
+
 def build_method(name: str, student: nn.Module, teacher=None, **overrides):
     """The method ``name`` for this student and teacher(s), its defaults replaced by
     ``overrides``.
@@ -105,7 +126,7 @@ def build_method(name: str, student: nn.Module, teacher=None, **overrides):
     return cls(student, teacher, **overrides)
 
 
-__all__ = ["METHODS", "TEACHER_KINDS", "build_method", "register", "accepted_options",
+__all__ = ["METHODS", "method_settings", "TEACHER_KINDS", "build_method", "register", "accepted_options",
            "FeatureDistiller", "StudentWithHeads", "default_taps", "resnet_taps", "HintonKD",
            "FitNets", "AttentionTransfer", "SimilarityPreserving", "RelationalKD",
            "FlowOfSolution", "DeepMutualLearning", "BornAgain", "MeanTeacherKD",
