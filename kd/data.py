@@ -16,7 +16,7 @@ import os
 import struct
 import sys
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
@@ -76,6 +76,8 @@ class Split:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_classes: int = 10
+    # device -> (mean, std) tensors; each copy of the split (replace, to) starts its own
+    _stats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -84,6 +86,7 @@ class Split:
         if self.labels.shape != (self.images.shape[0],):
             raise ConfigError(f"labels shape {tuple(self.labels.shape)} does not match "
                               f"{self.images.shape[0]} images")
+        self.stats(self.device)  # ready before the first batch
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -130,10 +133,19 @@ class Split:
             raise ConfigError(f"classes {classes.tolist()} outside 0..{self.num_classes - 1}")
         return torch.isin(self.labels, classes.to(self.labels.device))
 
+    def stats(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """mean and std as float ``[1, C, 1, 1]`` tensors on ``device``, made once per device:
+        a tensor made from Python numbers every batch would be a host-to-device copy on CUDA."""
+        device = torch.device(device)
+        if device not in self._stats:
+            self._stats[device] = tuple(torch.tensor(v, device=device).view(1, -1, 1, 1)
+                                        for v in (self.mean, self.std))
+        return self._stats[device]
+
     def normalize(self, images: Tensor) -> Tensor:
-        """uint8 images -> float, scaled to [0, 1] and standardized per channel."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        """uint8 images -> float, scaled to [0, 1] and standardized per channel:
+        (x / 255 − mean) / std."""
+        mean, std = self.stats(images.device)
         return (images.float().div_(255) - mean) / std
 
 

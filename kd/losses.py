@@ -43,10 +43,12 @@ def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor,
     Broadcasts over leading dimensions: ``student_logits`` may be ``[K, N, C]`` (K students),
     ``teacher_logits`` ``[N, C]`` and ``temperature`` a tensor ``[K]``; the result is then ``[K]``.
     Equal, up to the teacher's entropy (constant in the student), to the soft cross-entropy
-    CE(softmax_T(t), softmax_T(s)), so it has the same gradient.
+    CE(softmax_T(t), softmax_T(s)), so it has the same gradient. A Python number T divides
+    directly: no tensor is made from it (on CUDA that would be a host-to-device copy per step).
     """
-    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=student_logits.device)
-    temperature = temperature.reshape(temperature.shape + (1, 1))  # over [N, C]
+    if isinstance(temperature, Tensor):
+        temperature = temperature.to(student_logits.device, torch.float32)
+        temperature = temperature.reshape(temperature.shape + (1, 1))  # over [N, C]
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)

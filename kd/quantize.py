@@ -11,8 +11,12 @@ gradient through the rounding):
   batch, max(x) / (2^b − 1).
 
 Weights are quantized through a ``torch.nn.utils.parametrize`` parametrization, so the stored
-parameter stays the float "shadow" weight the optimizer updates; no model needs editing. The
-scales are recomputed from the current tensors (dynamic ranges), not learned.
+parameter stays the float "shadow" weight the optimizer updates; no model needs editing. Each
+ReLU becomes a :class:`FakeQuantizedReLU` in place (its class is swapped, as parametrize swaps
+the layers'; the state dict is unchanged), so ``torch.compile`` sees the quantization in the
+module types it guards on. The scales are recomputed from the current tensors (dynamic ranges),
+not learned, with tensor ops only: nothing is read back to the host, so a compiled forward
+pass is one graph.
 """
 
 from __future__ import annotations
@@ -40,10 +44,29 @@ class FakeQuantizedWeight(nn.Module):
 
 
 def fake_quantize_activation(output: Tensor, bits: int) -> Tensor:
-    """Unsigned ``bits``-bit fake quantization of a non-negative tensor, one scale per call."""
+    """Unsigned ``bits``-bit fake quantization of a non-negative tensor, one scale per call:
+    scale = max(x) / (2^b − 1), x̂ = scale · clamp(round(x / scale), 0, 2^b − 1)."""
     levels = 2 ** bits - 1
-    scale = float(output.detach().amax().clamp_min(1e-12)) / levels
-    return torch.fake_quantize_per_tensor_affine(output, scale, 0, 0, levels)
+    # a 0-d tensor scale stays on the device (float() would wait for the device every call)
+    scale = output.detach().amax().clamp_min(1e-12).float() / levels
+    zero = torch.zeros_like(scale, dtype=torch.int32)
+    return torch.fake_quantize_per_tensor_affine(output, scale, zero, 0, levels)
+
+
+class FakeQuantizedReLU(nn.ReLU):
+    """A ReLU whose output is fake-quantized to ``bits`` unsigned levels
+    (:func:`fake_quantize_activation`); :func:`quantize_student` turns a model's ReLUs into these
+    in place."""
+
+    def __init__(self, bits: int = 8, inplace: bool = False):
+        super().__init__(inplace)
+        self.bits = bits
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fake_quantize_activation(super().forward(x), self.bits)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bits={self.bits}".lstrip(", ")
 
 
 def quantize_student(model: nn.Module, weight_bits: int = 8,
@@ -62,10 +85,10 @@ def quantize_student(model: nn.Module, weight_bits: int = 8,
     for layer in layers:
         parametrize.register_parametrization(layer, "weight", FakeQuantizedWeight(weight_bits))
     if activation_bits is not None:
-        for relu in (m for m in model.modules() if isinstance(m, nn.ReLU)):
-            relu.register_forward_hook(
-                lambda module, inputs, output: fake_quantize_activation(output, activation_bits))
+        for relu in (m for m in model.modules() if type(m) in (nn.ReLU, FakeQuantizedReLU)):
+            relu.__class__, relu.bits = FakeQuantizedReLU, activation_bits
     return model
 
 
-__all__ = ["quantize_student", "FakeQuantizedWeight", "fake_quantize_activation"]
+__all__ = ["quantize_student", "FakeQuantizedWeight", "FakeQuantizedReLU",
+           "fake_quantize_activation"]

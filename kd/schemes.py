@@ -61,7 +61,13 @@ class MutualLearning(Objective):
 
 class RandomTeacher(nn.Module):
     """Several teachers behind one forward: each call returns the logits of one teacher, drawn
-    uniformly at random from ``generator`` (seeded, so runs repeat)."""
+    uniformly at random from ``generator`` (a CPU generator, seeded, so runs repeat).
+
+    The draws are made ``DRAWS_AT_ONCE`` at a time: the same sequence as one draw per call (the
+    CPU generator fills a tensor element by element), but no call reads a tensor back.
+    """
+
+    DRAWS_AT_ONCE = 256
 
     def __init__(self, teachers: Sequence[nn.Module], generator: torch.Generator | None = None):
         super().__init__()
@@ -70,10 +76,14 @@ class RandomTeacher(nn.Module):
         self.teachers = nn.ModuleList(teachers)
         self.generator = generator or torch.Generator().manual_seed(0)
         self.last_choice: int | None = None
+        self._draws: list[int] = []  # the next choices, last one first
 
     def forward(self, x: Tensor) -> Tensor:
-        self.last_choice = int(torch.randint(len(self.teachers), (1,),
-                                             generator=self.generator))
+        if not self._draws:
+            draws = torch.randint(len(self.teachers), (self.DRAWS_AT_ONCE,),
+                                  generator=self.generator)
+            self._draws = draws.flip(0).tolist()
+        self.last_choice = self._draws.pop()
         return self.teachers[self.last_choice](x)
 
 

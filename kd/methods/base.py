@@ -11,10 +11,12 @@ logs every entry as ``train_<name>``. "kd" is always computed and logged; it ent
 ``kd_weight > 0`` (0 by default for the feature methods, which then train on CE + features).
 
 Feature taps are module paths of the student and the teacher (``"layer2"``, ``"features.2"``,
-as in ``model.get_submodule``); the output of each tapped module is recorded by a forward hook,
-so no model is edited and one forward pass gives both the logits and the features. A module
-called more than once in one forward pass records its last output. The teacher runs in eval mode
-under ``torch.no_grad()`` and none of its parameters requires grad.
+as in ``model.get_submodule``). Each model runs as a :class:`TappedForward`: its forward pass
+traced by ``torch.fx`` (as ``torchvision.models.feature_extraction`` does) into a graph that
+returns the logits and the output of each tapped module, calling the model's own modules, so no
+model is edited and one forward pass gives both. A module called more than once in one forward
+pass gives its last output. The teacher runs in eval mode under ``torch.no_grad()`` and none of
+its parameters requires grad.
 
 Learnable parts of a method (FitNets' regressor) are ``heads``: modules owned by the distiller.
 Since :func:`kd.engine.fit` optimizes ``model.parameters()``, a method with heads trains
@@ -28,7 +30,10 @@ the student. Always train ``method.model``::
 
 Calling the distiller with any other module (e.g. the bare student of a method with heads, whose
 regressor would then never be trained) raises :class:`~kd.errors.ConfigError`. A
-``torch.compile`` wrapper of ``method.model`` (``TrainConfig(compile=True)``) is accepted.
+``torch.compile`` wrapper of ``method.model`` (``TrainConfig(compile=True)``) is accepted: the
+distiller then compiles the student's tapped graph with the wrapper's settings, so the taps are
+outputs of the compiled graph. (Forward hooks would not do: they are not among the guards of
+``torch.compile``, so a graph compiled earlier for another model of the class runs without them.)
 
 Shapes are checked at construction: the student and the teacher run once in eval mode on a
 probe batch of 2 zero images of ``input_shape``, the heads are built from the tapped shapes,
@@ -37,12 +42,10 @@ and the feature terms are evaluated once, so mismatched taps fail early with a C
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from functools import partial
-from typing import ClassVar, Iterator, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from kd.data import Batch, Split
 from kd.distill import Objective
@@ -76,42 +79,72 @@ def submodule(model: nn.Module, path: str) -> nn.Module:
                           f"{shown}") from None
 
 
-class TapRecorder:
-    """Forward hooks recording the outputs of named modules, only inside :meth:`capture`."""
+class _TapTracer(fx.Tracer):
+    """torch.fx's tracer, with each tapped module kept as one call (a leaf of the graph)."""
 
-    def __init__(self, model: nn.Module, paths: Sequence[str]):
-        self.features: dict[str, Tensor] = {}
-        self.active = False
-        self.handles = [submodule(model, path).register_forward_hook(partial(self._record, path))
-                        for path in dict.fromkeys(paths)]
+    def __init__(self, paths: Sequence[str]):
+        super().__init__()
+        self.paths = set(paths)
 
-    def _record(self, path: str, module: nn.Module, inputs, output) -> None:
-        if self.active:
-            self.features[path] = output
+    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
+        return qualname in self.paths or super().is_leaf_module(module, qualname)
 
-    @contextmanager
-    def capture(self) -> Iterator[None]:
-        self.features, self.active = {}, True
-        try:
-            yield
-        finally:
-            self.active = False
 
-    def take(self, paths: Sequence[str], who: str) -> list[Tensor]:
-        missing = [p for p in paths if p not in self.features]
-        if missing:
-            raise ConfigError(f"the {who}'s taps {missing} produced no output in its forward pass")
-        wrong = [p for p in paths if not isinstance(self.features[p], Tensor)]
-        if wrong:
-            raise ConfigError(f"the {who}'s taps {wrong} must output one tensor each")
-        features = [self.features[p] for p in paths]
-        self.features = {}
-        return features
+def trace_taps(model: nn.Module, paths: Sequence[str], who: str) -> fx.GraphModule:
+    """``model``'s forward pass as a graph module returning ``(output, [feature per path])``.
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
+    A tapped module stays one call in the graph, so its feature is exactly what it returned
+    (its last call when called more than once); everything else is traced through. The graph
+    calls the model's own modules (same parameters, buffers and train/eval mode); Python
+    branches on ``self.training`` outside them are fixed as traced.
+    """
+    try:
+        graph = _TapTracer(paths).trace(model)
+    except Exception as error:  # data-dependent Python control flow, untraceable calls
+        raise ConfigError(f"the {who} ({type(model).__name__}) cannot be traced by torch.fx, "
+                          f"which reads its taps: {error}") from error
+    calls = {node.target: node for node in graph.nodes if node.op == "call_module"}  # last
+    missing = [p for p in paths if p not in calls]
+    if missing:
+        raise ConfigError(f"the {who}'s taps {missing} produced no output in its forward pass "
+                          f"(never called, or inside another tapped module)")
+    output = next(node for node in graph.nodes if node.op == "output")
+    output.args = ((output.args[0], [calls[p] for p in paths]),)
+    return fx.GraphModule(model, graph, class_name=f"{type(model).__name__}WithTaps")
+
+
+class TappedForward:
+    """``model(x)`` and its tapped features from one pass: ``tapped(x) -> (logits, features)``.
+
+    Runs :func:`trace_taps`'s graph, traced on first use in each mode (train/eval). With a
+    ``compiler`` (the ``dynamo_ctx`` of a ``torch.compile`` wrapper) the graph runs compiled
+    with those settings. Each graph has its own generated code, so its compilation is its own:
+    never a graph compiled earlier for another model of the class, and no recompilations pile
+    up on the class's one forward function (dynamo stops compiling a function after 8).
+    """
+
+    def __init__(self, model: nn.Module, paths: Sequence[str], who: str):
+        for path in paths:
+            submodule(model, path)  # an unknown path: a ConfigError listing the known ones
+        self.model, self.paths, self.who = model, list(paths), who
+        self._graphs: dict[bool, fx.GraphModule] = {}
+        self._compiled: dict[bool, tuple[Callable, nn.Module]] = {}  # mode -> (compiler, graph)
+
+    def graph(self) -> fx.GraphModule:
+        mode = self.model.training
+        if mode not in self._graphs:
+            self._graphs[mode] = trace_taps(self.model, self.paths, self.who)
+        return self._graphs[mode]
+
+    def compiled(self, compiler: Callable) -> nn.Module:
+        """:meth:`graph` compiled by ``compiler``, once per compiler and mode."""
+        mode = self.model.training
+        if self._compiled.get(mode, (None,))[0] is not compiler:
+            self._compiled[mode] = (compiler, compiler(self.graph()))
+        return self._compiled[mode][1]
+
+    def __call__(self, x: Tensor, compiler: Callable | None = None) -> tuple[Tensor, list[Tensor]]:
+        return (self.graph() if compiler is None else self.compiled(compiler))(x)
 
 
 def resnet_taps(model: nn.Module) -> dict[str, object]:
@@ -185,8 +218,8 @@ class FeatureDistiller(Objective):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.student_taps, self.teacher_taps = self._resolve_taps(student_taps, teacher_taps)
-        self._student_recorder = TapRecorder(student, self.student_taps)
-        self._teacher_recorder = TapRecorder(teacher, self.teacher_taps)
+        self._student_tapped = TappedForward(student, self.student_taps, "student")
+        self._teacher_tapped = TappedForward(teacher, self.teacher_taps, "teacher")
 
         s_features, t_features = self._probe(tuple(input_shape))
         device = next(student.parameters()).device
@@ -236,20 +269,19 @@ class FeatureDistiller(Objective):
         was_training = self.student.training
         self.student.eval()
         try:
-            s_features, _ = self._run(self.student, self._student_recorder, self.student_taps,
-                                      input_shape, "student")
-            t_features, _ = self._run(self.teacher, self._teacher_recorder, self.teacher_taps,
-                                      input_shape, "teacher")
+            return tuple(self._run(tapped, input_shape)
+                         for tapped in (self._student_tapped, self._teacher_tapped))
         finally:
             self.student.train(was_training)
-        return s_features, t_features
 
     @staticmethod
-    def _run(model, recorder, taps, input_shape, who):
-        device = next(model.parameters()).device
-        with recorder.capture():
-            logits = model(torch.zeros(2, *input_shape, device=device))
-        return recorder.take(taps, who), logits
+    def _run(tapped: TappedForward, input_shape: tuple[int, ...]) -> list[Tensor]:
+        device = next(tapped.model.parameters()).device
+        _, features = tapped(torch.zeros(2, *input_shape, device=device))
+        wrong = [p for p, f in zip(tapped.paths, features) if not isinstance(f, Tensor)]
+        if wrong:
+            raise ConfigError(f"the {tapped.who}'s taps {wrong} must output one tensor each")
+        return features
 
     def bind(self, train: Split, augmented: bool) -> None:
         self.teacher.to(train.device)
@@ -258,13 +290,13 @@ class FeatureDistiller(Objective):
         if getattr(model, "_orig_mod", model) is not self.model:
             raise ConfigError(f"{self.name}: train method.model ({type(self.model).__name__}: "
                               f"the student with the method's heads), not another module")
-        with self._student_recorder.capture():
-            logits = model(batch.x).float()
-        s_features = self._student_recorder.take(self.student_taps, "student")
-        with torch.no_grad(), self._teacher_recorder.capture():
+        # a torch.compile wrapper: the tapped graph is compiled instead, with its settings
+        logits, s_features = self._student_tapped(batch.x, getattr(model, "dynamo_ctx", None))
+        logits = logits.float()
+        with torch.no_grad():
             self.teacher.eval()
-            t_logits = self.teacher(batch.x).float()
-        t_features = self._teacher_recorder.take(self.teacher_taps, "teacher")
+            t_logits, t_features = self._teacher_tapped(batch.x)
+        t_logits = t_logits.float()
 
         ce = label_cross_entropy(logits, batch.y)
         kd = kd_loss(logits, t_logits, self.temperature)
@@ -276,11 +308,6 @@ class FeatureDistiller(Objective):
             loss = loss + self.weights[term] * value
         return loss, {"ce": ce, "kd": kd if self.kd_weight else kd.detach(), **features}
 
-    def remove_hooks(self) -> None:
-        """Detach the taps from the student and the teacher (the distiller is then unusable)."""
-        self._student_recorder.remove()
-        self._teacher_recorder.remove()
 
-
-__all__ = ["FeatureDistiller", "StudentWithHeads", "TapRecorder", "default_taps", "resnet_taps",
-           "submodule"]
+__all__ = ["FeatureDistiller", "StudentWithHeads", "TappedForward", "default_taps",
+           "resnet_taps", "submodule", "trace_taps"]

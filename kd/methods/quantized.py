@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from kd.data import Batch, Split
 from kd.distill import Distill, Objective
+from kd.methods.base import TappedForward
 from kd.quantize import quantize_student
 
 
@@ -19,6 +20,13 @@ class QuantizedKD(Objective):
     from a full-precision teacher, or on CE(s_q, y) alone when ``teacher`` is None (the
     quantized student on labels, the baseline to compare against). ``method.model`` is the
     student, quantized in place. Defaults: 4-bit weights, 8-bit activations, T = 4, α = 0.9.
+
+    Given a ``torch.compile`` wrapper of ``method.model`` (``TrainConfig(compile=True)``), it
+    compiles a ``torch.fx`` graph of the student's forward pass instead, with the wrapper's
+    settings (:class:`~kd.methods.base.TappedForward` without taps): parametrize gives each
+    quantized layer a class of its own, so every quantized student would add a recompilation
+    of the architecture's one forward function, and after 8 (dynamo's recompile limit) the
+    student would train eagerly.
     """
 
     name = "quantized"
@@ -31,6 +39,7 @@ class QuantizedKD(Objective):
         self.student = self.model = quantize_student(student, weight_bits, activation_bits)
         self.objective = Objective() if teacher is None else Distill(
             teacher, temperature, alpha, **distill_options)
+        self._forward = TappedForward(self.student, [], "student")
 
     def bind(self, train: Split, augmented: bool) -> None:
         self.objective.bind(train, augmented)
@@ -39,4 +48,8 @@ class QuantizedKD(Objective):
         self.objective.start_epoch(epoch)
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        compiler = getattr(model, "dynamo_ctx", None)  # a torch.compile wrapper
+        if compiler is not None and getattr(model, "_orig_mod", None) is self.student:
+            graph = self._forward.compiled(compiler)
+            model = lambda x: graph(x)[0]  # the logits (there are no taps)
         return self.objective(model, batch)
