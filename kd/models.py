@@ -104,22 +104,30 @@ MODELS["lenet5"] = LeNet5
 
 class Ensemble(nn.Module):
     """m trained models as one teacher. ``forward`` returns the log of the mean of the members'
-    softmaxes, log p̄ = log (1/m) Σ_k softmax(z_k) (:func:`kd.metrics.ensemble_log_probs`).
+    softmaxes at temperature τ (default 1), scaled back by τ:
 
-    Log-probabilities are valid logits (softmax(log p̄) = p̄), so :class:`kd.distill.Distill` can
-    use an ensemble as its teacher; at temperature T the student is fitted to softmax(log p̄ / T).
+        z̄ = τ · log p̄_τ,   p̄_τ = (1/m) Σ_k softmax(z_k / τ)   (:func:`kd.metrics.ensemble_log_probs`)
+
+    These are valid logits: softmax(z̄ / τ) = p̄_τ. So :class:`kd.distill.Distill` at
+    temperature T = τ fits the student to the mean of the members' tempered softmaxes (You et
+    al. 2017); with τ = 1 it fits softmax(log p̄ / T), the tempered predictive distribution of
+    the ensemble.
     """
 
-    def __init__(self, members: Sequence[nn.Module]):
+    def __init__(self, members: Sequence[nn.Module], temperature: float = 1.0):
         super().__init__()
         if not members:
             raise ConfigError("an Ensemble needs at least one member")
+        if not temperature > 0:
+            raise ConfigError(f"an Ensemble's temperature must be > 0, got {temperature}")
         self.members = nn.ModuleList(members)
+        self.temperature = temperature
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from kd.metrics import ensemble_log_probs  # kd.metrics does not import this module
 
-        return ensemble_log_probs([member(x) for member in self.members])
+        t = self.temperature
+        return t * ensemble_log_probs([member(x) / t for member in self.members])
 
 
 def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -20,10 +20,12 @@ FEATURE_TERMS = {"kd": [], "fitnets": ["hint"], "at": ["at"], "sp": ["sp"],
 # every registered method: the terms it logs besides "loss"
 LOGGED = {**{name: ["ce", "kd", *terms] for name, terms in FEATURE_TERMS.items()},
           "mutual": ["ce", "kl"], "born_again": ["ce", "kd"], "multi_teacher": ["ce", "kd"],
+          "multi_teacher_logmean": ["ce", "kd"],
           "random_teacher": ["ce", "kd"], "quantized": ["ce", "kd"]}
 PAPERS = {"kd": "Hinton", "fitnets": "Romero", "at": "Zagoruyko", "sp": "Tung",
           "rkd": "Park", "fsp": "Yim", "mutual": "Zhang", "born_again": "Furlanello",
-          "multi_teacher": "You", "random_teacher": "Fukuda", "quantized": "Polino"}
+          "multi_teacher": "You", "multi_teacher_logmean": "You", "random_teacher": "Fukuda",
+          "quantized": "Polino"}
 
 
 def tiny_cifar(n=48, seed=0):

@@ -1,6 +1,8 @@
 """The registered schemes (mutual, born-again, multi-teacher) and the quantized student:
 hand-computed losses, seeded draws, and what ``trained_student`` hands back."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,16 +25,58 @@ def other_teacher():
     return CifarResNet(8).eval()
 
 
-def test_multi_teacher_distills_the_mean_of_the_teachers_softmaxes():
+def test_multi_teacher_distills_the_mean_of_the_teachers_tempered_softmaxes():
+    """You et al. (2017): the target is (1/m) Σ softmax(z_k / T), by hand."""
     s, teachers = student(), [teacher(), other_teacher()]
     s.eval()
-    method = build_method("multi_teacher", s, teachers)
+    method = build_method("multi_teacher", s, teachers, temperature=4.0, alpha=0.9)
+    batch = one_batch(tiny_cifar())
+    loss, _ = method(s, batch)
+    with torch.no_grad():
+        target = (F.softmax(teachers[0](batch.x) / 4, 1) + F.softmax(teachers[1](batch.x) / 4, 1)) / 2
+        logits = s(batch.x)
+    kl = F.kl_div(F.log_softmax(logits / 4, 1), target, reduction="batchmean")
+    expected = 0.1 * F.cross_entropy(logits, batch.y) + 0.9 * 16 * kl
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_multi_teacher_logmean_tempers_the_mean_of_the_plain_softmaxes():
+    s, teachers = student(), [teacher(), other_teacher()]
+    s.eval()
+    method = build_method("multi_teacher_logmean", s, teachers)
     batch = one_batch(tiny_cifar())
     loss, _ = method(s, batch)
     with torch.no_grad():
         mean = (F.softmax(teachers[0](batch.x), 1) + F.softmax(teachers[1](batch.x), 1)) / 2
     expected = hinton_by_hand(s(batch.x), mean.log(), batch.y, 4.0, 0.9)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    at_one = [build_method(name, s, teachers, temperature=1.0)(s, batch)[0].item()
+              for name in ("multi_teacher", "multi_teacher_logmean")]
+    assert at_one[0] == pytest.approx(at_one[1], rel=1e-5)  # at T = 1 the targets agree
+
+
+def test_the_two_ensemble_targets_differ_for_confident_members():
+    """Members sure of different classes: (1/2)(softmax(z1/4) + softmax(z2/4)) against
+    softmax(log((softmax(z1) + softmax(z2))/2) / 4), worked out for z1 = (8, 0, 0), z2 = (0, 8, 0)."""
+    from kd.models import Ensemble
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, z):
+            super().__init__()
+            self.z = torch.tensor([z])
+
+        def forward(self, x):
+            return self.z
+
+    members = [Fixed([8.0, 0.0, 0.0]), Fixed([0.0, 8.0, 0.0])]
+    tempered = F.softmax(Ensemble(members, temperature=4.0)(None) / 4, 1)
+    e2 = math.exp(2)  # softmax((8, 0, 0) / 4) = (e², 1, 1) / (e² + 2)
+    assert tempered[0].tolist() == pytest.approx([(e2 + 1) / 2 / (e2 + 2)] * 2 + [1 / (e2 + 2)])
+    logmean = F.softmax(Ensemble(members)(None) / 4, 1)
+    p = [(math.exp(8) + 1) / 2 / (math.exp(8) + 2)] * 2 + [1 / (math.exp(8) + 2)]
+    q = [v ** 0.25 for v in p]
+    assert logmean[0].tolist() == pytest.approx([v / sum(q) for v in q])
+    assert tempered[0, 2] > logmean[0, 2] + 0.03  # the paper's target keeps more of class 3
 
 
 def test_random_teacher_draws_one_teacher_per_step_repeatably():

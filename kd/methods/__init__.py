@@ -34,7 +34,7 @@ from kd.methods.born_again import BornAgain
 from kd.methods.fitnets import FitNets
 from kd.methods.fsp import FlowOfSolution
 from kd.methods.hinton import HintonKD
-from kd.methods.multi_teacher import MeanTeacherKD, RandomTeacherKD
+from kd.methods.multi_teacher import LogMeanTeacherKD, MeanTeacherKD, RandomTeacherKD
 from kd.methods.mutual import DeepMutualLearning
 from kd.methods.quantized import QuantizedKD
 from kd.methods.rkd import RelationalKD
@@ -64,8 +64,8 @@ def register(cls: type) -> type:
 
 
 for _cls in (HintonKD, FitNets, AttentionTransfer, SimilarityPreserving, RelationalKD,
-             FlowOfSolution, DeepMutualLearning, BornAgain, MeanTeacherKD, RandomTeacherKD,
-             QuantizedKD):
+             FlowOfSolution, DeepMutualLearning, BornAgain, MeanTeacherKD, LogMeanTeacherKD,
+             RandomTeacherKD, QuantizedKD):
     register(_cls)
 
 
@@ -129,5 +129,5 @@ def build_method(name: str, student: nn.Module, teacher=None, **overrides):
 __all__ = ["METHODS", "method_settings", "TEACHER_KINDS", "build_method", "register", "accepted_options",
            "FeatureDistiller", "StudentWithHeads", "default_taps", "resnet_taps", "HintonKD",
            "FitNets", "AttentionTransfer", "SimilarityPreserving", "RelationalKD",
-           "FlowOfSolution", "DeepMutualLearning", "BornAgain", "MeanTeacherKD",
+           "FlowOfSolution", "DeepMutualLearning", "BornAgain", "MeanTeacherKD", "LogMeanTeacherKD",
            "RandomTeacherKD", "QuantizedKD"]

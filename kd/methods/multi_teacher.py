@@ -15,17 +15,41 @@ from kd.schemes import RandomTeacher
 
 class MeanTeacherKD(HintonKD):
     """Multi-teacher KD with the teachers' averaged soft targets, as in You, Xu, Xu & Tao
-    (2017), "Learning from Multiple Teacher Networks":
+    (2017), "Learning from Multiple Teacher Networks": the mean of the members' tempered
+    softmaxes is the target,
+
+        p̄_T = (1/m) Σ_k softmax(z_k / T)
+        L = (1 − α) · CE(s, y) + α · T² · KL(p̄_T ‖ softmax_T(s))
+
+    The m teachers are one :class:`kd.models.Ensemble` at temperature T (its logits T · log p̄_T
+    give back p̄_T at T), so this is :class:`HintonKD` with that teacher; its logits are cached
+    when nothing is augmented. Defaults: T = 4, α = 0.9, as for ``kd``.
+    """
+
+    name = "multi_teacher"
+    family = "multi-teacher"
+    teachers = "several"
+
+    def __init__(self, student: nn.Module, teacher: Sequence[nn.Module], *,
+                 temperature: float = 4.0, **options):
+        super().__init__(student, Ensemble(list(teacher), temperature), temperature=temperature,
+                         **options)
+
+
+class LogMeanTeacherKD(HintonKD):
+    """Multi-teacher KD from the ensemble's predictive distribution, tempered afterwards: the
+    members' softmaxes are averaged at T = 1 and the log of that mean is the teacher's logits,
 
         p̄ = (1/m) Σ_k softmax(z_k)
         L = (1 − α) · CE(s, y) + α · T² · KL(softmax(log p̄ / T) ‖ softmax_T(s))
 
-    The m teachers are one :class:`kd.models.Ensemble` (the log of the mean softmax is a valid
-    logit vector), so this is :class:`HintonKD` with that teacher; its logits are cached when
-    nothing is augmented. Defaults: T = 4, α = 0.9, as for ``kd``.
+    (:class:`kd.models.Ensemble` at τ = 1 as one teacher). This is not You et al.'s (2017)
+    target, which averages the tempered softmaxes (``multi_teacher``); at T = 1 the two agree.
+    It was this project's ``multi_teacher`` before they were told apart. Defaults: T = 4,
+    α = 0.9.
     """
 
-    name = "multi_teacher"
+    name = "multi_teacher_logmean"
     family = "multi-teacher"
     teachers = "several"
 
