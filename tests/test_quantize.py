@@ -52,3 +52,43 @@ def test_bad_bit_widths_and_models_fail_clearly():
         quantize_student(nn.Sequential(nn.ReLU()))
     engine.fit(quantize_student(student(1), 8), tiny_cifar(), CrossEntropy(),
                TrainConfig(epochs=1, batch_size=16), seed=0)
+
+
+def test_activation_range_follows_a_running_max_in_training_and_is_frozen_for_eval():
+    from kd.quantize import RANGE_MOMENTUM, FakeQuantizedReLU
+
+    relu = FakeQuantizedReLU(bits=8)
+    relu(torch.tensor([0.0, 2.0]))  # the first batch sets the range
+    assert relu.running_max.item() == 2.0
+    relu(torch.tensor([1.0, 4.0]))  # then it moves by m toward each batch's max
+    assert relu.running_max.item() == pytest.approx(2.0 + RANGE_MOMENTUM * (4.0 - 2.0))
+    relu.eval()
+    out = relu(torch.tensor([0.0, 1.0, 100.0]))  # clipped at the frozen range, not rescaled
+    assert out[2].item() == pytest.approx(relu.running_max.item())
+    assert relu.running_max.item() == pytest.approx(2.02)  # eval does not move it
+
+
+def test_a_trained_quantized_students_prediction_does_not_depend_on_its_batch(monkeypatch):
+    """The offline CIFAR-10 test split is sorted by class: with a range per batch, an image's
+    prediction would depend on which images share its batch. In eval mode every activation
+    range is the frozen running one, whatever the batch (checked on the ranges themselves, not
+    on logits, whose rounding may differ with the batch size on some CPUs)."""
+    from kd import quantize
+
+    model = quantize_student(student(0), weight_bits=4)
+    engine.fit(model, tiny_cifar(), CrossEntropy(), TrainConfig(epochs=1, batch_size=16, lr=0.05),
+               seed=0)
+    model.eval()
+    running = [m.running_max.clone() for m in model.modules()
+               if isinstance(m, quantize.FakeQuantizedReLU)]
+    assert running and all(r > 0 for r in running)
+    ranges = []
+    real = quantize.fake_quantize_activation
+    monkeypatch.setattr(quantize, "fake_quantize_activation",
+                        lambda out, bits, top=None: ranges.append(top) or real(out, bits, top))
+    images = tiny_cifar().normalize(tiny_cifar().images)
+    with torch.no_grad():
+        for batch in (images, images[:1], images[[0, 5, 7]]):
+            ranges.clear()
+            model(batch)
+            assert [r.item() for r in ranges] == [r.item() for r in running]
