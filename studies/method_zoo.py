@@ -42,7 +42,7 @@ from kd.cifar import RandomCropFlip
 from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy
 from kd.engine import TrainConfig
-from kd.methods import METHODS, build_method, method_settings
+from kd.methods import METHODS, accepted_options, build_method, method_settings
 from kd.results import (ResultsTable, markdown_table, mean_std, pending, run_cells,
                         run_footer)
 from studies.cifar_zoo import CIFAR_DATASETS, MIRZADEH_SGD, Teacher, Zoo
@@ -51,6 +51,9 @@ STUDY = "method_zoo"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
 SECOND_TEACHER_SEED = 100  # added to the teacher seed: the multi-teacher cells' second teacher
 PEER_SEED = 500  # added to the seed: the mutual-learning peer's initialization
+# added to the seed: a born-again student's own initialization and batch order (Furlanello et
+# al. start each generation afresh, not from its teacher's initial weights and batches)
+BORN_AGAIN_SEED = 700
 
 
 @dataclass(frozen=True)
@@ -212,22 +215,33 @@ class Run:
         teacher = self.teacher(pair.teacher, self.teacher_seed)
         return self.zoo.distilled(pair.assistant, self.seed, teacher)[0]
 
+    def student_seed(self, cell: Cell) -> int:
+        """The seed of a cell's student initialization and batch order: the seed's own, shared
+        by its cells, except a born-again student's (its teacher is the seed's scratch
+        student)."""
+        return self.seed + BORN_AGAIN_SEED * (cell.family == "self")
+
     def method(self, cell: Cell, teachers: list[Teacher]):
         options = dict(cell.options)
         if cell.method == "mutual":  # the peer gets the architecture's own initialization
             options["peers"] = [self.zoo.new_model(cell.pair.student, self.seed + PEER_SEED)]
+        if "seed" in accepted_options(METHODS[cell.method]):  # random_teacher's draws
+            options.setdefault("seed", self.seed)
         models = [t.model for t in teachers]
         teacher = models if len(models) > 1 else next(iter(models), None)
-        return build_method(cell.method, self.zoo.new_model(cell.pair.student, self.seed),
-                            teacher, **options)
+        student = self.zoo.new_model(cell.pair.student, self.student_seed(cell))
+        return build_method(cell.method, student, teacher, **options)
 
     def spec(self, cell: Cell, teachers: list[Teacher]) -> dict:
         """Everything that decides a cell's student: data, architecture, seed, training config,
         teachers, augmentation, and every option of its method with the defaults filled in
         (so a changed default is a new key)."""
-        return {**self.zoo.base_spec(cell.pair.student, self.seed, self.zoo.config),
+        options = dict(cell.options)
+        if "seed" in accepted_options(METHODS[cell.method]):
+            options.setdefault("seed", self.seed)
+        return {**self.zoo.base_spec(cell.pair.student, self.student_seed(cell), self.zoo.config),
                 "role": STUDY, "method": cell.method,
-                "method_settings": method_settings(cell.method, **dict(cell.options)),
+                "method_settings": method_settings(cell.method, **options),
                 "teachers": [t.key for t in teachers],
                 "augment": "crop4+flip" if self.zoo.augment_students else "none"}
 
@@ -240,7 +254,7 @@ class Run:
         spec = self.spec(cell, teachers)
         model, meta, _ = self.zoo.cache.fit(
             spec, engine.prepare_model(method.model, self.zoo.device), self.zoo.train, method,
-            self.zoo.config, seed=self.seed, desc=f"{cell.name} seed {self.seed}",
+            self.zoo.config, seed=self.student_seed(cell), desc=f"{cell.name} seed {self.seed}",
             augment=RandomCropFlip() if self.zoo.augment_students else None)
         logits = engine.predict(model, self.zoo.test)
         peer = None

@@ -99,3 +99,28 @@ def test_a_changed_method_default_changes_the_cells_cache_key(monkeypatch):
     assert run.spec(cell, [])["method_settings"]["beta"] == 10.0
     monkeypatch.setitem(FitNets.__init__.__kwdefaults__, "beta", 100.0)
     assert spec_key(run.spec(cell, [])) != before
+
+
+def test_born_again_starts_afresh_and_random_teacher_draws_follow_the_seed(fake_cifar10):
+    import types
+
+    import torch
+
+    from studies.cifar_zoo import Zoo
+
+    profile, cpu = study.PROFILES["smoke"], torch.device("cpu")
+    zoo = Zoo("cifar10", profile.student_config, cpu, train_limit=64, test_limit=32,
+              augment_students=False)
+    cells = {c.method: c for c in study.plan(profile) if c.pair == profile.pairs[0]}
+    as_teacher = lambda seed: types.SimpleNamespace(model=zoo.new_model("resnet8", seed))
+    for seed in (0, 1):
+        run = study.Run(None, zoo, profile, seed)
+        scratch_init = zoo.new_model("resnet8", seed).state_dict()
+        born = run.method(cells["born_again"], [as_teacher(seed)])
+        weights = born.student.state_dict()
+        assert not torch.equal(weights["conv1.weight"], scratch_init["conv1.weight"])
+        assert run.student_seed(cells["born_again"]) == seed + study.BORN_AGAIN_SEED
+        assert run.student_seed(cells["kd"]) == seed  # the other cells share the seed's init
+        chooser = run.method(cells["random_teacher"], [as_teacher(5), as_teacher(6)]).teacher
+        expected = torch.Generator().manual_seed(seed).get_state()
+        assert torch.equal(chooser.generator.get_state(), expected)
