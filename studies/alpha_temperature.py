@@ -239,7 +239,8 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
         means = grid_table(rows, t_squared).stack()
         if not means.empty:
             (alpha, temperature), best = means.idxmax(), means.max()
-            table.append((f"best cell {'with' if t_squared else 'without'} T² (mean %)",
+            table.append((f"best cell {'with' if t_squared else 'without'} T², on the test set "
+                          f"(descriptive, mean %)",
                           "α 0.9, T 5: 62.57" if not t_squared else "not run",
                           f"α {alpha:g}, T {temperature:g}: {best:.2f}"))
     return pd.DataFrame(table, columns=["quantity", "seed study", "ours"])

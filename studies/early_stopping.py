@@ -127,7 +127,7 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
             out.append({"family": family, "teacher": teacher, "scratch": acc(scratch),
                         "full KD": acc(t_rows[t_rows["teacher_epoch"] == final]),
                         "early-stopped KD": acc(eskd),
-                        "best teacher epoch": f"{by_epoch.idxmax():g} "
+                        "best teacher epoch on test": f"{by_epoch.idxmax():g} "
                                               f"({100 * by_epoch.max():.2f})",
                         "final teacher epoch": f"{final:g}"})
     return pd.DataFrame(out)

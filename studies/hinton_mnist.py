@@ -274,11 +274,12 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
          mean_std(cell("800x2/hard")["test_errors"])),
         ("800-800 distilled at T = 20, test errors", ref["test_errors", "800x2/T20"],
          mean_std(cell("800x2/T20")["test_errors"])),
-        ("800-800 best temperature", "20 (the one reported)", best_temperature(rows, 800)),
+        ("800-800 best temperature (on the test set)", "20 (the one reported)",
+         best_temperature(rows, 800)),
         ("300-300 errors for T >= 8", "all temperatures above 8 fairly similar",
          spread_above(rows, 300, ref["alike_above_temperature", "300x2"])),
         ("30-30 hard labels, test errors", "not reported", mean_std(cell("30x2/hard")["test_errors"])),
-        ("30-30 best temperature", f"{ref['best_temperature_low', '30x2']:g} to "
+        ("30-30 best temperature (on the test set)", f"{ref['best_temperature_low', '30x2']:g} to "
          f"{ref['best_temperature_high', '30x2']:g}", best_temperature(rows, 30)),
         ("no 3s in transfer set, test errors", ref["test_errors", "no_3"],
          mean_std(cell("no_3")["test_errors"])),
