@@ -19,7 +19,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[test,notebooks]' $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[test,notebooks,ray]' $(TORCH_PINS)
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -43,6 +44,19 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
                              "and exit")
     parser.add_argument("--results", default=None,
                         help="results root (default $KD_RESULTS or results/)")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="local: the cells one after another in this process; ray: each "
+                             "cell a Ray task, after the tasks whose models it uses (needs "
+                             "pip install -e '.[ray]')")
+    parser.add_argument("--ray-address", default=None,
+                        help="the Ray cluster to run on (default: $RAY_ADDRESS when set, else "
+                             "a local Ray instance started for the run)")
+    parser.add_argument("--ray-cpus", type=positive_float, default=1.0,
+                        help="CPUs each cell's task asks Ray for (and its torch threads)")
+    parser.add_argument("--ray-gpus", type=nonnegative_float, default=None,
+                        help="GPUs each cell's task asks Ray for (0.5: two cells per GPU); "
+                             "default 1 when the device is CUDA, or auto on a cluster with "
+                             "GPUs, else 0")
     return parser
 
 
@@ -80,6 +94,7 @@ class StudyCommand:
     table: object
     device: object
     precision: str = "fp32"
+    executor: str = "local"  # --executor: local, or ray (kd.executor)
 
 
 def open_study(argv: list[str] | None, *, study: str, description: str, profiles: dict,
@@ -109,9 +124,13 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
         print(f"warning: {device} has no native bf16; it is emulated, and much slower than fp32",
               file=sys.stderr)
     table.check_writable()  # a foreign table or a read-only folder: say so before training
+    if args.executor == "ray":
+        from kd.executor import require_ray
+
+        require_ray()  # not installed: say so before training
     profile = with_training(with_compile(profiles[args.profile], args.compile),
                             precision=precision)
-    return StudyCommand(args, profile, table, device, precision)
+    return StudyCommand(args, profile, table, device, precision, args.executor)
 
 
 def positive_int(text: str) -> int:
@@ -124,8 +143,36 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = nonnegative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def importable(function: Callable) -> Callable:
+    """``function``, or where it was defined in ``__main__`` (``python -m studies.<name>``) the
+    same function of that module imported under its own name, so that what it creates (cells,
+    profiles) pickles by reference for the workers of ``--executor ray``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if function.__module__ != "__main__" or spec is None or spec.name == "__main__":
+        return function
+    return getattr(importlib.import_module(spec.name), function.__name__)
+
+
 def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run a study's ``main``; a :class:`KDError` becomes one line on stderr and exit code 2."""
+    main = importable(main)
     try:
         main(argv)
     except KDError as error:

@@ -29,7 +29,7 @@ import pandas as pd
 
 from kd.cli import run_main
 from kd.results import markdown_table, mean_std, run_footer
-from studies.cifar_zoo import Family, Teacher, Zoo, zoo_study_main
+from studies.cifar_zoo import Family, Teacher, Zoo, zoo_cell_runner, zoo_study_main
 
 STUDY = "capacity_gap"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -138,10 +138,23 @@ def report(rows: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def cell_runner(command):
+    """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker)."""
+    return zoo_cell_runner(command, lambda zoo, seed, name: Run(zoo, seed))
+
+
+def models_used(seed: int, cell: Cell) -> list[tuple]:
+    """The models a cell trains or loads: its teacher (and assistant) and its own."""
+    if cell.role == "scratch":
+        return [("scratch", seed, cell.arch)]
+    return [(seed, *cell.chain[:k]) for k in range(1, len(cell.chain) + 1)] + [
+        (seed, *cell.chain, cell.arch)]
+
+
 def main(argv: list[str] | None = None) -> None:
     zoo_study_main(argv, study=STUDY, description=__doc__.split("\n\n")[0],
-                   plan=lambda name, profile: plan(FAMILIES[name]),
-                   new_run=lambda zoo, seed, name: Run(zoo, seed), report=report)
+                   plan=lambda name, profile: plan(FAMILIES[name]), runner=cell_runner,
+                   models_used=models_used, report=report)
 
 
 if __name__ == "__main__":

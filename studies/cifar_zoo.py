@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Hashable, Iterable, Protocol
 
 import pandas as pd
 import torch
@@ -26,6 +26,7 @@ from kd.cifar_models import flops_per_image
 from kd.cli import open_study
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
+from kd.executor import every, run_cells_on_ray
 from kd.models import build_model, parameter_count
 from kd.results import pending, run_cells
 
@@ -211,25 +212,41 @@ class SeedRun(Protocol):
 
 def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
                    plan: Callable[[str, ZooProfile], list],
-                   new_run: Callable[[Zoo, int, str], SeedRun],
+                   runner: Callable[[object], Callable[[int, object], dict]],
+                   models_used: Callable[[int, object], Iterable[Hashable]],
                    report: Callable[[pd.DataFrame], str]) -> None:
     """The command line of a study built on the zoo: ``plan(profile name, profile)`` lists the
-    cells of one seed, ``new_run(zoo, seed, profile name)`` trains and describes them."""
+    cells of one seed; ``runner(command)`` (a module-level function, which Ray workers call
+    too) returns ``run(seed, cell) -> row``, most simply :func:`zoo_cell_runner`;
+    ``models_used(seed, cell)`` names the shared models a cell trains or loads (the order of
+    ``--executor ray``)."""
     command = open_study(argv, study=study, description=description, profiles=ZOO_PROFILES,
                          report=report, datasets=CIFAR_DATASETS)
     if command is None:
         return
     args, profile, table, device = (command.args, command.profile, command.table,
                                     command.device)
-    todo = list(pending(plan(args.profile, profile), args.seeds or profile.seeds, table))
+    cells, seeds = plan(args.profile, profile), args.seeds or profile.seeds
+    todo = list(pending(cells, seeds, table))
     print(f"{study} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
           f"{table.path}")
-    zoo = make_zoo(profile, args.dataset, device)
+    summary = lambda row: f"test accuracy {row['test_accuracy']:.4f}"
+    if command.executor == "ray":
+        run_cells_on_ray(command, every(cells, seeds), runner, summary, models_used)
+        return
+    run_cells(table, todo, runner(command), device, summary, precision=command.precision)
+
+
+def zoo_cell_runner(command, new_run: Callable[[Zoo, int, str], SeedRun]
+                    ) -> Callable[[int, object], dict]:
+    """``run(seed, cell) -> row`` of a zoo study: ``new_run(zoo, seed, profile name)`` trains
+    and describes the cells of one seed."""
+    args = command.args
+    zoo = make_zoo(command.profile, args.dataset, command.device)
     runs: dict[int, SeedRun] = {}
 
     def run_cell(seed: int, cell) -> dict:
         run = runs.setdefault(seed, new_run(zoo, seed, args.profile))
         return {"dataset": args.dataset, **run.run(cell)}
 
-    run_cells(table, todo, run_cell, device, lambda row: f"test accuracy {row['test_accuracy']:.4f}",
-              precision=command.precision)
+    return run_cell

@@ -38,6 +38,7 @@ from kd.cache import ModelCache
 from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
+from kd.executor import every, run_cells_on_ray
 from kd.models import MLP, parameter_count
 from kd.results import markdown_table, mean_std, pending, run_cells, run_footer
 
@@ -328,14 +329,24 @@ def main(argv: list[str] | None = None) -> None:
         return
     args, profile, table, device = (command.args, command.profile, command.table,
                                     command.device)
-    todo = list(pending(plan(profile), args.seeds or profile.seeds, table))
+    cells, seeds = plan(profile), args.seeds or profile.seeds
+    todo = list(pending(cells, seeds, table))
     print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells to run on "
           f"{device} -> {table.path}")
+    summary = lambda row: f"{row['test_errors']} test errors"
+    if command.executor == "ray":
+        run_cells_on_ray(command, every(cells, seeds), cell_runner, summary,
+                         lambda seed, cell: [("teacher", seed)])  # every cell uses the teacher
+        return
+    run_cells(table, todo, cell_runner(command), device, summary, precision=command.precision)
+
+
+def cell_runner(command) -> Callable[[int, Cell], dict]:
+    """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker)."""
     runs: dict[int, Run] = {}
     cache = ModelCache()
-    run_cell = lambda seed, cell: runs.setdefault(seed, Run(profile, seed, device, cache)).run(cell)
-    run_cells(table, todo, run_cell, device, lambda row: f"{row['test_errors']} test errors",
-              precision=command.precision)
+    return lambda seed, cell: runs.setdefault(
+        seed, Run(command.profile, seed, command.device, cache)).run(cell)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,12 @@ schedule it used and what it was selected on.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -42,6 +44,7 @@ from kd.cifar import RandomCropFlip
 from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy
 from kd.engine import TrainConfig
+from kd.executor import every, run_cells_on_ray
 from kd.methods import METHODS, accepted_options, build_method, method_settings
 from kd.results import (ResultsTable, markdown_table, mean_std, pending, run_cells,
                         run_footer)
@@ -404,24 +407,64 @@ def main(argv: list[str] | None = None) -> None:
     todo = list(pending(plan(profile), args.seeds or profile.seeds, table))
     print(f"{STUDY} [{args.profile}] {profile.description}; {len(todo)} cells on {device} -> "
           f"{table.path}")
-    zoo = lambda config, limit, **kw: Zoo(args.dataset, config, device, train_limit=limit,
-                                          test_limit=profile.test_limit, **kw)
-    teacher_zoo = zoo(profile.teacher_config, profile.teacher_train_limit)
+    teacher_zoo, (new_teacher_zoo, students) = None, zoos(command)
+    schedule, selected_on = "profile", "none (a single schedule)"
+    if todo and profile.student_candidates:  # chosen here, before the cells (also under Ray)
+        teacher_zoo = new_teacher_zoo()
+        schedule, selected_on = select_student_config(
+            profile, teacher_zoo, students(profile.student_config), table)
+        print(f"  students' schedule: {schedule} (chosen on {selected_on})")
+    # the choice travels with the command, to cell_runner here or on a Ray worker
+    command = dataclasses.replace(command, args=argparse.Namespace(
+        **vars(args), student_schedule=schedule, schedule_selected_on=selected_on))
+    summary = lambda row: f"test accuracy {row['test_accuracy']:.4f}"
+    if command.executor == "ray":
+        run_cells_on_ray(command, every(plan(profile), args.seeds or profile.seeds),
+                         cell_runner, summary,
+                         lambda seed, cell: models_used(profile, seed, cell))
+        return
+    run_cells(table, todo, cell_runner(command, teacher_zoo), device, summary,
+              precision=command.precision)
+
+
+def zoos(command) -> tuple[Callable[[], Zoo], Callable[[TrainConfig], Zoo]]:
+    """Makers of the teachers' zoo and of the students' zoo of a given schedule."""
+    args, profile = command.args, command.profile
+    zoo = lambda config, limit, **kw: Zoo(args.dataset, config, command.device,
+                                          train_limit=limit, test_limit=profile.test_limit,
+                                          **kw)
     students = lambda config: zoo(config, profile.student_train_limit,
                                   augment_students=profile.augment_students)
-    student_zoo = students(profile.student_config)
-    schedule, selected_on = "profile", "none (a single schedule)"
-    if todo and profile.student_candidates:
-        schedule, selected_on = select_student_config(profile, teacher_zoo, student_zoo, table)
-        print(f"  students' schedule: {schedule} (chosen on {selected_on})")
-        student_zoo = students(profile.student_candidates[schedule])
+    return lambda: zoo(profile.teacher_config, profile.teacher_train_limit), students
+
+
+def cell_runner(command, teacher_zoo: Zoo | None = None) -> Callable[[int, Cell], dict]:
+    """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker) whose
+    arguments carry the students' schedule chosen by :func:`main`."""
+    profile, args = command.profile, command.args
+    new_teacher_zoo, students = zoos(command)
+    teacher_zoo = teacher_zoo or new_teacher_zoo()
+    schedule = args.student_schedule
+    student_zoo = students(profile.student_candidates[schedule] if schedule != "profile"
+                           else profile.student_config)
     runs: dict[int, Run] = {}
-    run_cell = lambda seed, cell: {
-        "student_schedule": schedule, "schedule_selected_on": selected_on,
+    return lambda seed, cell: {
+        "student_schedule": schedule, "schedule_selected_on": args.schedule_selected_on,
         **runs.setdefault(seed, Run(teacher_zoo, student_zoo, profile, seed)).run(cell)}
-    run_cells(table, todo, run_cell, device,
-              lambda row: f"test accuracy {row['test_accuracy']:.4f}",
-              precision=command.precision)
+
+
+def models_used(profile: Profile, seed: int, cell: Cell) -> list[tuple]:
+    """The shared models a cell trains or loads: the pair's teacher (every row reports it), the
+    second teacher, the pair's scratch student, the assistant."""
+    teacher_seed = seed if profile.teacher_seed is None else profile.teacher_seed
+    used = [("teacher", cell.pair.teacher, teacher_seed)]
+    if cell.teacher_role == "both":
+        used.append(("teacher", profile.second_teacher, teacher_seed + SECOND_TEACHER_SEED))
+    if cell.teacher_role == "scratch" or cell.method is None:
+        used.append(("scratch", cell.pair.student, seed))
+    if cell.teacher_role == "assistant":
+        used.append(("assistant", cell.pair.teacher, cell.pair.assistant, seed))
+    return used
 
 
 if __name__ == "__main__":

@@ -104,3 +104,25 @@ def fake_cifar10(tmp_path, monkeypatch) -> Path:
     root = write_pickled_layout(tmp_path / "fake_cifar", "cifar10", n_train=120, n_test=300)
     monkeypatch.setenv("KD_DATA", str(root))
     return root
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> str:
+    """One local Ray instance (2 CPUs, no dashboard, a small object store) for every test of
+    ``--executor ray``; their address. Skipped when ray is not installed."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[ray]'): "
+                                            "the --executor ray tests need it")
+    # Ray's processes start with this environment: see tests/ray_stub/rfc3987_syntax.py.
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "tests" / "ray_stub"),
+                                                             path]))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=200 * 2**20)
+    finally:
+        if path is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = path
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
