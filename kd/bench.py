@@ -31,10 +31,15 @@ roofline: the machine's own limit, measured in the same run: the FLOP/s of an n 
   counted by torch's FlopCounterMode), the share of the matmul's FLOP/s in the same precision,
   and the bf16/fp32 ratio. ``--batches`` timed steps (default 3) after one untimed.
 
+estimate: no timing; how long each study's profile would take on a GPU, from its FLOPs and
+  operators per step counted on this machine (:mod:`kd.estimate`; ``--study``, ``--profile``,
+  ``--peak-tflops``, ``--mfu``, ``--op-overhead-us``; ``--precision auto`` means the GPU's
+  bf16 there). Not part of ``all``.
+
 ``--precision`` (auto, fp32, bf16) is what our loop trains in (auto: bf16 where the hardware
 computes it natively, see :func:`kd.engine.resolve_precision`); the textbook loops stay fp32.
 
-    python -m kd.bench [--task mnist|cifar|batched|roofline|all] [--device auto]
+    python -m kd.bench [--task mnist|cifar|batched|roofline|estimate|all] [--device auto]
                        [--precision auto] [--batch-size 128] [--workers 0] [--repeats 1]
                        [--batches N] [--students 45]
 """
@@ -52,7 +57,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
-from kd import cifar, data, engine
+from kd import cifar, data, engine, estimate
 from kd.cli import positive_int, run_main
 from kd.batched import StackedModels
 from kd.distill import Distill
@@ -355,8 +360,9 @@ def run_task(name: str, device: torch.device, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=[*TASKS, "all"], default="mnist",
-                        help="which benchmark: mnist (default), cifar, or all in turn")
+    parser.add_argument("--task", choices=[*TASKS, "estimate", "all"], default="mnist",
+                        help="which benchmark: mnist (default), cifar, ..., or all in turn; "
+                             "estimate: the studies' GPU time, from counts (kd.estimate)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="what our loop trains in (the textbook loops stay fp32)")
@@ -368,7 +374,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="students trained together by the batched task")
     parser.add_argument("--batches", type=positive_int, default=None,
                         help="time only the first N batches of the epoch (default: all)")
+    estimate.add_arguments(parser.add_argument_group("--task estimate"), precision=False)
     args = parser.parse_args(argv)
+    if args.task == "estimate":
+        return estimate.run(args)
     device = engine.resolve_device(args.device)
     args.precision = engine.resolve_precision(args.precision, device)
     for name in TASKS if args.task == "all" else [args.task]:
