@@ -410,11 +410,16 @@ def profile_key(profile: str) -> tuple[int, str]:
 
 
 def find_tables(root: Path, studies) -> dict[tuple[str, str], pd.DataFrame]:
-    """Every ``<root>/<study>/<profile>.csv`` of the given studies."""
+    """Every ``<root>/<study>/<profile>.csv`` of the given studies. Tables beside them (a
+    profile's ``_failures`` and ``_selection`` rows) name their profile in a column that is not
+    their file's name, and are left out."""
     tables = {}
     for study in studies:
         for path in sorted((root / study).glob("*.csv")):
-            tables[(study, path.stem)] = pd.read_csv(path)
+            frame = pd.read_csv(path)
+            if "profile" in frame and not frame["profile"].astype(str).eq(path.stem).all():
+                continue
+            tables[(study, path.stem)] = frame
     return tables
 
 

@@ -256,3 +256,15 @@ def test_scorecard_notebook_draws_from_hand_made_results(some_claims):
     write(Path(os.environ["KD_RESULTS"]), zoo_table("quick"))
     execute(REPO / "notebooks" / "scorecard.ipynb")
     assert (Path(os.environ["KD_FIGURES"]) / sc.FIGURE).stat().st_size > 10_000
+
+
+def test_tables_beside_a_profile_are_not_profiles(tmp_path):
+    import pandas as pd
+
+    folder = tmp_path / "method_zoo"
+    folder.mkdir()
+    row = {"study": "method_zoo", "cell": "a", "seed": 0}
+    pd.DataFrame([{**row, "profile": "quick"}]).to_csv(folder / "quick.csv", index=False)
+    for side in ("quick_failures", "quick_selection"):
+        pd.DataFrame([{**row, "profile": "quick"}]).to_csv(folder / f"{side}.csv", index=False)
+    assert list(sc.find_tables(tmp_path, ["method_zoo"])) == [("method_zoo", "quick")]
