@@ -149,7 +149,23 @@ def compile_backend(device: torch.device) -> str:
     if "KD_COMPILE_BACKEND" in os.environ:
         return os.environ["KD_COMPILE_BACKEND"]
     scalar_cpu = device.type == "cpu" and torch.backends.cpu.get_cpu_capability() == "DEFAULT"
+    if device.type == "cpu" and not scalar_cpu:
+        isolate_inductor_cache()
     return "aot_eager" if scalar_cpu else "inductor"
+
+
+def isolate_inductor_cache() -> None:
+    """One inductor cache folder per CPU capability torch runs at, unless
+    ``$TORCHINDUCTOR_CACHE_DIR`` names a folder other than inductor's default. torch 2.14's cache keys leave the capability out, so a
+    kernel built under ``ATEN_CPU_CAPABILITY=avx2`` was loaded by a later AVX512 process on the
+    same machine and computed wrong losses or corrupted the heap (seen on an AMD EPYC with
+    AVX512; a fresh folder per capability computed the eager losses)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    default = default_cache_dir()  # inductor writes it into the variable once it has run
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) == default:
+        capability = torch.backends.cpu.get_cpu_capability().lower()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default}_{capability}"
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:

@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import os
 
 import pytest
 import torch
@@ -249,7 +250,15 @@ def test_compile_backend_avoids_inductor_on_scalar_cpu_kernels(monkeypatch):
     for capability, backend in (("AVX2", "inductor"), ("AVX512", "inductor"),
                                 ("DEFAULT", "aot_eager")):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
         assert engine.compile_backend(cpu) == backend
+        folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
+        # inductor's kernels go to a folder of this capability's own
+        assert folder.endswith(f"_{capability.lower()}") == (backend == "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    engine.compile_backend(cpu)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine"  # the user's folder wins
     monkeypatch.setenv("KD_COMPILE_BACKEND", "eager")
     assert engine.compile_backend(cpu) == "eager"
 
