@@ -22,6 +22,9 @@ from kd.engine import fit
 from kd.errors import NotWritableError, check_writable_folder, reason
 
 CACHE_VERSION = 2  # 2: fused Adam
+# Trained teachers committed with the results they produced (weights only, named by their key):
+# a fresh checkout reruns any student cell without training the teacher again.
+SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "results" / "models"
 
 
 def spec_key(spec: dict) -> str:
@@ -33,17 +36,21 @@ def spec_key(spec: dict) -> str:
 class ModelCache:
     """Model weights (and a small metadata dict) stored as ``<root>/models/<key>.pt``."""
 
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, shipped: Path | None = SHIPPED_ROOT):
         self.root = (cache_root() if root is None else Path(root)) / "models"
+        self.shipped = shipped
 
     def path(self, spec: dict) -> Path:
         return self.root / f"{spec_key(spec)}.pt"
 
     def load(self, spec: dict) -> dict | None:
-        """``{"state_dict", "meta", "spec"}`` for a hit; None for a miss. A truncated, corrupt or
-        foreign entry is a miss too, said in one line on stderr: it is trained again and the
-        entry is overwritten (it is derived data)."""
+        """``{"state_dict", "meta", "spec"}`` for a hit, from the cache or else from the shipped
+        teachers (``results/models``); None for a miss. A truncated, corrupt or foreign entry
+        is a miss too, said in one line on stderr: it is trained again and the cache entry is
+        overwritten (it is derived data)."""
         path = self.path(spec)
+        if not path.exists() and self.shipped is not None:
+            path = self.shipped / path.name
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
@@ -88,8 +95,9 @@ class ModelCache:
 
         ``spec`` must name everything that decides the weights (architecture, data, seed, the
         training config with its checkpoint epochs). meta holds ``train_s``, the training time
-        when the model was trained, and ``final_train_loss``, its last epoch's mean loss (a
-        number, or a list for a stack of students).
+        when the model was trained, ``final_train_loss``, its last epoch's mean loss (a
+        number, or a list for a stack of students), and ``train_loss_history``, one per epoch
+        (absent from entries stored before it was kept).
         """
         hit = self.load(spec)
         if hit is None:
@@ -97,9 +105,29 @@ class ModelCache:
             check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
             fitted = fit(model, train, objective, config, seed=seed, augment=augment, desc=desc)
             meta = {"train_s": round(fitted.wall_s, 2),
-                    "final_train_loss": fitted.final.get("train_loss")}
+                    "final_train_loss": fitted.final.get("train_loss"),
+                    "train_loss_history": [epoch.get("train_loss") for epoch in fitted.history]}
             hit = {"meta": meta, "checkpoints": fitted.checkpoints}
             self.save(spec, model.state_dict(), meta, fitted.checkpoints)
         else:
             model.load_state_dict(hit["state_dict"])
         return model.eval(), hit["meta"], hit.get("checkpoints", {})
+
+
+def ship(spec: dict, cache: ModelCache | None = None, shipped: Path = SHIPPED_ROOT,
+         checkpoints: bool = False) -> Path:
+    """Copy a trained model's cache entry into ``shipped`` (``results/models``), to be committed:
+    spec, meta and final weights, and its earlier checkpoints only when asked (they multiply the
+    size). Written atomically; returns the path."""
+    cache = cache or ModelCache()
+    entry = cache.load(spec)
+    if entry is None:
+        raise FileNotFoundError(f"no trained model in {cache.root} for key {spec_key(spec)}")
+    path = shipped / f"{spec_key(spec)}.pt"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shipped.mkdir(parents=True, exist_ok=True)
+    kept = {key: entry[key] for key in ("spec", "meta", "state_dict")}
+    kept["checkpoints"] = entry.get("checkpoints", {}) if checkpoints else {}
+    torch.save(kept, tmp)
+    os.replace(tmp, path)
+    return path

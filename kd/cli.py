@@ -28,6 +28,7 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--profile", choices=list(profiles), default="quick",
                         help="smoke: seconds, for tests; quick: a 2-core CPU in minutes; "
+                             "full: a 2-core CPU in hours, sized to decide the claims; "
                              "paper: the paper's settings, for a GPU")
     parser.add_argument("--seeds", type=positive_int, default=None,
                         help="number of seeds (0, 1, ..., N-1); default: the profile's")

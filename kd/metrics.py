@@ -99,3 +99,22 @@ def ensemble_log_probs(logits: Tensor | Sequence[Tensor]) -> Tensor:
                           f"{tuple(stacked.shape)}")
     log_probs = F.log_softmax(stacked.float(), dim=-1)
     return torch.logsumexp(log_probs, dim=0) - math.log(stacked.shape[0])
+
+
+def loss_plateau(losses: Sequence[float], fraction: float = 0.1) -> float | None:
+    """How much the training loss still fell at the end of a run: the relative drop from the
+    mean loss of the second-to-last ``fraction`` of the epochs to the mean of the last one,
+
+        (mean(previous window) − mean(last window)) / mean(last window).
+
+    A teacher counts as trained to a plateau when this is below ``PLATEAU_DROP`` (the studies'
+    stated criterion). None when there are fewer than two epochs per window pair."""
+    width = max(1, int(len(losses) * fraction))
+    if len(losses) < 2 * width or len(losses) < 2:
+        return None
+    last = sum(losses[-width:]) / width
+    previous = sum(losses[-2 * width:-width]) / width
+    return (previous - last) / last if last > 0 else None
+
+
+PLATEAU_DROP = 0.05  # < 5 % lower over the last tenth of the epochs: plateaued

@@ -178,3 +178,34 @@ def test_precision_reaches_every_training_config_and_every_row(monkeypatch):
     monkeypatch.setattr(hinton_mnist, "Run", None)  # nothing is trained: run_cells is stubbed
     hinton_mnist.main(["--profile", "smoke", "--precision", "fp32", "--device", "cpu"])
     assert seen == [{"precision": "fp32"}]
+
+
+def test_full_profile_shares_one_teacher_and_records_its_plateau(fake_mnist, tmp_path,
+                                                                  monkeypatch):
+    """The full profile's scheme on the smoke scale: seeds 0 and 1 distil from one teacher
+    (seed 0), trained once; every row names that teacher seed; the teacher rows carry the final
+    training loss and the plateau measure of kd.metrics.loss_plateau."""
+    import dataclasses
+
+    from kd.cache import ModelCache
+
+    full = hinton_mnist.PROFILES["full"]
+    assert full.shared_teacher and full.seeds >= 5 and full.widths == (800, 300, 30)
+    assert full.teacher.epochs >= 100 and full.student.epochs > hinton_mnist.PROFILES[
+        "quick"].student.epochs
+    shared = dataclasses.replace(hinton_mnist.PROFILES["smoke"], shared_teacher=True,
+                                 teacher=dataclasses.replace(full.teacher, epochs=2))
+    monkeypatch.setitem(hinton_mnist.PROFILES, "smoke", shared)
+    monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
+    assert run_main_code(["--profile", "smoke", "--device", "cpu", "--seeds", "2"]) == 0
+    rows = smoke_rows(tmp_path / "results")
+    assert sorted(set(rows["seed"])) == [0, 1] and (rows["teacher_seed"] == 0).all()
+    assert len(list((tmp_path / "cache" / "models").glob("*.pt"))) == 1  # one teacher
+    teachers = rows[rows["cell"] == "teacher"]
+    assert teachers["test_errors"].nunique() == 1  # the same model, evaluated per seed
+    assert teachers["final_train_loss"].gt(0).all() and teachers["train_loss_plateau"].notna().all()
+    students = rows[rows["temperature"] == 20.0]
+    assert students.set_index("seed")["test_errors"].notna().all()
+    entry = ModelCache().load(hinton_mnist.Run(shared, 1, torch.device("cpu"),
+                                               ModelCache()).teacher_spec())
+    assert len(entry["meta"]["train_loss_history"]) == 2

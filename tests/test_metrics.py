@@ -73,3 +73,13 @@ def test_fit_logit_shift_prefers_no_shift_when_nothing_helps():
 def test_fit_logit_shift_needs_classes():
     with pytest.raises(ValueError, match="at least one class"):
         metrics.fit_logit_shift(LOGITS, LABELS, [])
+
+
+def test_loss_plateau_is_the_relative_drop_over_the_last_tenth():
+    # 20 epochs: windows of 2; previous mean (1.2 + 1.0) / 2 = 1.1, last (1.0 + 0.8) / 2 = 0.9
+    losses = [5.0] * 16 + [1.2, 1.0, 1.0, 0.8]
+    assert metrics.loss_plateau(losses) == pytest.approx((1.1 - 0.9) / 0.9)
+    assert metrics.loss_plateau([0.5] * 30) == 0.0  # flat: plateaued
+    assert metrics.loss_plateau([0.5] * 30) < metrics.PLATEAU_DROP
+    assert metrics.loss_plateau([1.0, 0.5]) == pytest.approx(1.0)  # one epoch a window
+    assert metrics.loss_plateau([1.0]) is None and metrics.loss_plateau([]) is None

@@ -89,6 +89,29 @@ def test_model_cache_treats_a_corrupt_file_as_a_miss(tmp_path):
     assert torch.equal(cache.load(spec)["state_dict"]["w"], torch.zeros(2))
 
 
+def test_shipped_teachers_are_found_without_checkpoints_and_the_cache_comes_first(tmp_path):
+    from kd.cache import ship
+
+    trained = ModelCache(tmp_path / "trained", shipped=None)
+    spec = {"arch": "mlp", "seed": 0}
+    trained.save(spec, {"w": torch.ones(3)}, {"train_s": 2.0},
+                 checkpoints={5: {"w": torch.zeros(3)}})
+    path = ship(spec, trained, shipped=tmp_path / "shipped")
+    assert path.name == f"{spec_key(spec)}.pt"
+    assert not list((tmp_path / "shipped").glob(".*"))  # no temporary file left behind
+    fresh = ModelCache(tmp_path / "empty", shipped=tmp_path / "shipped")
+    hit = fresh.load(spec)
+    assert torch.equal(hit["state_dict"]["w"], torch.ones(3)) and hit["meta"]["train_s"] == 2.0
+    assert hit["checkpoints"] == {}  # weights only, unless asked for
+    assert ship(spec, trained, shipped=tmp_path / "with", checkpoints=True) and ModelCache(
+        tmp_path / "empty", shipped=tmp_path / "with").load(spec)["checkpoints"][5]["w"].sum() == 0
+    fresh.save(spec, {"w": torch.full((3,), 7.0)})  # a local entry wins over the shipped one
+    assert fresh.load(spec)["state_dict"]["w"][0] == 7.0
+    assert fresh.load({"arch": "other"}) is None
+    with pytest.raises(FileNotFoundError, match="no trained model"):
+        ship({"arch": "other"}, trained, shipped=tmp_path / "shipped")
+
+
 def test_git_commit_is_dirty_for_code_changes_but_not_for_outputs(tmp_path):
     import subprocess
 
