@@ -11,12 +11,13 @@ finite stops training at the end of its epoch with :class:`NonFiniteLossError`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -138,6 +139,19 @@ def resolve_precision(name: str, device: torch.device) -> str:
 def autocast(device: torch.device, precision: str = "fp32"):
     """bf16 autocast for ``precision="bf16"`` (weights and optimizer state stay fp32)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``n`` intra-op threads for the block, the previous count after it. Steps of a few images
+    spend their time handing work between threads (ten times more when other work shares the
+    cores), so the estimator and the tests run them on one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def compile_backend(device: torch.device) -> str:
@@ -288,6 +302,6 @@ def check_finite(sums: dict[str, torch.Tensor], params: list[torch.Tensor], epoc
                                      f"(the update of its last step diverged)")
 
 
-__all__ = ["NonFiniteLossError", "native_bf16", "resolve_precision", "compile_backend",
+__all__ = ["NonFiniteLossError", "torch_threads", "native_bf16", "resolve_precision", "compile_backend",
            "check_finite", "TrainConfig", "fit", "predict", "seed_everything", "resolve_device", "autocast",
            "prepare_model", "FitResult", "lr_multiplier", "OPTIMIZERS", "SCHEDULES"]

@@ -541,18 +541,6 @@ def stand_ins(tracer: Tracer, cache_dir: str) -> Iterator[None]:
             os.environ["KD_CACHE"] = saved_cache
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: steps of two images spend their time handing work between threads,
-    ten times more so when other work shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def run_study(study: str, profile: str = "paper", *, tracer: Tracer | None = None,
               precision: str = "bf16", cache_dir: str | None = None,
               seeds: int | None = None) -> StudyEstimate:
@@ -564,7 +552,7 @@ def run_study(study: str, profile: str = "paper", *, tracer: Tracer | None = Non
     tracer = tracer or Tracer()
     tracer.reset()
     printed = io.StringIO()
-    with tempfile.TemporaryDirectory(prefix="kd-estimate-") as tmp, one_thread():
+    with tempfile.TemporaryDirectory(prefix="kd-estimate-") as tmp, engine.torch_threads(1):
         argv = ["--profile", profile, "--device", "cpu", "--precision", precision,
                 "--results", os.path.join(tmp, "results")] + (["--seeds", str(seeds)] if seeds
                                                                else [])

@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kd.errors import ConfigError, KDError, NonFiniteLossError
-from kd.results import ResultsTable, git_commit, provenance, record_failure
+from kd.results import git_commit, provenance, record_failure
 
 EXECUTORS = ("local", "ray")
 RAY_HINT = "install it with pip install -e '.[ray]' (or pip install 'ray>=2.9'), or use --executor local"
@@ -137,7 +137,7 @@ def run_units_on_ray(command, units: Sequence[Unit], runner: Callable,
                                     *(refs[i] for i in unit.needs)))
         failed = _collect(ray, command, dict(zip(refs, units)), summary)
         if order:
-            _rewrite_in_order(command.table, order)
+            command.table.reorder(order)
         return failed
     finally:
         if started:
@@ -245,16 +245,6 @@ def _collect(ray, command, owners: dict, summary: Callable[[dict], str]) -> int:
                                file=sys.stdout)
                 bar.update()
     return failed
-
-
-def _rewrite_in_order(table: ResultsTable, order: Sequence[tuple[str, int]]) -> None:
-    """Rewrite the table with its rows in run order (rows not in ``order`` last), atomically."""
-    frame = table.read()
-    rank = {key: k for k, key in enumerate(order)}
-    keys = [rank.get((str(c), int(s)), len(rank)) for c, s in zip(frame["cell"], frame["seed"])]
-    ordered = frame.assign(_rank=keys).sort_values("_rank", kind="stable").drop(columns="_rank")
-    if not ordered.index.equals(frame.index):
-        table._write(ordered.reset_index(drop=True).convert_dtypes())
 
 
 class CellFailed(Exception):

@@ -18,7 +18,7 @@ import sys
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -152,6 +152,16 @@ class ResultsTable:
         frame = self.read()
         keep = ~((frame["cell"].astype(str) == cell) & (frame["seed"].astype(int) == seed))
         self._write(frame[keep].convert_dtypes())
+
+    def reorder(self, order: Sequence[tuple[str, int]]) -> None:
+        """Rewrite the table with its rows in the order of ``(cell, seed)`` keys (rows not in
+        ``order`` last, as they were), atomically; nothing is written when already in order."""
+        frame = self.read()
+        rank = {key: k for k, key in enumerate(order)}
+        keys = [rank.get((str(c), int(s)), len(rank)) for c, s in zip(frame["cell"], frame["seed"])]
+        ordered = frame.assign(_rank=keys).sort_values("_rank", kind="stable").drop(columns="_rank")
+        if not ordered.index.equals(frame.index):
+            self._write(ordered.reset_index(drop=True).convert_dtypes())
 
     def _write(self, frame: pd.DataFrame) -> None:
         """Replace the file by ``frame`` through a temporary file: the old file or the new one,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import struct
+import subprocess
+import time
 from pathlib import Path
 
 import pickle
@@ -126,3 +129,20 @@ def ray_cluster() -> str:
             os.environ["PYTHONPATH"] = path
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+def kill_after_rows(command: list[str], results: Path, rows: int, timeout: float) -> None:
+    """Start ``command`` (a study) in the repository, wait until ``results`` holds ``rows`` rows
+    (or the run ends, or ``timeout`` seconds pass), then SIGKILL it: the kill a resumed study
+    must survive."""
+    import pandas as pd
+
+    process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if results.exists() and len(pd.read_csv(results)) >= rows:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

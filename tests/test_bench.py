@@ -5,6 +5,7 @@ import torch
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from kd import bench, data
+from kd.engine import torch_threads
 from tests.conftest import write_fake_mnist, write_pickled_layout
 
 RATE = re.compile(r"^  (ours|textbook|stacked|sequential) *: +([\d,]+) (samples|images|student-images)/s")
@@ -12,12 +13,9 @@ RATE = re.compile(r"^  (ours|textbook|stacked|sequential) *: +([\d,]+) (samples|
 
 @pytest.fixture
 def one_thread():
-    """One intra-op thread: steps this small spend their time in thread hand-offs, which grow
-    tenfold when other work shares the cores; one thread keeps the test at about a second."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """One intra-op thread keeps these tiny steps at about a second (see kd.engine.torch_threads)."""
+    with torch_threads(1):
+        yield
 
 
 def test_bench_prints_rates_for_both_tasks(tmp_path, monkeypatch, capsys, one_thread):

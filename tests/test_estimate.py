@@ -14,7 +14,7 @@ from kd import bench, data, distill, engine, estimate
 from kd.batched import StackedModels
 from kd.cifar import RandomCropFlip
 from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
+from kd.engine import TrainConfig, torch_threads
 from kd.estimate import Job, Phase, StepCost, Target, Tracer
 from kd.models import MLP, build_model
 
@@ -22,7 +22,7 @@ from kd.models import MLP, build_model
 @pytest.fixture(autouse=True)
 def one_thread():
     """Steps of two images spend their time in thread hand-offs; one thread keeps them fast."""
-    with estimate.one_thread():
+    with torch_threads(1):
         yield
 
 

@@ -1,10 +1,8 @@
 """The Hinton MNIST study end to end: smoke run, resume after a kill, command-line failures."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +11,7 @@ import torch
 
 from kd import data
 from studies import hinton_mnist
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_after_rows
 
 
 def smoke_rows(results: Path) -> pd.DataFrame:
@@ -93,16 +91,8 @@ def test_bad_arguments_exit_2_without_traceback(args, message):
 
 def test_killed_study_resumes_without_lost_or_duplicate_rows(mnist_root, tmp_path):
     results = tmp_path / "results" / "hinton_mnist" / "smoke.csv"
-    process = subprocess.Popen([sys.executable, "-m", "studies.hinton_mnist", "--profile", "smoke",
-                                "--device", "cpu"], cwd=REPO, env=dict(os.environ),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and process.poll() is None:
-        if results.exists() and len(pd.read_csv(results)) >= 2:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_rows([sys.executable, "-m", "studies.hinton_mnist", "--profile", "smoke",
+                     "--device", "cpu"], results, rows=2, timeout=120)
     partial = pd.read_csv(results)
     assert 2 <= len(partial)
     done = run_cli("--profile", "smoke", "--device", "cpu")

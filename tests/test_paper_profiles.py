@@ -15,6 +15,7 @@ import re
 import pytest
 
 from kd import estimate
+from kd.engine import torch_threads
 
 # what each paper profile must have trained, in the labels of its runs
 EXPECTED = {
@@ -40,7 +41,7 @@ def tracer():
 
 @pytest.mark.parametrize("study", estimate.STUDIES)
 def test_paper_profile_runs_every_kind_of_cell(study, tracer):
-    with estimate.one_thread():
+    with torch_threads(1):
         result = estimate.run_study(study, "paper", tracer=tracer, precision="fp32", seeds=1)
     assert not result.failures, result.failures
     planned = int(TODO.search(result.output).group(1))

@@ -6,36 +6,22 @@ and are skipped when ray is not installed. Each task uses one CPU and so one tor
 local runs they are compared with use one thread too (CPU results repeat exactly at a given
 thread count, and differ in the last digits between thread counts)."""
 
-import contextlib
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
-import torch
 
 from kd.cli import run_main
+from kd.engine import torch_threads
 from kd.executor import Unit, cell_units, every
 from kd.results import PROVENANCE_COLUMNS
 from studies import capacity_gap, hinton_mnist
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_after_rows
 
 RAY = ["--device", "cpu", "--executor", "ray"]
-
-
-@contextlib.contextmanager
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def metric_columns(path: Path) -> pd.DataFrame:
@@ -57,7 +43,7 @@ def run_local(main, tmp_path: Path, monkeypatch, argv: list[str]) -> Path:
     of its own, so it trains every model itself; its results root."""
     monkeypatch.setenv("KD_CACHE", str(tmp_path / "local_cache"))
     results = tmp_path / "local_results"
-    with one_thread():
+    with torch_threads(1):
         main([*argv, "--device", "cpu", "--results", str(results)])
     return results
 
@@ -129,15 +115,7 @@ def test_killed_driver_resumes_without_duplicates(ray_cluster, mnist_root, tmp_p
     results = tmp_path / "results" / "hinton_mnist" / "smoke.csv"
     command = [sys.executable, "-m", "studies.hinton_mnist", "--profile", "smoke", *RAY,
                "--ray-address", ray_cluster]
-    process = subprocess.Popen(command, cwd=REPO, env=dict(os.environ),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while time.time() < deadline and process.poll() is None:
-        if results.exists() and len(pd.read_csv(results)) >= 1:
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_rows(command, results, rows=1, timeout=180)
     partial = pd.read_csv(results)
     expected = [c.name for c in hinton_mnist.plan(hinton_mnist.PROFILES["smoke"])]
     assert 1 <= len(partial) < len(expected)

@@ -35,6 +35,19 @@ def test_discard_removes_one_row_and_failures_live_beside_the_table(tmp_path):
     assert table.done() == {("a", 1), ("b", 0)} and failures.done() == {("c", 0)}
 
 
+def test_reorder_puts_rows_in_run_order_and_leaves_an_ordered_table_untouched(tmp_path):
+    table = ResultsTable("study", "smoke", tmp_path)
+    for cell, seed, value in (("b", 0, 2.5), ("x", 0, 9.0), ("a", 1, 1.5), ("a", 0, 0.5)):
+        table.append({"cell": cell, "seed": seed, "value": value})
+    table.reorder([("a", 0), ("a", 1), ("b", 0)])  # x is not in the order: it goes last
+    rows = table.read()
+    assert list(zip(rows["cell"], rows["seed"])) == [("a", 0), ("a", 1), ("b", 0), ("x", 0)]
+    assert rows["value"].tolist() == [0.5, 1.5, 2.5, 9.0]  # each row moved whole
+    before = table.path.stat().st_mtime_ns
+    table.reorder([("a", 0), ("a", 1), ("b", 0)])
+    assert table.path.stat().st_mtime_ns == before  # already in order: not rewritten
+
+
 def test_duplicate_rows_are_refused(tmp_path):
     table = ResultsTable("study", "smoke", tmp_path)
     table.append({"cell": "a", "seed": 0})
