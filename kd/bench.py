@@ -58,7 +58,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
 from kd import cifar, data, engine, estimate
-from kd.cli import positive_int, run_main
+from kd.cli import OneLineErrorParser, positive_int, run_main
 from kd.batched import StackedModels
 from kd.distill import Distill
 from kd.engine import TrainConfig
@@ -359,7 +359,7 @@ def run_task(name: str, device: torch.device, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=[*TASKS, "estimate", "all"], default="mnist",
                         help="which benchmark: mnist (default), cifar, ..., or all in turn; "
                              "estimate: the studies' GPU time, from counts (kd.estimate)")

@@ -111,6 +111,10 @@ def resolve_device(name: str | None = None) -> torch.device:
         raise ConfigError(f"unknown device {name!r} (try cpu, cuda, cuda:0, auto)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "cuda" and device.index is not None and (
+            device.index >= (count := torch.cuda.device_count())):
+        raise ConfigError(f"device {name!r} requested but this machine has {count} CUDA "
+                          f"device(s): cuda:0 to cuda:{count - 1}")
     return device
 
 

@@ -77,7 +77,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import conv_flop_count, flop_registry
 
 from kd import data, distill, engine
-from kd.cli import positive_int
+from kd.cli import OneLineErrorParser, positive_int
 from kd.distill import Objective
 from kd.engine import FitResult, TrainConfig
 from kd.errors import ConfigError
@@ -699,7 +699,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     run(parser.parse_args(argv))
 

@@ -70,3 +70,16 @@ def test_roofline_prints_each_model_in_both_precisions_against_the_matmul(capsys
     assert out[1].startswith("  matmul 2048x2048: fp32 1.0 GFLOP/s, bf16 1.0 GFLOP/s")
     assert len(out) == 2 + len(module.ROOFLINE_MODELS)
     assert all("fp32" in line and "bf16/fp32" in line for line in out[2:])
+
+
+@pytest.mark.parametrize("module", ["kd.bench", "kd.estimate"])
+def test_bad_arguments_of_the_benchmarks_are_one_line_and_exit_2(module):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    done = subprocess.run([sys.executable, "-m", module, "--task" if module == "kd.bench" else
+                           "--profile", "nonsense"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "invalid choice" in done.stderr

@@ -170,6 +170,16 @@ def test_device_resolution():
             engine.resolve_device("cuda")
 
 
+def test_a_cuda_index_beyond_the_machines_gpus_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert engine.resolve_device("cuda:1") == torch.device("cuda:1")
+    assert engine.resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ConfigError, match=r"'cuda:7' requested but this machine has 2 CUDA "
+                                          r"device\(s\): cuda:0 to cuda:1"):
+        engine.resolve_device("cuda:7")
+
+
 def test_mlp_validates_and_names_its_layers():
     model = MLP(784, (30, 30), 10, input_dropout=0.2, hidden_dropout=0.5, max_norm=3.0)
     assert [n for n, _ in model.named_children()] == [
