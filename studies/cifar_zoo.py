@@ -59,10 +59,14 @@ class Zoo:
     def __init__(self, dataset: str, config: TrainConfig, device: torch.device, *,
                  train_limit: int | None = None, test_limit: int | None = None,
                  augment_students: bool = True, kd: KDSettings = KDSettings(),
-                 teacher_checkpoints: tuple[int, ...] = (), cache: ModelCache | None = None):
+                 teacher_checkpoints: tuple[int, ...] = (), teacher_seed: int | None = None,
+                 cache: ModelCache | None = None):
         """teacher_checkpoints: epochs at which every teacher's weights are kept (part of its
-        cache key, so studies that share teachers must ask for the same ones)."""
+        cache key, so studies that share teachers must ask for the same ones). teacher_seed:
+        one teacher of each architecture, of this seed, for every seed's students (None: each
+        seed trains its own)."""
         self.dataset, self.config, self.device, self.kd = dataset, config, device, kd
+        self.teacher_seed = teacher_seed
         self.train_limit, self.augment_students = train_limit, augment_students
         self.teacher_checkpoints = teacher_checkpoints
         # a fixed random subset: the offline CIFAR-10 copy is sorted by class
@@ -83,13 +87,18 @@ class Zoo:
 
     # -- training ------------------------------------------------------------------------------
     def teacher(self, arch: str, seed: int) -> tuple[Teacher, dict, dict[int, dict]]:
-        """A model trained on labels with crop + flip; with its meta and checkpoints."""
+        """A model trained on labels with crop + flip; with its meta and checkpoints. Of seed
+        ``teacher_seed`` when the zoo has one, whatever ``seed`` asks for."""
+        seed = self.teacher_seed_for(seed)
         config = dataclasses.replace(self.config, checkpoint_epochs=self.teacher_checkpoints)
         spec = {**self.base_spec(arch, seed, config), "augment": "crop4+flip", "role": "teacher"}
         model, meta, checkpoints = self.cache.fit(
             spec, self.new_model(arch, seed), self.train, CrossEntropy(), config, seed=seed,
             augment=RandomCropFlip(), desc=f"teacher {arch} seed {seed}")
         return self.as_teacher(arch, model, spec_key(spec)), meta, checkpoints
+
+    def teacher_seed_for(self, seed: int) -> int:
+        return seed if self.teacher_seed is None else self.teacher_seed
 
     def from_checkpoint(self, teacher: Teacher, state: dict, epoch: int) -> Teacher:
         """The teacher's weights after ``epoch`` epochs, as a teacher of its own."""
@@ -144,7 +153,9 @@ class Zoo:
                 "train_s": meta.get("train_s"), "train_n": len(self.train),
                 "test_n": labels.numel(), "epochs": self.config.epochs,
                 "schedule": f"{self.config.schedule} {self.config.milestones}",
-                "lr": self.config.lr, "weight_decay": self.config.weight_decay}
+                "lr": self.config.lr, "weight_decay": self.config.weight_decay,
+                "final_train_loss": meta.get("final_train_loss"),
+                "train_loss_plateau": metrics.loss_plateau(meta.get("train_loss_history", []))}
 
     def agreement(self, student: Teacher, teacher: Teacher) -> dict:
         return {"test_agreement": metrics.agreement(student.test_logits, teacher.test_logits),
@@ -175,6 +186,7 @@ class ZooProfile:
     seeds: int
     train_limit: int | None = None
     test_limit: int | None = None
+    teacher_seed: int | None = None  # one teacher per architecture for all seeds (None: per seed)
 
 
 ZOO_PROFILES = {
@@ -200,7 +212,8 @@ ZOO_PROFILES = {
 def make_zoo(profile: ZooProfile, dataset: str, device: torch.device) -> Zoo:
     return Zoo(dataset, profile.config, device, train_limit=profile.train_limit,
                test_limit=profile.test_limit, augment_students=profile.augment_students,
-               teacher_checkpoints=profile.teacher_checkpoints)
+               teacher_checkpoints=profile.teacher_checkpoints,
+               teacher_seed=profile.teacher_seed)
 
 
 CIFAR_DATASETS = ("cifar10", "cifar100")  # --dataset of the CIFAR studies; the first is the default
@@ -247,6 +260,7 @@ def zoo_cell_runner(command, new_run: Callable[[Zoo, int, str], SeedRun]
 
     def run_cell(seed: int, cell) -> dict:
         run = runs.setdefault(seed, new_run(zoo, seed, args.profile))
-        return {"dataset": args.dataset, **run.run(cell)}
+        return {"dataset": args.dataset, "teacher_seed": zoo.teacher_seed_for(seed),
+                **run.run(cell)}
 
     return run_cell

@@ -95,10 +95,14 @@ class Run:
         if cell.role == "teacher_checkpoint":
             teacher = self.teacher_at(cell.arch, cell.teacher_epoch)
             meta = self.teacher_meta[cell.arch]
-            # A checkpoint's own epochs; its time was never measured apart from the run's.
-            return {**row, "teacher": cell.arch, **self.zoo.describe(teacher, meta),
+            # A checkpoint's own epochs; its time and final loss belong to the whole run.
+            described = self.zoo.describe(teacher, meta)
+            run_loss = {key: described.pop(key) for key in ("final_train_loss",
+                                                             "train_loss_plateau")}
+            return {**row, "teacher": cell.arch, **described,
                     "epochs": cell.teacher_epoch, "train_s": None,
-                    "run_epochs": self.zoo.config.epochs, "run_train_s": meta.get("train_s")}
+                    "run_epochs": self.zoo.config.epochs, "run_train_s": meta.get("train_s"),
+                    **{f"run_{key}": value for key, value in run_loss.items()}}
         if cell.role == "scratch":
             model, meta = self.zoo.distilled(cell.arch, self.seed, None)
             return {**row, **self.zoo.describe(model, meta)}

@@ -127,3 +127,25 @@ def test_capacity_gap_smoke_trains_a_ta_chain(fake_cifar10, tmp_path, fits, caps
     early_stopping.main(["--profile", "smoke", "--report"])
     out = capsys.readouterr().out
     assert "early-stopped KD" in out and "| ImageNet, full KD from ResNet-50 | 30.95 |" in out
+
+
+def test_a_zoo_with_a_teacher_seed_shares_one_teacher_between_seeds(fake_cifar10, tmp_path,
+                                                                     fits, monkeypatch):
+    """The full profiles' scheme on the smoke scale: seeds 0 and 1 of capacity_gap distil from
+    one teacher per architecture (seed 0); students and assistants are still trained per seed.
+    Every row names the teacher seed; teacher rows carry their loss plateau."""
+    import dataclasses
+
+    shared = dataclasses.replace(ZOO_PROFILES["smoke"], teacher_seed=0)
+    monkeypatch.setitem(ZOO_PROFILES, "smoke", shared)
+    capacity_gap.main(["--profile", "smoke", "--device", "cpu", "--seeds", "2"])
+    rows = pd.read_csv(tmp_path / "results" / "capacity_gap" / "smoke.csv")
+    cells = capacity_gap.plan(capacity_gap.FAMILIES["smoke"])
+    teachers = sum(c.role == "teacher" for c in cells)
+    assert len(fits) == 2 * len(cells) - teachers  # the teachers trained once, the rest twice
+    assert (rows["teacher_seed"] == 0).all()
+    by_seed = rows[rows["role"] == "teacher"].pivot(index="cell", columns="seed",
+                                                    values="test_accuracy")
+    assert (by_seed[0] == by_seed[1]).all()  # the same teacher evaluated twice
+    assert rows.loc[rows["role"] == "teacher", "train_loss_plateau"].notna().all()
+    assert rows["final_train_loss"].gt(0).all()
