@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from studies import alpha_temperature as study
+from tests.conftest import REPO
 
 
 def test_plan_is_scratch_then_the_grid_without_and_with_t_squared():
@@ -43,6 +44,8 @@ def test_smoke_study_runs_resumes_and_reports(fake_cifar10, tmp_path, capsys):
     teacher = rows.set_index("cell").loc["teacher"]
     assert teacher["train_s"] > 0 and teacher["augment"] == "crop4+flip"  # its own, not the
     assert (students["augment"] == "none").all()                          # students' setting
+    assert teacher["final_train_loss"] > 0  # one epoch: too short for a plateau measure
+    assert "train_loss_plateau" in rows.columns and pd.isna(teacher["train_loss_plateau"])
 
     # a second seed reuses the teacher (no new teacher row) and adds only seed 1's cells
     study.main(["--profile", "smoke", "--device", "cpu", "--seeds", "2"])
@@ -66,3 +69,13 @@ def test_report_without_results_is_a_clear_error(fake_cifar10):
 
     with pytest.raises(ConfigError, match="no smoke results"):
         study.main(["--profile", "smoke", "--report"])
+
+
+def test_full_profile_uses_all_the_data_and_five_seeds_within_the_claims_cells():
+    full, claims = study.PROFILES["full"], pd.read_csv(REPO / "studies" / "claims.csv")
+    assert full.train_limit is None and full.test_limit is None and full.seeds >= 5
+    names = {c.name for c in study.plan(full)}
+    # every cell the alpha_temperature claims read is planned
+    assert {"scratch", "a0.9_T5_no_t2", "a0.9_T1_no_t2", "a0.9_T50_t2", "a0.9_T50_no_t2"} <= names
+    assert (claims["study"] == study.STUDY).sum() == 3
+    assert full.teacher.epochs > study.PROFILES["quick"].teacher.epochs
