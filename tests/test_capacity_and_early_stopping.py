@@ -149,3 +149,24 @@ def test_a_zoo_with_a_teacher_seed_shares_one_teacher_between_seeds(fake_cifar10
     assert (by_seed[0] == by_seed[1]).all()  # the same teacher evaluated twice
     assert rows.loc[rows["role"] == "teacher", "train_loss_plateau"].notna().all()
     assert rows["final_train_loss"].gt(0).all()
+
+
+@pytest.mark.parametrize("name", list(ZOO_PROFILES))
+def test_every_zoo_profile_plans_both_studies_and_stops_kd_at_the_first_drop(name):
+    profile = ZOO_PROFILES[name]
+    assert capacity_gap.plan(capacity_gap.FAMILIES[name])
+    assert early_stopping.plan(early_stopping.FAMILIES[name], profile.teacher_checkpoints)
+    config = profile.config
+    first_drop = config.milestones[0] if config.schedule == "step" else config.epochs // 2
+    assert early_stopping.KD_STOP_EPOCH[name] == first_drop
+    # the early-teacher claim compares the latest checkpoint at or before the first drop with
+    # the final one: both must be kept
+    assert any(e <= first_drop for e in profile.teacher_checkpoints)
+    assert profile.teacher_checkpoints[-1] == config.epochs
+
+
+def test_full_zoo_profile_uses_all_the_data_shares_teachers_and_has_five_seeds():
+    full = ZOO_PROFILES["full"]
+    assert full.train_limit is None and full.test_limit is None
+    assert full.teacher_seed == 0 and full.seeds >= 5
+    assert full.config.epochs > ZOO_PROFILES["quick"].config.epochs
