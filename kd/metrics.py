@@ -108,7 +108,9 @@ def loss_plateau(losses: Sequence[float], fraction: float = 0.1) -> float | None
         (mean(previous window) − mean(last window)) / mean(last window).
 
     A teacher counts as trained to a plateau when this is below ``PLATEAU_DROP`` (the studies'
-    stated criterion). None when there are fewer than two epochs per window pair."""
+    stated criterion). None when there are fewer than two epochs per window pair. An epoch's
+    entry that is a list (a stack of models) counts by its first model, the student."""
+    losses = [loss[0] if isinstance(loss, (list, tuple)) else loss for loss in losses]
     width = max(1, int(len(losses) * fraction))
     if len(losses) < 2 * width or len(losses) < 2:
         return None

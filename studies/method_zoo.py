@@ -125,6 +125,29 @@ PROFILES = {
             "batch 128, lr 0.1": steps(6, (4, 5))},
         validation_n=600, quantized_bits=(4,), teacher_seed=0,
         augment_students=False, teacher_train_limit=20_000, student_train_limit=3_000),
+    # Sized before any full run from this CPU's bf16 speeds (ResNet-8 about 2,300 training
+    # images/s, ResNet-14 about 900): teachers ~26 min, schedule choice ~5 min, ~17 min a seed.
+    # The teachers on all 50,000 images, 20 epochs (lr ÷10 at 10 and 15) so their loss
+    # plateaus (kd.metrics.PLATEAU_DROP); students on 10,000 of them, 10 epochs, their
+    # schedule chosen on 1,000 held out; 5 seeds; a ResNet-8 assistant for the cross-family
+    # pair, so that the teacher-assistant claim is tested.
+    "full": Profile(
+        description="a 2-core CPU in about 2 hours (bf16): ResNet-14 teacher (and ResNet-8 as "
+                    "the second teacher) trained once on all 50,000 training images (20 epochs, "
+                    "crop + flip); ResNet-8 and plain CNN-6 students on 10,000 of them (10 "
+                    "epochs, schedule chosen on 1,000 held out, no augmentation), a ResNet-8 "
+                    "assistant for the plain CNN-6; full test set; 5 seeds",
+        seeds=5,
+        pairs=(Pair("resnet14", "resnet8"),
+               Pair("resnet14", "plain_cnn6", ("kd", "fitnets", "at", "sp", "rkd", "fsp"),
+                    assistant="resnet8")),
+        second_teacher="resnet8", teacher_config=steps(20, (10, 15)),
+        student_config=dataclasses.replace(steps(10, (6, 8)), batch_size=32, lr=0.05),
+        student_candidates={
+            "batch 32, lr 0.05": dataclasses.replace(steps(10, (6, 8)), batch_size=32, lr=0.05),
+            "batch 128, lr 0.1": steps(10, (6, 8))},
+        validation_n=1000, quantized_bits=(4,), teacher_seed=0,
+        augment_students=False, teacher_train_limit=None, student_train_limit=10_000),
     "paper": Profile(
         description="a GPU: ResNet-56 -> ResNet-20 and ResNet-56 -> plain CNN-6 on all of "
                     "CIFAR-10, Mirzadeh et al.'s 150-epoch schedule, crop + flip for every "
@@ -271,13 +294,15 @@ class Run:
         teacher = self.teacher(cell.pair.teacher, self.teacher_seed)
         trained, meta, peer = self.train(cell)
         final_loss = meta.get("final_train_loss")
+        teacher_meta = self.trained_teacher(cell.pair.teacher, self.teacher_seed)[1]
         return {"pair": cell.pair.name, "method": cell.method or "scratch",
                 "family": cell.family, "teachers": cell.teacher_role,
                 "teacher": cell.pair.teacher, "teacher_seed": self.teacher_seed,
                 "teacher_accuracy": self.teacher_zoo.accuracy(teacher),
                 "teacher_train_n": len(self.teacher_zoo.train),
-                "teacher_train_s": self.trained_teacher(cell.pair.teacher,
-                                                        self.teacher_seed)[1].get("train_s"),
+                "teacher_train_s": teacher_meta.get("train_s"),
+                "teacher_train_loss_plateau": metrics.loss_plateau(
+                    teacher_meta.get("train_loss_history", [])),
                 **self.zoo.describe(trained, meta),
                 "final_train_loss": final_loss[0] if isinstance(final_loss, list) else final_loss,
                 "peer_test_accuracy": peer,

@@ -7,7 +7,7 @@ from studies import method_zoo as study
 
 
 def test_plan_has_every_method_on_the_first_pair_and_a_cross_family_pair():
-    for name in ("smoke", "quick", "paper"):
+    for name in ("smoke", "quick", "full", "paper"):
         profile = study.PROFILES[name]
         cells = study.plan(profile)
         names = [c.name for c in cells]
@@ -125,3 +125,11 @@ def test_born_again_starts_afresh_and_random_teacher_draws_follow_the_seed(fake_
         chooser = run.method(cells["random_teacher"], [as_teacher(5), as_teacher(6)]).teacher
         expected = torch.Generator().manual_seed(seed).get_state()
         assert torch.equal(chooser.generator.get_state(), expected)
+
+
+def test_full_profile_has_five_seeds_an_assistant_chain_and_a_validation_choice():
+    full = study.PROFILES["full"]
+    assert full.seeds >= 5 and full.teacher_train_limit is None and full.validation_n > 0
+    assert len(full.student_candidates) >= 2 and full.teacher_seed == 0
+    chains = [c.name for c in study.plan(full) if c.teacher_role == "assistant"]
+    assert chains == ["resnet14->plain_cnn6/kd_via_resnet8"]  # the mz-ta-chain claim is tested

@@ -83,3 +83,4 @@ def test_loss_plateau_is_the_relative_drop_over_the_last_tenth():
     assert metrics.loss_plateau([0.5] * 30) < metrics.PLATEAU_DROP
     assert metrics.loss_plateau([1.0, 0.5]) == pytest.approx(1.0)  # one epoch a window
     assert metrics.loss_plateau([1.0]) is None and metrics.loss_plateau([]) is None
+    assert metrics.loss_plateau([[1.0, 9.0], [0.5, 9.0]]) == pytest.approx(1.0)  # a stack
