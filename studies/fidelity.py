@@ -158,6 +158,24 @@ PROFILES = {
         augments=("none", "crop_flip", "mixup", "rotation", "all"), epoch_factors=(1, 4),
         lambdas=(0.0, 0.25, 0.5, 0.75, 1.0),
         mnist_teacher=MNIST_TEACHER, mnist_student=dataclasses.replace(ADAM, epochs=10)),
+    # Sized before any full run from this CPU's bf16 speeds (ResNet-8 about 2,000-2,300
+    # training images/s): 7 pool teachers ~15 min, ~22 min of students a seed. 20,000 random
+    # training images (not 50,000: every student distils from live teachers on augmented
+    # batches, 17 to 21 of them a seed); teachers 15 epochs (cosine to zero, their loss plateau
+    # in each row); every single harder augmentation; lambdas around the paper's 0.375 boundary;
+    # 5 seeds, each with its own teacher (the pool of 7 covers the ensembles of 3).
+    "full": Profile(
+        description="a 2-core CPU in about 2 hours (bf16): ResNet-8 teachers (15 epochs) and "
+                    "students (5 epochs; x1 and x4) on 20,000 random training images, full test "
+                    "set; m in {1, 3}; every augmentation; lambda in {0, 0.25, 0.375, 0.5, 1} "
+                    "and the teacher's init; 5 seeds. MNIST in full: student 20 epochs",
+        seeds=5, arch="resnet8", train_limit=20_000,
+        teacher=dataclasses.replace(SGD_COSINE, epochs=15),
+        student=dataclasses.replace(SGD_COSINE, epochs=5),
+        ensemble_sizes=(1, 3), ensemble_augments=("crop_flip",),
+        augments=tuple(AUGMENTS), epoch_factors=(1, 4),
+        lambdas=(0.0, 0.25, 0.375, 0.5, 1.0),
+        mnist_teacher=MNIST_TEACHER, mnist_student=dataclasses.replace(ADAM, epochs=20)),
     "paper": Profile(
         description="one GPU in about half an hour: ResNet-56 teachers (20 epochs) and students "
                     "(5 epochs; x1, x2, x4) on all 50,000 training images; m in {1, 3, 5} with "
@@ -309,7 +327,10 @@ class Part:
                 "test_n": len(self.test), **describe(teacher.model, config),
                 **scores(teacher.test_logits, self.test.labels, "test_"),
                 **scores(teacher.train_logits, self.train.labels, "train_"),
-                "train_s": teacher.meta.get("train_s"), "model_key": teacher.key}
+                "train_s": teacher.meta.get("train_s"), "model_key": teacher.key,
+                "final_train_loss": teacher.meta.get("final_train_loss"),
+                "train_loss_plateau": metrics.loss_plateau(
+                    teacher.meta.get("train_loss_history", []))}
 
 
 class Cifar(Part):

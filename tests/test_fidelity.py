@@ -170,6 +170,19 @@ def test_plan_covers_every_setting_of_the_paper_profile():
     assert "init/lam0.375" in [c.name for c in study.student_cells(paper)]
 
 
+def test_full_profile_tests_every_claim_with_five_seeds():
+    full = study.PROFILES["full"]
+    names = {c.name for c in study.student_cells(full)}
+    assert full.seeds >= 5 and full.teacher.epochs > study.PROFILES["quick"].teacher.epochs
+    # the claims read: m3 vs m1, every single harder augmentation and all, x4 vs x1, lambdas on
+    # both sides of 0.375 and the teacher's init, MNIST
+    assert {"ensemble/m1", "ensemble/m3", "augment/crop_flip", "augment/all", "epochs/x4",
+            "init/lam0.25", "init/lam0.375", "init/teacher_init", "mnist/student"} <= names
+    assert {f"augment/{a}" for a in study.HARDER} <= names
+    teachers = sorted(seed for seed, cell in study.plan(full, full.seeds) if cell.name == "teacher")
+    assert teachers == list(range(full.seeds + 2))  # ensembles of 3 from a pool of 7
+
+
 def test_reference_numbers_are_data_with_sources():
     reference = pd.read_csv(study.REFERENCE)
     assert reference["source"].str.contains("Stanton et al. 2021").all()
