@@ -131,3 +131,51 @@ def ship(spec: dict, cache: ModelCache | None = None, shipped: Path = SHIPPED_RO
     torch.save(kept, tmp)
     os.replace(tmp, path)
     return path
+
+
+def entries(cache: ModelCache | None = None) -> list[tuple[str, dict, int]]:
+    """(key, spec, bytes) of every entry in the cache, newest first; unreadable ones skipped."""
+    cache = cache or ModelCache()
+    out = []
+    for path in sorted(cache.root.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            out.append((path.stem, entry["spec"], path.stat().st_size))
+        except Exception:  # a broken entry is retrained when a study needs it; not listed
+            continue
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m kd.cache list`` shows the trained models in the cache; ``python -m kd.cache
+    ship KEY [KEY ...]`` copies them (final weights; ``--checkpoints`` adds the earlier ones)
+    into ``results/models`` to be committed."""
+    from kd.cli import OneLineErrorParser
+    from kd.errors import ConfigError
+
+    parser = OneLineErrorParser(description=main.__doc__.split(";")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the cache's entries, newest first")
+    ship_parser = commands.add_parser("ship", help="copy entries into results/models")
+    ship_parser.add_argument("keys", nargs="+")
+    ship_parser.add_argument("--checkpoints", action="store_true")
+    args = parser.parse_args(argv)
+    cache = ModelCache(shipped=None)
+    if args.command == "list":
+        for key, spec, size in entries(cache):
+            summary = ", ".join(f"{k}={spec[k]}" for k in ("data", "arch", "role", "seed")
+                                if k in spec)
+            print(f"{key}  {size / 1e6:6.1f} MB  {summary}")
+        return
+    known = {key: spec for key, spec, _ in entries(cache)}
+    for key in args.keys:
+        if key not in known:
+            raise ConfigError(f"no readable entry {key} in {cache.root} (python -m kd.cache list)")
+        path = ship(known[key], cache, shipped=SHIPPED_ROOT, checkpoints=args.checkpoints)
+        print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    from kd.cli import run_main
+
+    raise SystemExit(run_main(main))

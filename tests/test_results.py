@@ -153,3 +153,20 @@ def test_markdown_table_formats_floats_only_with_the_given_format():
         "| quantity | paper | n |", "| --- | --- | --- |",
         "| a | 0.50 | 3 |", "| b | not run | 4 |"]
     assert markdown_table(frame)[2] == "| a | 0.5 | 3 |"
+
+
+def test_cache_command_lists_and_ships_entries(tmp_path, monkeypatch, capsys):
+    from kd import cache as module
+    from kd.cli import run_main
+
+    monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(module, "SHIPPED_ROOT", tmp_path / "shipped")
+    spec = {"data": "mnist", "arch": {"hidden": [4]}, "seed": 0}
+    ModelCache(shipped=None).save(spec, {"w": torch.ones(2)})
+    assert run_main(module.main, ["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(spec_key(spec)) and "data=mnist" in out and "seed=0" in out
+    assert run_main(module.main, ["ship", spec_key(spec)]) == 0
+    assert (tmp_path / "shipped" / f"{spec_key(spec)}.pt").exists()
+    assert run_main(module.main, ["ship", "feedbeef"]) == 2
+    assert "no readable entry feedbeef" in capsys.readouterr().err
