@@ -201,18 +201,19 @@ ZOO_PROFILES = {
         config=dataclasses.replace(MIRZADEH_SGD, epochs=10, milestones=(5, 8)),
         teacher_checkpoints=(2, 4, 6, 8, 10), augment_students=False, seeds=2,
         train_limit=10_000),
-    # Sized before any full run from this CPU's bf16 speeds (the 2-layer CNN about 12,000
-    # training images/s: 2 min a student). All 50,000 images; Mirzadeh et al.'s schedule scaled
-    # to 30 epochs (lr 0.1, ÷10 at 15 and 23): the last 7 epochs at lr 0.001 are where the
-    # teachers' loss plateaus (kd.metrics.PLATEAU_DROP, in every row). One teacher per
+    # Sized before any full run from this CPU's bf16 speeds in the quick reruns (the 2-layer
+    # CNN about 10,000 training images/s: 2 min a student; plain CNN-4/6/8 teachers 3,700, 3,300
+    # and 2,200 with crop + flip). All 50,000 images; Mirzadeh et al.'s schedule scaled to 25
+    # epochs (lr 0.1, ÷10 at 13 and 19): the last epochs at lr 0.001 are where the teachers'
+    # loss plateaus (kd.metrics.PLATEAU_DROP, in every row). One teacher per
     # architecture (seed 0) shared by 5 seeds of students, so teacher-seed variance is not in
     # the intervals; students without augmentation (the teacher's logits looked up).
     "full": ZooProfile(
-        description="a 2-core CPU in hours (bf16): all 50,000 training images, 30 epochs (lr "
-                    "÷10 at 15 and 23), one teacher per architecture shared by 5 seeds of "
-                    "students, students without augmentation",
-        config=dataclasses.replace(MIRZADEH_SGD, epochs=30, milestones=(15, 23)),
-        teacher_checkpoints=(8, 15, 30), augment_students=False, seeds=5, teacher_seed=0),
+        description="a 2-core CPU in about 2 hours a study (bf16): all 50,000 training images, "
+                    "25 epochs (lr ÷10 at 13 and 19), one teacher per architecture shared by 5 "
+                    "seeds of students, students without augmentation",
+        config=dataclasses.replace(MIRZADEH_SGD, epochs=25, milestones=(13, 19)),
+        teacher_checkpoints=(7, 13, 25), augment_students=False, seeds=5, teacher_seed=0),
     "paper": ZooProfile(
         description="all 50,000 training images, Mirzadeh et al.'s 150-epoch schedule, crop + "
                     "flip for every model, 3 seeds",

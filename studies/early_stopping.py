@@ -44,7 +44,7 @@ FAMILIES = {
 }
 # The KD term stops at the first learning-rate drop of each profile's schedule (our choice; the
 # paper's ImageNet runs stop it part-way too).
-KD_STOP_EPOCH = {"smoke": 1, "quick": 5, "full": 15, "paper": 80}
+KD_STOP_EPOCH = {"smoke": 1, "quick": 5, "full": 13, "paper": 80}
 
 
 @dataclass(frozen=True)

@@ -125,17 +125,18 @@ PROFILES = {
             "batch 128, lr 0.1": steps(6, (4, 5))},
         validation_n=600, quantized_bits=(4,), teacher_seed=0,
         augment_students=False, teacher_train_limit=20_000, student_train_limit=3_000),
-    # Sized before any full run from this CPU's bf16 speeds (ResNet-8 about 2,300 training
-    # images/s, ResNet-14 about 900): teachers ~26 min, schedule choice ~5 min, ~17 min a seed.
-    # The teachers on all 50,000 images, 20 epochs (lr ÷10 at 10 and 15) so their loss
-    # plateaus (kd.metrics.PLATEAU_DROP); students on 10,000 of them, 10 epochs, their
-    # schedule chosen on 1,000 held out; 5 seeds; a ResNet-8 assistant for the cross-family
-    # pair, so that the teacher-assistant claim is tested.
+    # Sized before any full run from this CPU's bf16 speeds in the quick rerun (ResNet-14
+    # teacher about 750 training images/s with crop + flip, students about 1,000 with their
+    # evaluation): teachers ~30 min, schedule choice ~6 min, ~18 min a seed. The teachers on
+    # all 50,000 images, 20 epochs (lr ÷10 at 10 and 15) so their loss plateaus
+    # (kd.metrics.PLATEAU_DROP); students on 8,000 of them, 10 epochs, their schedule chosen on
+    # 800 held out; 5 seeds; a ResNet-8 assistant for the cross-family pair, so that the
+    # teacher-assistant claim is tested.
     "full": Profile(
         description="a 2-core CPU in about 2 hours (bf16): ResNet-14 teacher (and ResNet-8 as "
                     "the second teacher) trained once on all 50,000 training images (20 epochs, "
-                    "crop + flip); ResNet-8 and plain CNN-6 students on 10,000 of them (10 "
-                    "epochs, schedule chosen on 1,000 held out, no augmentation), a ResNet-8 "
+                    "crop + flip); ResNet-8 and plain CNN-6 students on 8,000 of them (10 "
+                    "epochs, schedule chosen on 800 held out, no augmentation), a ResNet-8 "
                     "assistant for the plain CNN-6; full test set; 5 seeds",
         seeds=5,
         pairs=(Pair("resnet14", "resnet8"),
@@ -146,8 +147,8 @@ PROFILES = {
         student_candidates={
             "batch 32, lr 0.05": dataclasses.replace(steps(10, (6, 8)), batch_size=32, lr=0.05),
             "batch 128, lr 0.1": steps(10, (6, 8))},
-        validation_n=1000, quantized_bits=(4,), teacher_seed=0,
-        augment_students=False, teacher_train_limit=None, student_train_limit=10_000),
+        validation_n=800, quantized_bits=(4,), teacher_seed=0,
+        augment_students=False, teacher_train_limit=None, student_train_limit=8_000),
     "paper": Profile(
         description="a GPU: ResNet-56 -> ResNet-20 and ResNet-56 -> plain CNN-6 on all of "
                     "CIFAR-10, Mirzadeh et al.'s 150-epoch schedule, crop + flip for every "
