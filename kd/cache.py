@@ -33,6 +33,25 @@ def spec_key(spec: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
+def write_entry(path: Path, spec: dict, state_dict: dict, meta: dict | None,
+                checkpoints: dict[int, dict] | None, hint: str) -> Path:
+    """Write one entry through a temporary file (the old file or the new one, never half of
+    one); a folder that cannot be written is a :class:`NotWritableError` ending in ``hint``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"spec": json.loads(json.dumps(spec, default=str)), "meta": meta or {},
+                    "state_dict": state_dict, "checkpoints": checkpoints or {}}, tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        raise NotWritableError(f"cannot write model cache entry {path} ({reason(error)}): "
+                               f"{hint}") from None
+    finally:
+        with contextlib.suppress(OSError):  # after a failed save (or a parent that is a file)
+            tmp.unlink(missing_ok=True)
+    return path
+
+
 class ModelCache:
     """Model weights (and a small metadata dict) stored as ``<root>/models/<key>.pt``."""
 
@@ -73,20 +92,8 @@ class ModelCache:
     def save(self, spec: dict, state_dict: dict, meta: dict | None = None,
              checkpoints: dict[int, dict] | None = None) -> Path:
         """Store weights, metadata and optional earlier checkpoints ``{epoch: state_dict}``."""
-        path = self.path(spec)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"spec": json.loads(json.dumps(spec, default=str)), "meta": meta or {},
-                        "state_dict": state_dict, "checkpoints": checkpoints or {}}, tmp)
-            os.replace(tmp, path)
-        except OSError as error:
-            raise NotWritableError(f"cannot write model cache entry {path} ({reason(error)}): "
-                                   f"set KD_CACHE to a writable folder") from None
-        finally:
-            with contextlib.suppress(OSError):  # after a failed save (or a parent that is a file)
-                tmp.unlink(missing_ok=True)
-        return path
+        return write_entry(self.path(spec), spec, state_dict, meta, checkpoints,
+                           "set KD_CACHE to a writable folder")
 
     def fit(self, spec: dict, model: nn.Module, train, objective, config, *, seed: int,
             augment=None, desc: str = "train") -> tuple[nn.Module, dict, dict[int, dict]]:
@@ -123,14 +130,9 @@ def ship(spec: dict, cache: ModelCache | None = None, shipped: Path = SHIPPED_RO
     entry = cache.load(spec)
     if entry is None:
         raise FileNotFoundError(f"no trained model in {cache.root} for key {spec_key(spec)}")
-    path = shipped / f"{spec_key(spec)}.pt"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    shipped.mkdir(parents=True, exist_ok=True)
-    kept = {key: entry[key] for key in ("spec", "meta", "state_dict")}
-    kept["checkpoints"] = entry.get("checkpoints", {}) if checkpoints else {}
-    torch.save(kept, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_entry(shipped / f"{spec_key(spec)}.pt", entry["spec"], entry["state_dict"],
+                       entry["meta"], entry.get("checkpoints") if checkpoints else None,
+                       f"make {shipped} writable")
 
 
 def entries(cache: ModelCache | None = None) -> list[tuple[str, dict, int]]:
@@ -167,11 +169,14 @@ def main(argv: list[str] | None = None) -> None:
                                 if k in spec)
             print(f"{key}  {size / 1e6:6.1f} MB  {summary}")
         return
-    known = {key: spec for key, spec, _ in entries(cache)}
     for key in args.keys:
-        if key not in known:
-            raise ConfigError(f"no readable entry {key} in {cache.root} (python -m kd.cache list)")
-        path = ship(known[key], cache, shipped=SHIPPED_ROOT, checkpoints=args.checkpoints)
+        try:  # the entry's spec, to load it as a study would
+            spec = torch.load(cache.root / f"{key}.pt", map_location="cpu",
+                              weights_only=True)["spec"]
+        except Exception:
+            raise ConfigError(f"no readable entry {key} in {cache.root} "
+                              f"(python -m kd.cache list)") from None
+        path = ship(spec, cache, shipped=SHIPPED_ROOT, checkpoints=args.checkpoints)
         print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
