@@ -11,6 +11,13 @@ and may differ in initialization and in the loss's hyper-parameters (see
 Element-wise optimizers (SGD with momentum and weight decay, Adam) update each slice exactly as
 they would the separate model, so K stacked students train as K sequential runs would, up to
 floating-point rounding: ``tests/test_batched.py`` checks it for K = 2.
+
+**Members with their own batches.** Given ``input_ndim`` (the dimensions of the batch one member
+takes, 4 for images ``[N, C, H, W]``), the stack also takes one batch per member,
+``[K, N, ...]``: vmap then maps over the inputs too. That is how K runs that differ in their
+seed (initialization, batch order, augmentation) or in their teacher train as one model
+(:func:`kd.engine.fit` with K seeds): member k sees exactly the batches a run of seed k would.
+A stack of K teachers, each its own member's, answers ``[K, N, C]`` the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ class StackedModels(nn.Module):
 
     supports_channels_last = False  # its conv weights are 5-D [K, out, in, h, w]
 
-    def __init__(self, models: Sequence[nn.Module]):
+    def __init__(self, models: Sequence[nn.Module], input_ndim: int | None = None):
+        """input_ndim: dimensions of one member's batch; an input with one more is one batch per
+        member ``[K, N, ...]`` (None: every input is shared by all K)."""
         super().__init__()
         models = list(models)
         if not models:
@@ -48,7 +57,7 @@ class StackedModels(nn.Module):
         # The skeleton the stacked tensors are plugged into; kept out of the module tree (a
         # list) so it owns no parameters, and on the meta device so it holds no memory.
         self._skeleton = [copy.deepcopy(models[0]).to("meta")]
-        self.size = len(models)
+        self.size, self.input_ndim = len(models), input_ndim
 
     def __len__(self) -> int:
         return self.size
@@ -68,14 +77,23 @@ class StackedModels(nn.Module):
         def one_model(params, buffers, inputs):
             return functional_call(skeleton, (params, buffers), (inputs,))
 
+        per_member = self.input_ndim is not None and x.dim() == self.input_ndim + 1
+        if per_member and x.shape[0] != self.size:
+            raise ConfigError(f"a stack of {self.size} models got batches for {x.shape[0]}")
         # randomness="different": each student draws its own dropout masks
-        return vmap(one_model, in_dims=(0, 0, None), randomness="different")(*self._stacked(), x)
+        return vmap(one_model, in_dims=(0, 0, 0 if per_member else None),
+                    randomness="different")(*self._stacked(), x)
 
     def state_dicts(self) -> list[dict[str, Tensor]]:
-        """The K models' own state dicts (views into the stacked tensors, detached)."""
-        params, buffers = self._stacked()
-        merged = {**params, **buffers}
-        return [{n: t[k].detach() for n, t in merged.items()} for k in range(self.size)]
+        """The K models' own state dicts (copies, so each saves alone)."""
+        return self.split_state(self.state_dict())
+
+    def split_state(self, state: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        """A state dict of this stack (its own, or a checkpoint of it) as the K models' own."""
+        names = {f"stacked_params.{i}": n for i, n in enumerate(self.param_names)}
+        names.update({f"stacked_buffer{i}": n for i, n in enumerate(self.buffer_names)})
+        return [{names[key]: t[k].detach().clone() for key, t in state.items()}
+                for k in range(self.size)]
 
     def unstack(self, models: Sequence[nn.Module]) -> list[nn.Module]:
         """Copy the K trained slices back into K models of the architecture; returns them."""

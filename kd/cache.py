@@ -13,12 +13,14 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
+from kd.batched import StackedModels
 from kd.data import cache_root
-from kd.engine import fit
+from kd.engine import fit, prepare_model
 from kd.errors import NotWritableError, check_writable_folder, reason
 
 CACHE_VERSION = 2  # 2: fused Adam
@@ -119,6 +121,35 @@ class ModelCache:
         else:
             model.load_state_dict(hit["state_dict"])
         return model.eval(), hit["meta"], hit.get("checkpoints", {})
+
+    def fit_stack(self, specs: list[dict], new_model: Callable[[int], nn.Module], train,
+                  objective_for: Callable[[list[int]], object], config, *, seeds: list[int],
+                  augment=None, desc: str = "train") -> list[int]:
+        """Train the models of ``specs`` that the cache lacks as one
+        :class:`kd.batched.StackedModels` (member k on the batches of ``seeds[k]``, see
+        :func:`kd.engine.fit`) and store each under its own spec, as :meth:`fit` would have one
+        at a time; return the indices trained. ``new_model(i)`` builds model i untrained (its
+        seeded initialization); ``objective_for(indices)`` the objective of a stack of those
+        (a live teacher per member is a stack too). meta also holds ``stacked_with``, and
+        ``train_s`` is the stack's time divided by its members."""
+        missing = [i for i, spec in enumerate(specs) if self.load(spec) is None]
+        if not missing:
+            return []
+        check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
+        stack = prepare_model(StackedModels([new_model(i) for i in missing],
+                                            input_ndim=train.images.dim()), train.device)
+        fitted = fit(stack, train, objective_for(missing), config,
+                     seed=[seeds[i] for i in missing], augment=augment, desc=desc)
+        member = lambda value, k: value[k] if isinstance(value, list) else value
+        checkpoints = {e: stack.split_state(state) for e, state in fitted.checkpoints.items()}
+        for k, (i, state) in enumerate(zip(missing, stack.state_dicts())):
+            meta = {"train_s": round(fitted.wall_s / len(missing), 2),
+                    "stacked_with": len(missing),
+                    "final_train_loss": member(fitted.final.get("train_loss"), k),
+                    "train_loss_history": [member(epoch.get("train_loss"), k)
+                                           for epoch in fitted.history]}
+            self.save(specs[i], state, meta, {e: states[k] for e, states in checkpoints.items()})
+        return missing
 
 
 def ship(spec: dict, cache: ModelCache | None = None, shipped: Path = SHIPPED_ROOT,

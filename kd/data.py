@@ -174,6 +174,16 @@ def iterate_batches(split: Split, batch_size: int, *, generator: torch.Generator
         yield Batch(split.normalize(images), split.labels[idx], idx)
 
 
+def iterate_member_batches(split: Split, batch_size: int, generators: list[torch.Generator],
+                           *, augment: Augment | None = None) -> Iterator[Batch]:
+    """One batch stream per member of a stack, each exactly what :func:`iterate_batches` yields
+    with that member's generator, stacked: ``x [K, N, ...]``, ``y [K, N]``, ``idx [K, N]``."""
+    streams = [iterate_batches(split, batch_size, generator=g, augment=augment)
+               for g in generators]
+    for batches in zip(*streams):
+        yield Batch(*(torch.stack(parts) for parts in zip(*batches)))
+
+
 class RandomTranslate:
     """Shift each image by its own random (dy, dx), |dy|, |dx| <= ``max_shift``, zero-filling.
 

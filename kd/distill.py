@@ -40,6 +40,17 @@ class Objective:
 CrossEntropy = Objective
 
 
+def gather_rows(logits: Tensor, idx: Tensor) -> Tensor:
+    """Rows ``idx`` of a transfer set's logits: ``logits`` ``[M, C]`` (one teacher) or ``[K, M, C]``
+    (member k's own teacher), ``idx`` ``[N]`` (a batch shared by all) or ``[K, N]`` (one batch
+    per member, :func:`kd.data.iterate_member_batches`)."""
+    if idx.dim() == 1:
+        return logits[..., idx, :]
+    if logits.dim() == 2:
+        return logits[idx]
+    return logits[torch.arange(len(idx), device=idx.device)[:, None], idx]
+
+
 class Distill(Objective):
     """Response-based distillation from a fixed teacher (Hinton et al. 2015).
 
@@ -57,7 +68,9 @@ class Distill(Objective):
     The teacher is put in eval mode, moved to the transfer set's device in :meth:`bind`, and
     runs under ``torch.no_grad()``. When the transfer set is
     not augmented, its logits for the whole set are computed once in :meth:`bind` and looked up
-    by example index every epoch instead of running the teacher again.
+    by example index every epoch instead of running the teacher again. The teacher may be a
+    :class:`kd.batched.StackedModels` of K teachers, student k's own (logits ``[K, N, C]``), for a
+    stack of K students that each distil from their own.
     """
 
     def __init__(self, teacher: nn.Module, temperature: float | Sequence[float],
@@ -97,8 +110,8 @@ class Distill(Objective):
         if augmented or not self.cache_logits:
             self.cached_logits = None
         elif self.transfer_logits is not None:
-            if self.transfer_logits.shape[0] != len(train):
-                raise ConfigError(f"transfer_logits has {self.transfer_logits.shape[0]} rows for "
+            if self.transfer_logits.shape[-2] != len(train):
+                raise ConfigError(f"transfer_logits has {self.transfer_logits.shape[-2]} rows for "
                                   f"a transfer set of {len(train)} examples")
             self.cached_logits = self.transfer_logits.to(device)
         else:
@@ -107,7 +120,7 @@ class Distill(Objective):
     @torch.no_grad()
     def teacher_logits(self, batch: Batch) -> Tensor:
         if self.cached_logits is not None:
-            return self.cached_logits[batch.idx]
+            return gather_rows(self.cached_logits, batch.idx)
         self.teacher.eval()
         return self.teacher(batch.x).float()
 
@@ -115,9 +128,10 @@ class Distill(Objective):
         if not self.kd_active:
             return super().__call__(model, batch)
         logits, teacher_logits = model(batch.x).float(), self.teacher_logits(batch)
-        expected = teacher_logits.shape if self.alpha.dim() == 0 else (
-            len(self.alpha), *teacher_logits.shape)
-        if logits.shape != expected:
+        # K students: K settings of alpha and T, or K teachers (a stack, member k's own), or both
+        members = {len(self.alpha)} if self.alpha.dim() else set()
+        members |= {teacher_logits.shape[0]} if teacher_logits.dim() == 3 else set()
+        if len(members) > 1 or logits.shape != (*members, *teacher_logits.shape[-2:]):
             raise ConfigError(f"student logits {tuple(logits.shape)} do not fit the teacher's "
                               f"{tuple(teacher_logits.shape)} and {self.alpha.numel()} "
                               f"setting(s) of alpha and T")

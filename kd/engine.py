@@ -17,14 +17,14 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kd.data import Augment, Split, iterate_batches
+from kd.data import Augment, Split, iterate_batches, iterate_member_batches
 from kd.errors import ConfigError, NonFiniteLossError
 from kd import metrics
 
@@ -229,8 +229,8 @@ def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *, seed: int,
-        eval_sets: dict[str, Split] | None = None, augment: Augment | None = None,
+def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *,
+        seed: int | Sequence[int], eval_sets: dict[str, Split] | None = None, augment: Augment | None = None,
         desc: str = "train") -> FitResult:
     """Train ``model`` in place on ``train`` and return per-epoch history and checkpoints.
 
@@ -238,10 +238,23 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *, seed:
     is called first (a distiller caches its teacher's logits there when nothing is augmented),
     and ``start_epoch(epoch)`` before each epoch (epochs count from 1).
     eval_sets: splits on the same device, evaluated after every epoch (accuracy and errors).
+    seed: the seed of the batch order and augmentation; K seeds train a
+    :class:`kd.batched.StackedModels` of K members (built with ``input_ndim``) each on its own
+    batches, exactly those a run of its seed would see (their initialization is the caller's).
     """
     device = train.device
     eval_sets = eval_sets or {}
-    generator = torch.Generator(device=device).manual_seed(seed)
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    if isinstance(seed, int):
+        batches = lambda: iterate_batches(train, config.batch_size, generator=generators[0],
+                                          augment=augment)
+    else:
+        if getattr(model, "input_ndim", None) is None or len(model) != len(seeds):
+            raise ConfigError(f"{len(seeds)} seeds train a StackedModels of as many members "
+                              f"built with input_ndim, not a {type(model).__name__}")
+        batches = lambda: iterate_member_batches(train, config.batch_size, generators,
+                                                 augment=augment)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[config.optimizer](params, config)
     steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
@@ -260,8 +273,7 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *, seed:
         model.train()
         objective.start_epoch(epoch)
         sums: dict[str, torch.Tensor] = {}
-        for batch in iterate_batches(train, config.batch_size, generator=generator,
-                                     augment=augment):
+        for batch in batches():
             with autocast(device, config.precision):
                 loss, terms = objective(forward, batch)
             optimizer.zero_grad(set_to_none=True)

@@ -349,11 +349,12 @@ def describe_model(model: nn.Module) -> str:
     return f"{type(model).__name__} {params / 1e6:.2f}M"
 
 
-SEED = re.compile(r"\s*\bseed \d+:?|\s+\d+$")
+SEED = re.compile(r"\s*\bseed \d+:?|\s+\d+$|^\d+ x ")
 
 
 def job_label(desc: str) -> str:
-    """A run's progress label without its seed (or pool index): runs of every seed group."""
+    """A run's progress label without its seed (or pool index) or stack size (the model column
+    says ``3 x ...``): runs of every seed group."""
     return SEED.sub("", desc).strip() or desc
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from kd.cli import run_main
 from kd.results import markdown_table, mean_std, run_footer
-from studies.cifar_zoo import Family, Teacher, Zoo, zoo_cell_runner, zoo_study_main
+from studies.cifar_zoo import Family, Teacher, Training, Zoo, zoo_cell_runner, zoo_study_main
 
 STUDY = "capacity_gap"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -84,13 +84,20 @@ class Run:
         self.zoo, self.seed = zoo, seed
         self.models: dict[tuple[str, ...], Teacher] = {}  # chain + arch -> trained model
 
-    def model(self, chain: tuple[str, ...], arch: str) -> tuple[Teacher, dict]:
+    def chain_training(self, chain: tuple[str, ...], arch: str) -> Training:
         """``arch`` distilled along ``chain`` (a teacher when the chain is empty)."""
         if not chain:
-            teacher, meta, _ = self.zoo.teacher(arch, self.seed)
-            return teacher, meta
-        teacher = self.trained(chain[:-1], chain[-1])
-        return self.zoo.distilled(arch, self.seed, teacher)
+            return self.zoo.teacher_training(arch, self.seed)
+        return self.zoo.student_training(arch, self.seed, self.trained(chain[:-1], chain[-1]))
+
+    def training(self, cell: Cell) -> Training:
+        if cell.role == "scratch":
+            return self.zoo.student_training(cell.arch, self.seed, None)
+        return self.chain_training(cell.chain, cell.arch)
+
+    def model(self, chain: tuple[str, ...], arch: str) -> tuple[Teacher, dict]:
+        model, meta, _ = self.zoo.fit(self.chain_training(chain, arch))
+        return model, meta
 
     def trained(self, chain: tuple[str, ...], arch: str) -> Teacher:
         if (*chain, arch) not in self.models:
@@ -98,10 +105,7 @@ class Run:
         return self.models[(*chain, arch)]
 
     def run(self, cell: Cell) -> dict:
-        if cell.role == "scratch":
-            model, meta = self.zoo.distilled(cell.arch, self.seed, None)
-        else:
-            model, meta = self.model(cell.chain, cell.arch)
+        model, meta, _ = self.zoo.fit(self.training(cell))
         self.models[(*cell.chain, cell.arch)] = model
         row = {"family": cell.family, "role": cell.role, "chain": " > ".join(
             (*cell.chain, cell.arch)), **self.zoo.describe(model, meta)}
@@ -154,10 +158,16 @@ def models_used(seed: int, cell: Cell) -> list[tuple]:
         (seed, *cell.chain, cell.arch)]
 
 
+def level(cell: Cell) -> int:
+    """Trained models between the cell's and the labels: teachers and scratch 0, students 1,
+    students of assistants 2 (the order of stacked training)."""
+    return 0 if cell.role == "scratch" else len(cell.chain)
+
+
 def main(argv: list[str] | None = None) -> None:
     zoo_study_main(argv, study=STUDY, description=__doc__.split("\n\n")[0],
                    plan=lambda name, profile: plan(FAMILIES[name]), runner=cell_runner,
-                   models_used=models_used, report=report)
+                   models_used=models_used, report=report, level=level)
 
 
 if __name__ == "__main__":

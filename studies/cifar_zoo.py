@@ -11,6 +11,7 @@ teacher and the loss's settings.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable, Protocol
 
@@ -20,12 +21,14 @@ from torch import nn
 
 import kd.cifar_models  # noqa: F401  (registers the CIFAR models)
 from kd import data, engine, metrics
+from kd.batched import StackedModels
 from kd.cache import ModelCache, spec_key
 from kd.cifar import RandomCropFlip
 from kd.cifar_models import flops_per_image
 from kd.cli import open_study
 from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
+from kd.engine import NonFiniteLossError, TrainConfig
+from kd.errors import ConfigError
 from kd.executor import every, run_cells_on_ray
 from kd.models import build_model, parameter_count
 from kd.results import pending, run_cells
@@ -53,6 +56,25 @@ class Teacher:
     model: nn.Module
     key: str
     test_logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Training:
+    """One model the zoo trains: its cache spec and what decides its run."""
+
+    spec: dict
+    arch: str
+    seed: int
+    config: TrainConfig
+    teacher: Teacher | None  # None: from labels
+    kd_until_epoch: int | None
+    desc: str
+
+    @property
+    def kind(self) -> tuple:
+        """What models trained as one stack must share: all but the seed and teacher weights."""
+        return (self.spec["role"], self.arch, self.teacher.arch if self.teacher else None,
+                self.kd_until_epoch, self.config)
 
 
 class Zoo:
@@ -86,16 +108,72 @@ class Zoo:
                                     self.device)
 
     # -- training ------------------------------------------------------------------------------
-    def teacher(self, arch: str, seed: int) -> tuple[Teacher, dict, dict[int, dict]]:
-        """A model trained on labels with crop + flip; with its meta and checkpoints. Of seed
+    def teacher_training(self, arch: str, seed: int) -> Training:
+        """A model trained on labels with crop + flip, with checkpoints. Of seed
         ``teacher_seed`` when the zoo has one, whatever ``seed`` asks for."""
         seed = self.teacher_seed_for(seed)
         config = dataclasses.replace(self.config, checkpoint_epochs=self.teacher_checkpoints)
         spec = {**self.base_spec(arch, seed, config), "augment": "crop4+flip", "role": "teacher"}
+        return Training(spec, arch, seed, config, None, None, f"teacher {arch} seed {seed}")
+
+    def student_training(self, arch: str, seed: int, teacher: Teacher | None,
+                         kd_until_epoch: int | None = None) -> Training:
+        """``arch`` trained from ``teacher`` (labels only when None), cached like a teacher so it
+        can teach in turn (a teacher assistant)."""
+        spec = {**self.base_spec(arch, seed, self.config), "role": "student",
+                "augment": "crop4+flip" if self.augment_students else "none"}
+        if teacher is not None:
+            spec.update(teacher=teacher.key, kd=dataclasses.asdict(self.kd),
+                        kd_until_epoch=kd_until_epoch)
+        return Training(spec, arch, seed, self.config, teacher, kd_until_epoch,
+                        f"{arch} from {teacher.arch if teacher else 'labels'} seed {seed}")
+
+    def augment_for(self, training: Training):
+        teacher_run = training.spec["role"] == "teacher"
+        return RandomCropFlip() if teacher_run or self.augment_students else None
+
+    def fit(self, training: Training) -> tuple[Teacher, dict, dict[int, dict]]:
+        """Train one model (or load it from the cache): the model, its meta and checkpoints."""
+        objective = CrossEntropy() if training.teacher is None else Distill(
+            training.teacher.model, self.kd.temperature, self.kd.alpha,
+            kd_until_epoch=training.kd_until_epoch,
+            transfer_logits=None if self.augment_students else self.train_logits(training.teacher))
         model, meta, checkpoints = self.cache.fit(
-            spec, self.new_model(arch, seed), self.train, CrossEntropy(), config, seed=seed,
-            augment=RandomCropFlip(), desc=f"teacher {arch} seed {seed}")
-        return self.as_teacher(arch, model, spec_key(spec)), meta, checkpoints
+            training.spec, self.new_model(training.arch, training.seed), self.train, objective,
+            training.config, seed=training.seed, augment=self.augment_for(training),
+            desc=training.desc)
+        return self.as_teacher(training.arch, model, spec_key(training.spec)), meta, checkpoints
+
+    def fit_stack(self, trainings: list[Training]) -> int:
+        """Train models of one kind (:attr:`Training.kind`) that differ in seed and teacher as
+        one stack, each into the cache as :meth:`fit` would train it alone (up to rounding);
+        returns how many were trained (those already cached are skipped)."""
+        first = trainings[0]
+        if any(t.kind != first.kind for t in trainings):
+            raise ConfigError("a stack needs trainings of one kind (architecture, teacher's "
+                              "architecture, schedule)")
+
+        def objective_for(members: list[int]):
+            if first.teacher is None:
+                return CrossEntropy()
+            teachers = [trainings[i].teacher for i in members]
+            stack = StackedModels([t.model for t in teachers], input_ndim=self.train.images.dim())
+            transfer = None if self.augment_students else torch.stack(
+                [self.train_logits(t) for t in teachers])
+            return Distill(engine.prepare_model(stack, self.device), self.kd.temperature,
+                           self.kd.alpha, kd_until_epoch=first.kd_until_epoch,
+                           transfer_logits=transfer)
+
+        trained = self.cache.fit_stack(
+            [t.spec for t in trainings], lambda i: self.new_model(first.arch, trainings[i].seed),
+            self.train, objective_for, first.config, seeds=[t.seed for t in trainings],
+            augment=self.augment_for(first),
+            desc=f"{len(trainings)} x {first.desc.rsplit(' seed ', 1)[0]}")
+        return len(trained)
+
+    def teacher(self, arch: str, seed: int) -> tuple[Teacher, dict, dict[int, dict]]:
+        """A model trained on labels with crop + flip; with its meta and checkpoints."""
+        return self.fit(self.teacher_training(arch, seed))
 
     def teacher_seed_for(self, seed: int) -> int:
         return seed if self.teacher_seed is None else self.teacher_seed
@@ -116,22 +194,8 @@ class Zoo:
                   kd_until_epoch: int | None = None) -> tuple[Teacher, dict]:
         """``arch`` trained from ``teacher`` (labels only when None), cached like a teacher so it
         can teach in turn (a teacher assistant)."""
-        spec = {**self.base_spec(arch, seed, self.config), "role": "student",
-                "augment": "crop4+flip" if self.augment_students else "none"}
-        if teacher is None:
-            objective = CrossEntropy()
-        else:
-            spec.update(teacher=teacher.key, kd=dataclasses.asdict(self.kd),
-                        kd_until_epoch=kd_until_epoch)
-            objective = Distill(teacher.model, self.kd.temperature, self.kd.alpha,
-                                kd_until_epoch=kd_until_epoch,
-                                transfer_logits=None if self.augment_students else
-                                self.train_logits(teacher))
-        model, meta, _ = self.cache.fit(
-            spec, self.new_model(arch, seed), self.train, objective, self.config, seed=seed,
-            augment=RandomCropFlip() if self.augment_students else None,
-            desc=f"{arch} from {teacher.arch if teacher else 'labels'} seed {seed}")
-        return self.as_teacher(arch, model, spec_key(spec)), meta
+        model, meta, _ = self.fit(self.student_training(arch, seed, teacher, kd_until_epoch))
+        return model, meta
 
     def train_logits(self, teacher: Teacher) -> torch.Tensor:
         """The teacher's logits on the unaugmented training split, computed once per teacher."""
@@ -155,7 +219,9 @@ class Zoo:
                 "schedule": f"{self.config.schedule} {self.config.milestones}",
                 "lr": self.config.lr, "weight_decay": self.config.weight_decay,
                 "final_train_loss": meta.get("final_train_loss"),
-                "train_loss_plateau": metrics.loss_plateau(meta.get("train_loss_history", []))}
+                "train_loss_plateau": metrics.loss_plateau(meta.get("train_loss_history", [])),
+                # trained in a stack of that many models (kd.cache.ModelCache.fit_stack)
+                **({"stacked_with": meta["stacked_with"]} if "stacked_with" in meta else {})}
 
     def agreement(self, student: Teacher, teacher: Teacher) -> dict:
         return {"test_agreement": metrics.agreement(student.test_logits, teacher.test_logits),
@@ -187,6 +253,9 @@ class ZooProfile:
     train_limit: int | None = None
     test_limit: int | None = None
     teacher_seed: int | None = None  # one teacher per architecture for all seeds (None: per seed)
+    # Train the models of one kind of every pending seed (and teacher checkpoint) as one stack
+    # before the cells are scored (:func:`train_in_stacks`): fewer, larger kernels on a GPU.
+    stack_models: bool = False
 
 
 ZOO_PROFILES = {
@@ -218,7 +287,7 @@ ZOO_PROFILES = {
         description="all 50,000 training images, Mirzadeh et al.'s 150-epoch schedule, crop + "
                     "flip for every model, 3 seeds",
         config=MIRZADEH_SGD, teacher_checkpoints=(10, 20, 40, 60, 80, 100, 120, 150),
-        augment_students=True, seeds=3),
+        augment_students=True, seeds=3, stack_models=True),
 }
 
 
@@ -235,17 +304,49 @@ CIFAR_DATASETS = ("cifar10", "cifar100")  # --dataset of the CIFAR studies; the 
 class SeedRun(Protocol):
     def run(self, cell) -> dict: ...
 
+    def training(self, cell) -> Training:
+        """What the cell trains (its teachers already trained: a cache hit, or trained now)."""
+
+
+def train_in_stacks(zoo: Zoo, todo: list[tuple[int, object]],
+                    new_run: Callable[[int], SeedRun], level: Callable[[object], int]) -> int:
+    """Fill the model cache for the pending ``(seed, cell)`` pairs a level at a time (teachers
+    at level 0, their students at 1, students of those at 2: ``level(cell)``), the models of
+    one kind (:attr:`Training.kind`: architecture, teacher's architecture, schedule) as one
+    stack, whatever their seeds and teachers (each member keeps its seed's batches and its own
+    teacher). The cells then find their models in the cache. A stack whose loss stops being
+    finite is left to the cells, which train its models one at a time and record failures.
+    Returns the number of models trained."""
+    runs: dict[int, SeedRun] = {}
+    trained = 0
+    for depth in sorted({level(cell) for _, cell in todo}):
+        kinds: dict[tuple, dict[str, Training]] = {}
+        for seed, cell in todo:
+            if level(cell) == depth:
+                training = runs.setdefault(seed, new_run(seed)).training(cell)
+                kinds.setdefault(training.kind, {})[spec_key(training.spec)] = training
+        for trainings in kinds.values():
+            try:
+                trained += zoo.fit_stack(list(trainings.values()))
+            except NonFiniteLossError as error:
+                print(f"warning: {error}; its models train one at a time instead",
+                      file=sys.stderr)
+    return trained
+
 
 def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
                    plan: Callable[[str, ZooProfile], list],
                    runner: Callable[[object], Callable[[int, object], dict]],
                    models_used: Callable[[int, object], Iterable[Hashable]],
-                   report: Callable[[pd.DataFrame], str]) -> None:
+                   report: Callable[[pd.DataFrame], str],
+                   level: Callable[[object], int]) -> None:
     """The command line of a study built on the zoo: ``plan(profile name, profile)`` lists the
     cells of one seed; ``runner(command)`` (a module-level function, which Ray workers call
     too) returns ``run(seed, cell) -> row``, most simply :func:`zoo_cell_runner`;
     ``models_used(seed, cell)`` names the shared models a cell trains or loads (the order of
-    ``--executor ray``)."""
+    ``--executor ray``); ``level(cell)`` how many trained models stand between the cell's
+    model and the labels (0 for teachers), the order of stacked training when the profile
+    stacks models (``ZooProfile.stack_models``; the Ray executor trains one at a time)."""
     command = open_study(argv, study=study, description=description, profiles=ZOO_PROFILES,
                          report=report, datasets=CIFAR_DATASETS)
     if command is None:
@@ -260,13 +361,18 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
     if command.executor == "ray":
         run_cells_on_ray(command, every(cells, seeds), runner, summary, models_used)
         return
-    run_cells(table, todo, runner(command), device, summary, precision=command.precision)
+    run_cell = runner(command)
+    if profile.stack_models and todo:
+        trained = train_in_stacks(run_cell.zoo, todo, run_cell.new_run, level)
+        print(f"{study}: {trained} models trained in stacks of one kind each; scoring the cells")
+    run_cells(table, todo, run_cell, device, summary, precision=command.precision)
 
 
 def zoo_cell_runner(command, new_run: Callable[[Zoo, int, str], SeedRun]
                     ) -> Callable[[int, object], dict]:
     """``run(seed, cell) -> row`` of a zoo study: ``new_run(zoo, seed, profile name)`` trains
-    and describes the cells of one seed."""
+    and describes the cells of one seed. The function carries its ``zoo`` and
+    ``new_run(seed)`` as attributes (for :func:`train_in_stacks`)."""
     args = command.args
     zoo = make_zoo(command.profile, args.dataset, command.device)
     runs: dict[int, SeedRun] = {}
@@ -276,4 +382,6 @@ def zoo_cell_runner(command, new_run: Callable[[Zoo, int, str], SeedRun]
         return {"dataset": args.dataset, "teacher_seed": zoo.teacher_seed_for(seed),
                 **run.run(cell)}
 
+    run_cell.zoo = zoo
+    run_cell.new_run = lambda seed: runs.setdefault(seed, new_run(zoo, seed, args.profile))
     return run_cell

@@ -29,7 +29,7 @@ import pandas as pd
 from kd.cli import run_main
 from kd.errors import ConfigError
 from kd.results import markdown_table, mean_std, run_footer
-from studies.cifar_zoo import Family, Teacher, Zoo, zoo_cell_runner, zoo_study_main
+from studies.cifar_zoo import Family, Teacher, Training, Zoo, zoo_cell_runner, zoo_study_main
 
 STUDY = "early_stopping"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -90,6 +90,15 @@ class Run:
                                   f"{sorted(states)}")
         return self.checkpoints[(arch, epoch)]
 
+    def training(self, cell: Cell) -> Training:
+        if cell.role == "teacher_checkpoint":
+            return self.zoo.teacher_training(cell.arch, self.seed)
+        if cell.role == "scratch":
+            return self.zoo.student_training(cell.arch, self.seed, None)
+        stop = self.kd_stop_epoch if cell.role == "eskd" else None
+        return self.zoo.student_training(cell.arch, self.seed,
+                                         self.teacher_at(cell.teacher, cell.teacher_epoch), stop)
+
     def run(self, cell: Cell) -> dict:
         row = {"family": cell.family, "role": cell.role, "teacher": cell.teacher,
                "teacher_epoch": cell.teacher_epoch}
@@ -104,12 +113,11 @@ class Run:
                     "epochs": cell.teacher_epoch, "train_s": None,
                     "run_epochs": self.zoo.config.epochs, "run_train_s": meta.get("train_s"),
                     **{f"run_{key}": value for key, value in run_loss.items()}}
-        if cell.role == "scratch":
-            model, meta = self.zoo.distilled(cell.arch, self.seed, None)
+        training = self.training(cell)
+        model, meta, _ = self.zoo.fit(training)
+        if training.teacher is None:
             return {**row, **self.zoo.describe(model, meta)}
-        teacher = self.teacher_at(cell.teacher, cell.teacher_epoch)
-        stop = self.kd_stop_epoch if cell.role == "eskd" else None
-        model, meta = self.zoo.distilled(cell.arch, self.seed, teacher, kd_until_epoch=stop)
+        teacher, stop = training.teacher, training.kd_until_epoch
         return {**row, "kd_until_epoch": stop, "teacher_accuracy": self.zoo.accuracy(teacher),
                 **self.zoo.describe(model, meta), **self.zoo.agreement(model, teacher)}
 
@@ -162,10 +170,16 @@ def models_used(seed: int, cell: Cell) -> list[tuple]:
     return [] if teacher is None else [(seed, teacher)]
 
 
+def level(cell: Cell) -> int:
+    """Teachers and scratch students 0, students of teacher checkpoints 1 (stacking order)."""
+    return 1 if cell.role in ("kd", "eskd") else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     zoo_study_main(argv, study=STUDY, description=__doc__.split("\n\n")[0],
                    plan=lambda name, profile: plan(FAMILIES[name], profile.teacher_checkpoints),
-                   runner=cell_runner, models_used=models_used, report=report)
+                   runner=cell_runner, models_used=models_used, report=report,
+                   level=level)
 
 
 if __name__ == "__main__":

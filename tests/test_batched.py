@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -145,3 +146,69 @@ def test_cross_entropy_stack_trains_each_student():
     assert len(record["test_accuracy"]) == 2 and len(record["test_errors"]) == 2
     assert len(record["train_loss"]) == 2 and all(map(math.isfinite, record["train_loss"]))
     assert record["train_loss"][0] != record["train_loss"][1]
+
+
+def test_member_batches_are_each_seeds_own_batches_stacked():
+    train = tiny_cifar(n=40)
+    generators = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]
+    stacked = list(data.iterate_member_batches(train, 16, generators(), augment=RandomCropFlip()))
+    alone = [list(data.iterate_batches(train, 16, generator=g, augment=RandomCropFlip()))
+             for g in generators()]
+    assert [b.x.shape for b in stacked] == [(2, 16, 3, 32, 32)] * 2 + [(2, 8, 3, 32, 32)]
+    for step, batch in enumerate(stacked):
+        for k in range(2):  # the same code path: exactly equal
+            assert torch.equal(batch.x[k], alone[k][step].x)
+            assert torch.equal(batch.idx[k], alone[k][step].idx)
+            assert torch.equal(batch.y[k], train.labels[batch.idx[k]])
+    assert not torch.equal(stacked[0].idx[0], stacked[0].idx[1])  # two seeds, two orders
+
+
+def own_teacher(seed):
+    torch.manual_seed(seed)
+    return PlainCNN(4).eval()
+
+
+@pytest.mark.parametrize("augmented", [True, False])
+def test_runs_of_different_seeds_and_teachers_stack_like_separate_runs(augmented):
+    """K runs that differ in seed (init, batch order, crop + flip draws) and in teacher, trained
+    as one stack (member k on its own batches, from its own teacher), end where the K separate
+    runs end: live teachers on augmented batches, or their logits looked up by index."""
+    train, test = tiny_cifar(), tiny_cifar(seed=1)
+    seeds, teacher_seeds = (3, 4), (98, 99)
+    augment = RandomCropFlip() if augmented else None
+    separate = []
+    for seed, t in zip(seeds, teacher_seeds):
+        model = student(seed)
+        history = engine.fit(model, train, Distill(own_teacher(t), 4.0, 0.9), CONFIG,
+                             seed=seed, augment=augment, eval_sets={"test": test}).history
+        separate.append((model, history))
+
+    teachers = StackedModels([own_teacher(t) for t in teacher_seeds], input_ndim=4)
+    transfer = None if augmented else engine.predict(teachers, train)
+    assert transfer is None or transfer.shape == (2, len(train), 10)
+    stack = StackedModels([student(s) for s in seeds], input_ndim=4)
+    fitted = engine.fit(stack, train, Distill(teachers, 4.0, 0.9, transfer_logits=transfer),
+                        dataclasses.replace(CONFIG, checkpoint_epochs=(1,)), seed=list(seeds),
+                        augment=augment, eval_sets={"test": test})
+
+    steps = CONFIG.epochs * math.ceil(len(train) / CONFIG.batch_size)
+    for k, (model, history) in enumerate(separate):
+        assert_states_close(stack.state_dicts()[k], model.state_dict(), steps)
+        for epoch, alone in zip(fitted.history, history):
+            assert_errors_close(epoch["test_errors"][k], alone["test_errors"], len(test))
+            assert epoch["train_loss"][k] == pytest.approx(alone["train_loss"], rel=1e-4)
+    # checkpoints of the stack split into the members' own state dicts
+    members = stack.split_state(fitted.checkpoints[1])
+    assert members[0].keys() == separate[0][0].state_dict().keys()
+    assert not torch.equal(members[0]["classifier.weight"], members[1]["classifier.weight"])
+
+
+def test_seed_lists_need_a_stack_with_member_inputs():
+    train = tiny_cifar(n=16)
+    for model in (student(1), StackedModels([student(1), student(2)]),
+                  StackedModels([student(1), student(2)], input_ndim=4)):
+        seeds = [1, 2, 3] if isinstance(model, StackedModels) and model.input_ndim else [1, 2]
+        with pytest.raises(ConfigError, match="seeds train a StackedModels"):
+            engine.fit(model, train, CrossEntropy(), CONFIG, seed=seeds)
+    with pytest.raises(ConfigError, match="a stack of 2 models got batches for 3"):
+        StackedModels([student(1), student(2)], input_ndim=4)(torch.zeros(3, 4, 3, 32, 32))

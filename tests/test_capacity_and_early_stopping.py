@@ -170,3 +170,45 @@ def test_full_zoo_profile_uses_all_the_data_shares_teachers_and_has_five_seeds()
     assert full.train_limit is None and full.test_limit is None
     assert full.teacher_seed == 0 and full.seeds >= 5
     assert full.config.epochs > ZOO_PROFILES["quick"].config.epochs
+
+
+def test_stacked_training_gives_the_rows_of_one_at_a_time_training(fake_cifar10, tmp_path,
+                                                                   fits, monkeypatch):
+    """The paper profiles' scheme on the smoke scale: with ``stack_models`` every kind of model
+    (teachers of both seeds; students of both seeds, each from its own teacher; the students of
+    the assistants) trains as one stack before the cells are scored, and every row is the row of
+    the same cell trained alone, up to rounding; checkpoint teachers too (early stopping)."""
+    import dataclasses
+
+    from tests.closeness import assert_errors_close
+
+    def rows(study, stacked: bool):
+        profile = dataclasses.replace(ZOO_PROFILES["smoke"], stack_models=stacked)
+        monkeypatch.setitem(ZOO_PROFILES, "smoke", profile)
+        results = tmp_path / ("stacked" if stacked else "alone")
+        monkeypatch.setenv("KD_CACHE", str(results / "cache"))
+        study.main(["--profile", "smoke", "--device", "cpu", "--seeds", "2",
+                    "--results", str(results)])
+        frame = pd.read_csv(results / study.STUDY / "smoke.csv")
+        return frame.set_index(["cell", "seed"]).sort_index()
+
+    alone = rows(capacity_gap, stacked=False)
+    trainings = len(fits)
+    stacked = rows(capacity_gap, stacked=True)
+    # one stack per kind: 2 teachers, scratch, 2 students of teachers, TA, student of the TA
+    assert len(fits) - trainings == 7
+    assert stacked.index.equals(alone.index) and (stacked["stacked_with"] == 2).all()
+    for key in alone.index:
+        assert_errors_close(round((1 - stacked.loc[key, "test_accuracy"]) * 300),
+                            round((1 - alone.loc[key, "test_accuracy"]) * 300), 300)
+    assert (stacked["teacher_seed"] == stacked.index.get_level_values("seed")).all()
+
+    trainings = len(fits)
+    early = rows(early_stopping, stacked=True)  # reuses the stacked zoo's cache
+    # new: the students of the epoch-1 checkpoints of both seeds, and the ESKD students
+    assert len(fits) - trainings == 2
+    assert early.loc[("kd/plain_cnn4@1/plain_cnn2", 1), "stacked_with"] == 2
+    early_alone = rows(early_stopping, stacked=False)
+    for key in early_alone.index:
+        assert_errors_close(round((1 - early.loc[key, "test_accuracy"]) * 300),
+                            round((1 - early_alone.loc[key, "test_accuracy"]) * 300), 300)
