@@ -254,8 +254,12 @@ class ZooProfile:
     test_limit: int | None = None
     teacher_seed: int | None = None  # one teacher per architecture for all seeds (None: per seed)
     # Train the models of one kind of every pending seed (and teacher checkpoint) as one stack
-    # before the cells are scored (:func:`train_in_stacks`): fewer, larger kernels on a GPU.
-    stack_models: bool = False
+    # before the cells are scored (:func:`train_in_stacks`), when there are at least this many
+    # (None: never). A stack pays on a GPU only when it is large: vmap runs a stacked step with
+    # about 4 times the operators of one model's (views, permutes, copies around the grouped
+    # convolutions: 290 against 73 for a plain CNN-4, counted by kd.estimate's OpCounter), so
+    # 3 seeds of one model cost more as a stack than one after another.
+    stack_at_least: int | None = None
 
 
 ZOO_PROFILES = {
@@ -287,7 +291,7 @@ ZOO_PROFILES = {
         description="all 50,000 training images, Mirzadeh et al.'s 150-epoch schedule, crop + "
                     "flip for every model, 3 seeds",
         config=MIRZADEH_SGD, teacher_checkpoints=(10, 20, 40, 60, 80, 100, 120, 150),
-        augment_students=True, seeds=3, stack_models=True),
+        augment_students=True, seeds=3, stack_at_least=6),
 }
 
 
@@ -309,12 +313,14 @@ class SeedRun(Protocol):
 
 
 def train_in_stacks(zoo: Zoo, todo: list[tuple[int, object]],
-                    new_run: Callable[[int], SeedRun], level: Callable[[object], int]) -> int:
+                    new_run: Callable[[int], SeedRun], level: Callable[[object], int],
+                    at_least: int = 2) -> int:
     """Fill the model cache for the pending ``(seed, cell)`` pairs a level at a time (teachers
     at level 0, their students at 1, students of those at 2: ``level(cell)``), the models of
     one kind (:attr:`Training.kind`: architecture, teacher's architecture, schedule) as one
     stack, whatever their seeds and teachers (each member keeps its seed's batches and its own
-    teacher). The cells then find their models in the cache. A stack whose loss stops being
+    teacher), when a kind has ``at_least`` models to train. The cells then find their models
+    in the cache (and train the rest one at a time). A stack whose loss stops being
     finite is left to the cells, which train its models one at a time and record failures.
     Returns the number of models trained."""
     runs: dict[int, SeedRun] = {}
@@ -326,6 +332,8 @@ def train_in_stacks(zoo: Zoo, todo: list[tuple[int, object]],
                 training = runs.setdefault(seed, new_run(seed)).training(cell)
                 kinds.setdefault(training.kind, {})[spec_key(training.spec)] = training
         for trainings in kinds.values():
+            if len(trainings) < at_least:
+                continue
             try:
                 trained += zoo.fit_stack(list(trainings.values()))
             except NonFiniteLossError as error:
@@ -346,7 +354,7 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
     ``models_used(seed, cell)`` names the shared models a cell trains or loads (the order of
     ``--executor ray``); ``level(cell)`` how many trained models stand between the cell's
     model and the labels (0 for teachers), the order of stacked training when the profile
-    stacks models (``ZooProfile.stack_models``; the Ray executor trains one at a time)."""
+    stacks models (``ZooProfile.stack_at_least``; the Ray executor trains one at a time)."""
     command = open_study(argv, study=study, description=description, profiles=ZOO_PROFILES,
                          report=report, datasets=CIFAR_DATASETS)
     if command is None:
@@ -362,8 +370,9 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
         run_cells_on_ray(command, every(cells, seeds), runner, summary, models_used)
         return
     run_cell = runner(command)
-    if profile.stack_models and todo:
-        trained = train_in_stacks(run_cell.zoo, todo, run_cell.new_run, level)
+    if profile.stack_at_least is not None and todo:
+        trained = train_in_stacks(run_cell.zoo, todo, run_cell.new_run, level,
+                                  profile.stack_at_least)
         print(f"{study}: {trained} models trained in stacks of one kind each; scoring the cells")
     run_cells(table, todo, run_cell, device, summary, precision=command.precision)
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from kd import data, engine, metrics
+from kd.batched import StackedModels
 from kd.cache import ModelCache
 from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy, Distill
@@ -64,6 +65,10 @@ class Profile:
     train_limit: int | None = None  # first n training / test images (smoke only)
     test_limit: int | None = None
     shared_teacher: bool = False  # one teacher (seed 0) for every seed's students
+    # The students of one width on the whole training set (hard labels and every temperature)
+    # train as one kd.batched.StackedModels: they share their seed's initialization and batches
+    # anyway, and on a GPU one step for all of them costs about what one student's does.
+    stack_students: bool = False
 
 
 # Adam with a cosine schedule for everyone: on a 2-core CPU it got the dropout teacher and the
@@ -102,7 +107,7 @@ PROFILES = {
         description="long training for a GPU: teacher 300 epochs, students 100 epochs, 3 seeds",
         seeds=3, temperatures=ALL_TEMPERATURES, widths=(800, 300, 30),
         teacher=dataclasses.replace(ADAM_COSINE, epochs=300),
-        student=dataclasses.replace(ADAM_COSINE, epochs=100)),
+        student=dataclasses.replace(ADAM_COSINE, epochs=100), stack_students=True),
 }
 
 
@@ -150,8 +155,13 @@ def paper_shifts() -> dict[str, float]:
 class Run:
     """One profile and seed: the data on the device, the teacher, and a runner per cell."""
 
-    def __init__(self, profile: Profile, seed: int, device: torch.device, cache: ModelCache):
+    def __init__(self, profile: Profile, seed: int, device: torch.device, cache: ModelCache,
+                 pending: list[Cell] | None = None):
+        """pending: the cells of this seed still to run (a stack trains those of its width)."""
         self.profile, self.seed, self.device, self.cache = profile, seed, device, cache
+        self.pending = pending
+        self._stacked: dict[str, tuple[nn.Module, int, float]] = {}  # trained, not yet scored
+        self._stacked_with: dict[str, int] = {}  # cell -> size of the stack it trained in
         self.train = data.load("mnist", train=True).head(profile.train_limit).to(device)
         self.test = data.load("mnist", train=False).head(profile.test_limit).to(device)
         self.teacher_seed = 0 if profile.shared_teacher else seed
@@ -191,7 +201,8 @@ class Run:
         else:
             model, transfer_n, train_s = self.train_student(cell)
             config = self.profile.student
-            row = {"train_s": train_s, "model": f"mlp-784-{cell.width}-{cell.width}-10", "hidden":
+            stacked = self._stacked_with.get(cell.name)
+            row = {**({"stacked_with": stacked} if stacked else {}), "train_s": train_s, "model": f"mlp-784-{cell.width}-{cell.width}-10", "hidden":
                    f"{cell.width}-{cell.width}", "temperature": cell.temperature,
                    "alpha": None if cell.temperature is None else self.profile.alpha}
         row.update({"teacher_seed": self.teacher_seed,
@@ -208,6 +219,10 @@ class Run:
         return engine.predict(self.teacher(), self.train)
 
     def train_student(self, cell: Cell) -> tuple[nn.Module, int, float]:
+        if self.profile.stack_students and cell.transfer == "all":
+            if cell.name not in self._stacked:
+                self.train_stack(cell)
+            return self._stacked.pop(cell.name)
         keep = TRANSFER_SETS[cell.transfer].keep(self.train)
         transfer = self.train.subset(keep)
         objective = (CrossEntropy() if cell.temperature is None else
@@ -218,6 +233,28 @@ class Run:
         fitted = engine.fit(student, transfer, objective, self.profile.student, seed=self.seed,
                             desc=f"{cell.name} seed {self.seed}")
         return student, len(transfer), round(fitted.wall_s, 2)
+
+    def train_stack(self, cell: Cell) -> None:
+        """Train ``cell`` and the pending cells of its width on the whole training set as one
+        stack (hard labels: α = 0, the soft term's weight is zero), each from this seed's
+        initialization on this seed's batches, as it would train alone (up to rounding)."""
+        group = [c for c in (self.pending or []) if c.width == cell.width and c.transfer == "all"
+                 and c.name not in self._stacked_with]
+        group = group if cell in group else [cell, *group]
+        students = []
+        for _ in group:
+            engine.seed_everything(self.seed)
+            students.append(MLP(784, (cell.width, cell.width)))
+        stack = engine.prepare_model(StackedModels(students), self.device)
+        objective = Distill(self.teacher(), [c.temperature or 1.0 for c in group],
+                            [0.0 if c.temperature is None else self.profile.alpha for c in group],
+                            transfer_logits=self.teacher_train_logits)
+        fitted = engine.fit(stack, self.train, objective, self.profile.student, seed=self.seed,
+                            desc=f"{len(group)} x {cell.width}x2 seed {self.seed}")
+        for c, model in zip(group, stack.unstack(students)):
+            model = engine.prepare_model(model, self.device)
+            self._stacked[c.name] = (model, len(self.train), round(fitted.wall_s / len(group), 2))
+            self._stacked_with[c.name] = len(group)
 
     def evaluate(self, model: nn.Module, cell: Cell) -> dict:
         logits = engine.predict(model, self.test)
@@ -357,15 +394,19 @@ def main(argv: list[str] | None = None) -> None:
         run_cells_on_ray(command, every(cells, seeds), cell_runner, summary,  # all use the teacher
                          lambda seed, cell: [("teacher", teacher_seed(seed))])
         return
-    run_cells(table, todo, cell_runner(command), device, summary, precision=command.precision)
+    run_cells(table, todo, cell_runner(command, todo), device, summary,
+              precision=command.precision)
 
 
-def cell_runner(command) -> Callable[[int, Cell], dict]:
-    """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker)."""
+def cell_runner(command, todo: list[tuple[int, Cell]] | None = None
+                ) -> Callable[[int, Cell], dict]:
+    """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker); ``todo``, the
+    pending ``(seed, cell)`` pairs, lets a profile that stacks students stack just those."""
     runs: dict[int, Run] = {}
     cache = ModelCache()
+    pending = lambda seed: [cell for s, cell in todo or [] if s == seed]
     return lambda seed, cell: runs.setdefault(
-        seed, Run(command.profile, seed, command.device, cache)).run(cell)
+        seed, Run(command.profile, seed, command.device, cache, pending(seed))).run(cell)
 
 
 if __name__ == "__main__":

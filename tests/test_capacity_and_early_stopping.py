@@ -174,7 +174,7 @@ def test_full_zoo_profile_uses_all_the_data_shares_teachers_and_has_five_seeds()
 
 def test_stacked_training_gives_the_rows_of_one_at_a_time_training(fake_cifar10, tmp_path,
                                                                    fits, monkeypatch):
-    """The paper profiles' scheme on the smoke scale: with ``stack_models`` every kind of model
+    """The paper profiles' scheme on the smoke scale: with ``stack_at_least`` every kind of model
     (teachers of both seeds; students of both seeds, each from its own teacher; the students of
     the assistants) trains as one stack before the cells are scored, and every row is the row of
     the same cell trained alone, up to rounding; checkpoint teachers too (early stopping)."""
@@ -182,10 +182,11 @@ def test_stacked_training_gives_the_rows_of_one_at_a_time_training(fake_cifar10,
 
     from tests.closeness import assert_errors_close
 
-    def rows(study, stacked: bool):
-        profile = dataclasses.replace(ZOO_PROFILES["smoke"], stack_models=stacked)
+    def rows(study, stacked: bool, at_least: int = 2):
+        profile = dataclasses.replace(ZOO_PROFILES["smoke"],
+                                      stack_at_least=at_least if stacked else None)
         monkeypatch.setitem(ZOO_PROFILES, "smoke", profile)
-        results = tmp_path / ("stacked" if stacked else "alone")
+        results = tmp_path / (f"stacked{at_least}" if stacked else "alone")
         monkeypatch.setenv("KD_CACHE", str(results / "cache"))
         study.main(["--profile", "smoke", "--device", "cpu", "--seeds", "2",
                     "--results", str(results)])
@@ -202,6 +203,10 @@ def test_stacked_training_gives_the_rows_of_one_at_a_time_training(fake_cifar10,
         assert_errors_close(round((1 - stacked.loc[key, "test_accuracy"]) * 300),
                             round((1 - alone.loc[key, "test_accuracy"]) * 300), 300)
     assert (stacked["teacher_seed"] == stacked.index.get_level_values("seed")).all()
+    # kinds with fewer models than the profile's threshold train one at a time
+    trainings = len(fits)
+    assert "stacked_with" not in rows(capacity_gap, stacked=True, at_least=3).columns
+    assert len(fits) - trainings == len(alone)  # one training per cell and seed
 
     trainings = len(fits)
     early = rows(early_stopping, stacked=True)  # reuses the stacked zoo's cache

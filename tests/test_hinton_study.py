@@ -199,3 +199,32 @@ def test_full_profile_shares_one_teacher_and_records_its_plateau(fake_mnist, tmp
     entry = ModelCache().load(hinton_mnist.Run(shared, 1, torch.device("cpu"),
                                                ModelCache()).teacher_spec())
     assert len(entry["meta"]["train_loss_history"]) == 2
+
+
+def test_stacked_students_give_the_rows_of_students_trained_alone(mnist_root, tmp_path,
+                                                                 monkeypatch):
+    """The paper profile's scheme on the smoke scale: the hard-label student and the distilled
+    students of one width train as one stack (α = 0 for the hard one), and every row is the
+    row of the same cell trained alone, up to rounding."""
+    import dataclasses
+
+    from tests.closeness import assert_errors_close
+
+    def rows(stacked: bool) -> pd.DataFrame:
+        profile = dataclasses.replace(hinton_mnist.PROFILES["smoke"], stack_students=stacked)
+        monkeypatch.setitem(hinton_mnist.PROFILES, "smoke", profile)
+        results = tmp_path / ("stacked" if stacked else "alone")
+        hinton_mnist.main(["--profile", "smoke", "--device", "cpu", "--results", str(results)])
+        return smoke_rows(results).set_index("cell")
+
+    alone, stacked = rows(False), rows(True)
+    assert stacked.index.equals(alone.index)
+    width = hinton_mnist.PROFILES["smoke"].widths[0]
+    group = [f"{width}x2/hard"] + [f"{width}x2/T{t:g}"
+                                   for t in hinton_mnist.PROFILES["smoke"].temperatures]
+    assert (stacked.loc[group, "stacked_with"] == len(group)).all()
+    assert stacked.drop(index=group)["stacked_with"].isna().all()  # the teacher, transfer sets
+    for cell in alone.index:
+        assert_errors_close(stacked.loc[cell, "test_errors"], alone.loc[cell, "test_errors"],
+                            int(alone.loc[cell, "test_n"]))
+    assert pd.isna(stacked.loc[f"{width}x2/hard", "alpha"])  # its row says hard labels
