@@ -19,7 +19,7 @@ from kd.engine import torch_threads
 
 # what each paper profile must have trained, in the labels of its runs
 EXPECTED = {
-    "hinton_mnist": ["teacher", "800x2/T1 (+9 alike)", "no_3", "only_7_8"],
+    "hinton_mnist": ["teacher", "800x2", "300x2", "30x2", "no_3", "only_7_8"],
     "alpha_temperature": ["teacher", "91 student(s)"],
     "capacity_gap": ["teacher resnet110", "resnet56 from resnet110", "resnet14 from resnet110",
                      "plain_cnn8 from plain_cnn10", "resnet8 from resnet110"],
@@ -54,6 +54,8 @@ def test_paper_profile_runs_every_kind_of_cell(study, tracer):
                for job in train for p in job.phases)
     if study == "alpha_temperature":
         assert any(job.model.startswith("91 x ") for job in train)
+    if study == "hinton_mnist":  # the 11 students of a width (hard labels, every T) as one stack
+        assert sum(job.model.startswith("11 x ") for job in train) == 3
     if study == "early_stopping":  # early-stopped KD: the teacher stops at epoch 80 of 150
         assert any([p.epochs for p in job.phases] == [80, 70] for job in train)
     table = estimate.report([result], estimate.Target())
