@@ -110,12 +110,20 @@ class LoopedModels(nn.ModuleList):
     students (mutual learning), without vmap. On a CPU this is the faster of the two (vmap's
     grouped convolutions run slowly there); each model keeps its own ``channels_last`` layout."""
 
-    def __init__(self, models: Sequence[nn.Module]):
+    def __init__(self, models: Sequence[nn.Module], input_ndim: int | None = None):
+        """input_ndim: as for :class:`StackedModels`; one batch per member ``[K, N, ...]``
+        then goes to model k alone (K teachers of different architectures, each its own
+        student's)."""
         if not models:
             raise ConfigError("LoopedModels needs at least one model")
         super().__init__(models)
+        self.input_ndim = input_ndim
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_ndim is not None and x.dim() == self.input_ndim + 1:
+            if x.shape[0] != len(self):
+                raise ConfigError(f"{len(self)} looped models got batches for {x.shape[0]}")
+            return torch.stack([model(inputs) for model, inputs in zip(self, x)])
         return torch.stack([model(x) for model in self])
 
     def unstack(self, models: Sequence[nn.Module]) -> list[nn.Module]:
@@ -127,4 +135,54 @@ class LoopedModels(nn.ModuleList):
         return list(models)
 
 
-__all__ = ["StackedModels", "LoopedModels"]
+class GroupedModels(nn.Module):
+    """K models of one or several architectures, logits ``[K, N, C]`` in member order: the
+    members of an architecture run as one :class:`StackedModels` when there are at least
+    ``stack_at_least`` of them, the others one after another. For K teachers each of its own
+    student's, when the students stack but their teachers differ in architecture (a vmapped
+    forward costs about four models' operators, so a stack of fewer does not pay on a GPU)."""
+
+    supports_channels_last = False  # stacked parts hold 5-D weights; the others keep their own
+
+    def __init__(self, models: Sequence[nn.Module], input_ndim: int | None = None,
+                 stack_at_least: int = 5):
+        super().__init__()
+        models = list(models)
+        if not models:
+            raise ConfigError("GroupedModels needs at least one model")
+        by_architecture: dict[tuple, list[int]] = {}
+        for i, model in enumerate(models):
+            by_architecture.setdefault(tuple(state_shapes(model).items()), []).append(i)
+        groups: list[list[int]] = []
+        for members in by_architecture.values():
+            if len(members) >= stack_at_least:
+                groups.append(members)
+            else:
+                groups.extend([i] for i in members)
+        self.parts = nn.ModuleList(
+            StackedModels([models[i] for i in g], input_ndim) if len(g) > 1
+            else LoopedModels([models[g[0]]], input_ndim) for g in groups)
+        self.input_ndim, self.size = input_ndim, len(models)
+        order = [i for g in groups for i in g]
+        self.register_buffer("member_of_part", torch.tensor(order), persistent=False)
+        self.register_buffer("part_of_member", torch.argsort(self.member_of_part),
+                             persistent=False)
+        self.groups = groups
+
+    def __len__(self) -> int:
+        return self.size
+
+    def forward(self, x: Tensor) -> Tensor:
+        per_member = self.input_ndim is not None and x.dim() == self.input_ndim + 1
+        if per_member and x.shape[0] != self.size:
+            raise ConfigError(f"{self.size} grouped models got batches for {x.shape[0]}")
+        if per_member:
+            x = x.index_select(0, self.member_of_part)  # the parts' members, in their order
+        outputs, start = [], 0
+        for part, group in zip(self.parts, self.groups):
+            outputs.append(part(x[start:start + len(group)] if per_member else x))
+            start += len(group)
+        return torch.cat(outputs).index_select(0, self.part_of_member)
+
+
+__all__ = ["StackedModels", "LoopedModels", "GroupedModels"]

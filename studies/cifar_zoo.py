@@ -21,7 +21,7 @@ from torch import nn
 
 import kd.cifar_models  # noqa: F401  (registers the CIFAR models)
 from kd import data, engine, metrics
-from kd.batched import StackedModels
+from kd.batched import GroupedModels
 from kd.cache import ModelCache, spec_key
 from kd.cifar import RandomCropFlip
 from kd.cifar_models import flops_per_image
@@ -72,9 +72,20 @@ class Training:
 
     @property
     def kind(self) -> tuple:
-        """What models trained as one stack must share: all but the seed and teacher weights."""
-        return (self.spec["role"], self.arch, self.teacher.arch if self.teacher else None,
-                self.kd_until_epoch, self.config)
+        """What models trained as one stack must share: all but the seed and the teacher (its
+        weights or its architecture: teachers of different architectures run one after another,
+        each on its own member's batch)."""
+        return (self.spec["role"], self.arch, self.teacher is None, self.kd_until_epoch,
+                self.config)
+
+
+def stack_desc(trainings: list[Training]) -> str:
+    """``resnet8 from resnet14/resnet20``: the stack's architecture and its teachers'."""
+    first = trainings[0]
+    if first.teacher is None:
+        return first.desc.rsplit(" seed ", 1)[0]
+    teachers = dict.fromkeys(t.teacher.arch for t in trainings)
+    return f"{first.arch} from {'/'.join(teachers)}"
 
 
 class Zoo:
@@ -150,14 +161,16 @@ class Zoo:
         returns how many were trained (those already cached are skipped)."""
         first = trainings[0]
         if any(t.kind != first.kind for t in trainings):
-            raise ConfigError("a stack needs trainings of one kind (architecture, teacher's "
-                              "architecture, schedule)")
+            raise ConfigError("a stack needs trainings of one kind (architecture, schedule, "
+                              "from labels or from a teacher)")
 
         def objective_for(members: list[int]):
             if first.teacher is None:
                 return CrossEntropy()
             teachers = [trainings[i].teacher for i in members]
-            stack = StackedModels([t.model for t in teachers], input_ndim=self.train.images.dim())
+            # the teachers of one architecture as one vmapped forward when there are enough of
+            # them (the checkpoints of a teacher), the others one forward each
+            stack = GroupedModels([t.model for t in teachers], input_ndim=self.train.images.dim())
             transfer = None if self.augment_students else torch.stack(
                 [self.train_logits(t) for t in teachers])
             return Distill(engine.prepare_model(stack, self.device), self.kd.temperature,
@@ -168,7 +181,7 @@ class Zoo:
             [t.spec for t in trainings], lambda i: self.new_model(first.arch, trainings[i].seed),
             self.train, objective_for, first.config, seeds=[t.seed for t in trainings],
             augment=self.augment_for(first),
-            desc=f"{len(trainings)} x {first.desc.rsplit(' seed ', 1)[0]}")
+            desc=f"{len(trainings)} x {stack_desc(trainings)}")
         return len(trained)
 
     def teacher(self, arch: str, seed: int) -> tuple[Teacher, dict, dict[int, dict]]:
@@ -317,7 +330,7 @@ def train_in_stacks(zoo: Zoo, todo: list[tuple[int, object]],
                     at_least: int = 2) -> int:
     """Fill the model cache for the pending ``(seed, cell)`` pairs a level at a time (teachers
     at level 0, their students at 1, students of those at 2: ``level(cell)``), the models of
-    one kind (:attr:`Training.kind`: architecture, teacher's architecture, schedule) as one
+    one kind (:attr:`Training.kind`: architecture, schedule, labels or a teacher) as one
     stack, whatever their seeds and teachers (each member keeps its seed's batches and its own
     teacher), when a kind has ``at_least`` models to train. The cells then find their models
     in the cache (and train the rest one at a time). A stack whose loss stops being

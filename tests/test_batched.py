@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from kd import data, engine
-from kd.batched import StackedModels
+from kd.batched import GroupedModels, StackedModels
 from kd.cifar import RandomCropFlip
 from kd.cifar_models import PlainCNN
 from kd.distill import CrossEntropy, Distill
@@ -163,27 +163,31 @@ def test_member_batches_are_each_seeds_own_batches_stacked():
     assert not torch.equal(stacked[0].idx[0], stacked[0].idx[1])  # two seeds, two orders
 
 
-def own_teacher(seed):
+def own_teacher(seed, layers=4):
     torch.manual_seed(seed)
-    return PlainCNN(4).eval()
+    return PlainCNN(layers).eval()
 
 
-@pytest.mark.parametrize("augmented", [True, False])
-def test_runs_of_different_seeds_and_teachers_stack_like_separate_runs(augmented):
-    """K runs that differ in seed (init, batch order, crop + flip draws) and in teacher, trained
-    as one stack (member k on its own batches, from its own teacher), end where the K separate
-    runs end: live teachers on augmented batches, or their logits looked up by index."""
+@pytest.mark.parametrize("augmented, teacher_layers", [(True, (4, 4)), (False, (4, 4)),
+                                                       (True, (4, 2))])
+def test_runs_of_different_seeds_and_teachers_stack_like_separate_runs(augmented, teacher_layers):
+    """K runs that differ in seed (init, batch order, crop + flip draws) and in teacher (its
+    weights, or its architecture too), trained as one stack (member k on its own batches, from
+    its own teacher), end where the K separate runs end: live teachers on augmented batches, or
+    their logits looked up by index."""
     train, test = tiny_cifar(), tiny_cifar(seed=1)
     seeds, teacher_seeds = (3, 4), (98, 99)
     augment = RandomCropFlip() if augmented else None
     separate = []
-    for seed, t in zip(seeds, teacher_seeds):
+    for seed, t, layers in zip(seeds, teacher_seeds, teacher_layers):
         model = student(seed)
-        history = engine.fit(model, train, Distill(own_teacher(t), 4.0, 0.9), CONFIG,
+        history = engine.fit(model, train, Distill(own_teacher(t, layers), 4.0, 0.9), CONFIG,
                              seed=seed, augment=augment, eval_sets={"test": test}).history
         separate.append((model, history))
 
-    teachers = StackedModels([own_teacher(t) for t in teacher_seeds], input_ndim=4)
+    own = [own_teacher(t, layers) for t, layers in zip(teacher_seeds, teacher_layers)]
+    together = StackedModels if len(set(teacher_layers)) == 1 else GroupedModels
+    teachers = together(own, input_ndim=4)
     transfer = None if augmented else engine.predict(teachers, train)
     assert transfer is None or transfer.shape == (2, len(train), 10)
     stack = StackedModels([student(s) for s in seeds], input_ndim=4)
@@ -212,3 +216,21 @@ def test_seed_lists_need_a_stack_with_member_inputs():
             engine.fit(model, train, CrossEntropy(), CONFIG, seed=seeds)
     with pytest.raises(ConfigError, match="a stack of 2 models got batches for 3"):
         StackedModels([student(1), student(2)], input_ndim=4)(torch.zeros(3, 4, 3, 32, 32))
+
+
+def test_grouped_models_answer_in_member_order_whatever_their_architectures():
+    """Members of an architecture with enough of them run as one stack, the others alone; each
+    member's logits come back in its own place, on its own batch or on a shared one."""
+    layers = (4, 2, 4, 6, 4)
+    models = [own_teacher(seed, n) for seed, n in enumerate(layers)]
+    grouped = GroupedModels(models, input_ndim=4, stack_at_least=3).eval()
+    assert sorted(map(sorted, grouped.groups)) == [[0, 2, 4], [1], [3]]
+    assert sum(isinstance(part, StackedModels) for part in grouped.parts) == 1
+    x = torch.randn(len(models), 6, 3, 32, 32)
+    with torch.no_grad():
+        own, shared = grouped(x), grouped(x[0])
+        for k, model in enumerate(models):  # a vmapped and a plain forward round differently
+            torch.testing.assert_close(own[k], model(x[k]), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(shared[k], model(x[0]), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="5 grouped models got batches for 2"):
+        grouped(x[:2])
