@@ -203,8 +203,14 @@ class RandomHorizontalFlip:
         self.p = p
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        flip = torch.rand(images.shape[0], generator=generator, device=images.device) < self.p
-        return torch.where(flip[:, None, None, None], images.flip(self.axis), images)
+        return self.apply(images, self.draw(images.shape[0], generator, images.device))
+
+    def draw(self, n: int, generator: torch.Generator | None,
+             device: torch.device) -> list[Tensor]:
+        return [torch.rand(n, generator=generator, device=device) < self.p]
+
+    def apply(self, images: Tensor, drawn: list[Tensor]) -> Tensor:
+        return torch.where(drawn[0][:, None, None, None], images.flip(self.axis), images)
 
 
 class RandomCropFlip:
@@ -215,4 +221,12 @@ class RandomCropFlip:
         self.crop, self.flip = RandomTranslate(padding), RandomHorizontalFlip()
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return self.flip(self.crop(images, generator), generator)
+        return self.apply(images, self.draw(images.shape[0], generator, images.device))
+
+    def draw(self, n: int, generator: torch.Generator | None,
+             device: torch.device) -> list[Tensor]:
+        """The crop's offsets, then the flip's coins: the order a call draws them in."""
+        return self.crop.draw(n, generator, device) + self.flip.draw(n, generator, device)
+
+    def apply(self, images: Tensor, drawn: list[Tensor]) -> Tensor:
+        return self.flip.apply(self.crop.apply(images, drawn[:1]), drawn[1:])

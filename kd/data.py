@@ -177,11 +177,28 @@ def iterate_batches(split: Split, batch_size: int, *, generator: torch.Generator
 def iterate_member_batches(split: Split, batch_size: int, generators: list[torch.Generator],
                            *, augment: Augment | None = None) -> Iterator[Batch]:
     """One batch stream per member of a stack, each exactly what :func:`iterate_batches` yields
-    with that member's generator, stacked: ``x [K, N, ...]``, ``y [K, N]``, ``idx [K, N]``."""
-    streams = [iterate_batches(split, batch_size, generator=g, augment=augment)
-               for g in generators]
-    for batches in zip(*streams):
-        yield Batch(*(torch.stack(parts) for parts in zip(*batches)))
+    with that member's generator, stacked: ``x [K, N, ...]``, ``y [K, N]``, ``idx [K, N]``.
+
+    Each member draws its own random numbers in the order its own run would (its shuffle, then
+    its augmentation's parameters batch by batch); the gathers, the augmentation (when it can
+    be applied to drawn parameters: ``draw`` and ``apply``) and the normalization then run once
+    for all K members, so a stack of K pays a few operators per member, not a run's data path."""
+    if augment is not None and not hasattr(augment, "draw"):
+        streams = [iterate_batches(split, batch_size, generator=g, augment=augment)
+                   for g in generators]
+        for batches in zip(*streams):
+            yield Batch(*(torch.stack(parts) for parts in zip(*batches)))
+        return
+    orders = torch.stack([torch.randperm(len(split), generator=g, device=split.device)
+                          for g in generators])
+    for start in range(0, len(split), batch_size):
+        idx = orders[:, start:start + batch_size]
+        images = split.images[idx]
+        if augment is not None:
+            drawn = [augment.draw(idx.shape[1], g, split.device) for g in generators]
+            flat = augment.apply(images.flatten(0, 1), [torch.cat(p) for p in zip(*drawn)])
+            images = flat.unflatten(0, idx.shape)
+        yield Batch(split.normalize(images), split.labels[idx], idx)
 
 
 class RandomTranslate:
@@ -195,10 +212,19 @@ class RandomTranslate:
         self.max_shift = max_shift
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.apply(images, self.draw(images.shape[0], generator, images.device))
+
+    def draw(self, n: int, generator: torch.Generator | None,
+             device: torch.device) -> list[Tensor]:
+        """The random parameters of n images, each tensor's first dimension the image's."""
+        offsets = torch.randint(0, 2 * self.max_shift + 1, (2, n), generator=generator,
+                                device=device)
+        return [offsets.T]
+
+    def apply(self, images: Tensor, drawn: list[Tensor]) -> Tensor:
         n, _, h, w = images.shape
-        s = self.max_shift
+        s, offsets = self.max_shift, drawn[0].T
         padded = torch.nn.functional.pad(images, (s, s, s, s))
-        offsets = torch.randint(0, 2 * s + 1, (2, n), generator=generator, device=images.device)
         rows = (offsets[0, :, None] + torch.arange(h, device=images.device))[:, None, :, None]
         cols = (offsets[1, :, None] + torch.arange(w, device=images.device))[:, None, None, :]
         batch = torch.arange(n, device=images.device)[:, None, None, None]

@@ -148,15 +148,27 @@ def test_cross_entropy_stack_trains_each_student():
     assert record["train_loss"][0] != record["train_loss"][1]
 
 
-def test_member_batches_are_each_seeds_own_batches_stacked():
+class OpaqueAugment:
+    """An augmentation without draw and apply: member batches fall back to one stream each."""
+
+    def __call__(self, images, generator):
+        return RandomCropFlip()(images, generator)
+
+
+@pytest.mark.parametrize("augment", [RandomCropFlip(), data.RandomTranslate(2), None,
+                                     OpaqueAugment()], ids=["crop_flip", "translate", "none",
+                                                            "opaque"])
+def test_member_batches_are_each_seeds_own_batches_stacked(augment):
+    """Batched for all members (draws per member, gathers and crops once) or one stream per
+    member, each member's batch is exactly the batch its seed's run would draw."""
     train = tiny_cifar(n=40)
     generators = lambda: [torch.Generator().manual_seed(s) for s in (3, 4)]
-    stacked = list(data.iterate_member_batches(train, 16, generators(), augment=RandomCropFlip()))
-    alone = [list(data.iterate_batches(train, 16, generator=g, augment=RandomCropFlip()))
+    stacked = list(data.iterate_member_batches(train, 16, generators(), augment=augment))
+    alone = [list(data.iterate_batches(train, 16, generator=g, augment=augment))
              for g in generators()]
     assert [b.x.shape for b in stacked] == [(2, 16, 3, 32, 32)] * 2 + [(2, 8, 3, 32, 32)]
     for step, batch in enumerate(stacked):
-        for k in range(2):  # the same code path: exactly equal
+        for k in range(2):  # the same integer indexing and element-wise float ops: exactly equal
             assert torch.equal(batch.x[k], alone[k][step].x)
             assert torch.equal(batch.idx[k], alone[k][step].idx)
             assert torch.equal(batch.y[k], train.labels[batch.idx[k]])
