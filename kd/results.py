@@ -247,6 +247,14 @@ def mean_std(values: pd.Series, digits: int = 1, of: str = "seed") -> str:
     return f"{values.mean():.{digits}f} ± {values.std():.{digits}f} ({len(values)} {of}s)"
 
 
+def one_per_teacher(rows: pd.DataFrame) -> pd.DataFrame:
+    """A teacher cell's rows, one per teacher: where every seed shares one teacher (one
+    ``teacher_seed``) its rows repeat one model's numbers, which are not seeds."""
+    if "teacher_seed" not in rows:
+        return rows
+    return rows.drop_duplicates(["cell", "teacher_seed"])
+
+
 def pending(cells: Iterable, seeds: int, table: ResultsTable) -> Iterator[tuple[int, object]]:
     """The ``(seed, cell)`` pairs not in the table yet, seed by seed, cells in their order
     (each cell has a ``name``)."""

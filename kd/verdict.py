@@ -27,7 +27,10 @@ Before that: **not run** when no seed has the cells; **inconclusive** with fewer
 :data:`MIN_SEEDS` seeds, whatever the numbers. A claim may also name a precondition, a quantity
 that must be > 0 for the claim to be testable at all (measured per seed like the claim):
 **precondition not met** when its mean is ≤ 0; when its interval does not lie wholly above 0
-(or it has fewer than :data:`MIN_SEEDS` seeds) the verdict is at best **inconclusive**.
+(or it has fewer than :data:`MIN_SEEDS` seeds) the verdict is at best **inconclusive**. A
+precondition on models that every seed shares (one teacher per architecture) has one value,
+not one per seed; its interval is then the test set's sampling interval
+(:func:`accuracy_step`), and it is met when that lies wholly above 0.
 """
 
 from __future__ import annotations
@@ -48,12 +51,15 @@ VERDICTS = ("reproduced", "contradicted", "absent", "inconclusive", "preconditio
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean and two-sided t-interval of per-seed values (``low``/``high`` NaN below 2 seeds)."""
+    """Mean and two-sided t-interval of per-seed values (``low``/``high`` NaN below 2 seeds),
+    or, with ``basis="test images"``, the test set's sampling interval of one fixed set of
+    models (:func:`accuracy_step`)."""
 
     n: int
     mean: float
     low: float
     high: float
+    basis: str = "seeds"
 
     @property
     def known(self) -> bool:
@@ -71,6 +77,25 @@ def t_interval(values: Iterable[float], level: float = LEVEL) -> Interval:
         return Interval(1, mean, math.nan, math.nan)
     half = float(stats.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return Interval(n, mean, mean - half, mean + half)
+
+
+def accuracy_step(accuracies: Iterable[float], n_test: int, level: float = LEVEL) -> Interval:
+    """The smallest step between consecutive accuracies (fractions) of fixed models scored on
+    the same ``n_test`` images, in percentage points, with the test set's sampling interval: for
+    each step b − a, ±z·sqrt(a(1 − a)/n + b(1 − b)/n) (normal approximation; unpaired, so wider
+    than the paired interval when the models' errors go together, as those of models trained on
+    the same data do); the result's low and high are the minima over the steps, so its low is
+    above 0 only when every step's is. For one model per architecture shared by every seed:
+    the interval says these models are ordered on this test set, not that models of these
+    sizes are (the variance between training seeds is not in it)."""
+    acc = np.asarray(list(accuracies), dtype=float)
+    if len(acc) < 2 or n_test <= 0 or not np.isfinite(acc).all():
+        return Interval(0, math.nan, math.nan, math.nan, "test images")
+    a, b = acc[:-1], acc[1:]
+    half = stats.norm.ppf((1 + level) / 2) * np.sqrt((a * (1 - a) + b * (1 - b)) / n_test)
+    steps = 100 * (b - a)
+    return Interval(1, float(steps.min()), float((steps - 100 * half).min()),
+                    float((steps + 100 * half).min()), "test images")
 
 
 def _margin(margin: float | None) -> float | None:
@@ -108,13 +133,14 @@ def rule(interval: Interval, direction: str, reference: float = 0.0,
 
 
 def precondition_status(interval: Interval, min_seeds: int = MIN_SEEDS) -> str:
-    """``met`` (interval wholly above 0 on enough seeds), ``not met`` (mean ≤ 0), ``not run``
-    (no seed), else ``unsure``."""
+    """``met`` (interval wholly above 0, on enough seeds or on the test set's sampling of fixed
+    models), ``not met`` (mean ≤ 0), ``not run`` (no seed), else ``unsure``."""
     if interval.n == 0:
         return "not run"
     if interval.mean <= 0:
         return "not met"
-    if interval.n >= min_seeds and interval.known and interval.low > 0:
+    enough = interval.n >= min_seeds or interval.basis == "test images"
+    if enough and interval.known and interval.low > 0:
         return "met"
     return "unsure"
 

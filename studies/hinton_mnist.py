@@ -41,7 +41,8 @@ from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.executor import every, run_cells_on_ray
 from kd.models import MLP, parameter_count
-from kd.results import markdown_table, mean_std, pending, run_cells, run_footer
+from kd.results import (markdown_table, mean_std, one_per_teacher, pending, run_cells,
+                        run_footer)
 
 STUDY = "hinton_mnist"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -325,7 +326,7 @@ def comparison(rows: pd.DataFrame) -> pd.DataFrame:
     cell = lambda name: rows[rows["cell"] == name]
     table = [
         ("teacher 1200-1200, test errors", ref["test_errors", "teacher"],
-         mean_std(cell("teacher")["test_errors"])),
+         mean_std(one_per_teacher(cell("teacher"))["test_errors"], of="teacher")),
         ("800-800 hard labels, test errors", ref["test_errors", "800x2/hard"],
          mean_std(cell("800x2/hard")["test_errors"])),
         ("800-800 distilled at T = 20, test errors", ref["test_errors", "800x2/T20"],

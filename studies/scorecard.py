@@ -63,6 +63,14 @@ class Rows:
             return pd.Series(dtype=float)
         return rows.set_index(rows["seed"].astype(int))[column].astype(float) * scale
 
+    def shares_teachers(self) -> bool:
+        """One teacher per architecture for every seed: some seed's rows name another seed's
+        teacher (``teacher_seed``), so the teacher cells repeat one model's numbers."""
+        if "teacher_seed" not in self.frame:
+            return False
+        known = self.frame.dropna(subset=["teacher_seed"])
+        return bool((known["teacher_seed"].astype(int) != known["seed"].astype(int)).any())
+
     def percent(self, cell: str, column: str = "test_accuracy") -> pd.Series:
         """A fraction column (accuracy, agreement) in %."""
         return self.value(cell, column, 100.0)
@@ -108,14 +116,21 @@ def measure(function: Callable[..., pd.Series]) -> Callable[..., pd.Series]:
     return function
 
 
-def evaluate(spec: str, rows: Rows) -> pd.Series:
-    """The per-seed values of a measure spec (``name`` or ``name:arg,...``), NaNs dropped."""
+def evaluate(spec: str, rows: Rows) -> pd.Series | rule.Interval:
+    """The per-seed values of a measure spec (``name`` or ``name:arg,...``), NaNs dropped; or
+    the interval a measure of models shared by every seed computes itself."""
     name, _, args = str(spec).partition(":")
     if name not in MEASURES:
         raise ConfigError(f"measure {name!r} in {CLAIMS.name} is not registered in "
                           f"studies.scorecard (known: {', '.join(sorted(MEASURES))})")
     values = MEASURES[name](rows, *(args.split(",") if args else ()))
+    if isinstance(values, rule.Interval):
+        return values
     return values.astype(float).replace([np.inf, -np.inf], np.nan).dropna().sort_index()
+
+
+def interval_of(values: pd.Series | rule.Interval) -> rule.Interval:
+    return values if isinstance(values, rule.Interval) else rule.t_interval(values)
 
 
 def temperatures(rows: Rows, width: str) -> dict[float, str]:
@@ -214,12 +229,18 @@ def family_student(rows: Rows, family: str) -> str | None:
 
 
 @measure
-def cg_teacher_rise(rows: Rows, family: str) -> pd.Series:
-    """The smallest step in test accuracy % between consecutive teachers by size."""
+def cg_teacher_rise(rows: Rows, family: str) -> pd.Series | rule.Interval:
+    """The smallest step in test accuracy % between consecutive teachers by size: per seed, or,
+    when every seed shares one teacher per architecture, once, with the test set's sampling
+    interval (:func:`kd.verdict.accuracy_step`): the same teacher counted once per seed would
+    give an interval of width zero."""
     teachers = family_teachers(rows, family)
     if len(teachers) < 2:
         return pd.Series(dtype=float)
     acc = [rows.percent(f"teacher/{t}") for t in teachers]
+    if rows.shares_teachers():
+        n_test = min(int(rows.value(f"teacher/{t}", "test_n").min()) for t in teachers)
+        return rule.accuracy_step([a.iloc[0] / 100 for a in acc], n_test)
     return per_seed([b - a for a, b in zip(acc, acc[1:])], "min")
 
 
@@ -425,7 +446,8 @@ def find_tables(root: Path, studies) -> dict[tuple[str, str], pd.DataFrame]:
 
 def interval_columns(prefix: str, interval: rule.Interval) -> dict:
     return {f"{prefix}n": interval.n, f"{prefix}effect": interval.mean,
-            f"{prefix}ci_low": interval.low, f"{prefix}ci_high": interval.high}
+            f"{prefix}ci_low": interval.low, f"{prefix}ci_high": interval.high,
+            f"{prefix}basis": interval.basis if interval.n else None}
 
 
 def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
@@ -437,14 +459,15 @@ def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> 
         for profile in profiles:
             rows = Rows(tables.get((claim.study, profile)))
             values = evaluate(claim.measure, rows)
-            interval = rule.t_interval(values)
+            interval = interval_of(values)
+            seeds = [] if isinstance(values, rule.Interval) else values.index
             pre = None
             if isinstance(claim.precondition_measure, str) and claim.precondition_measure:
-                pre = rule.t_interval(evaluate(claim.precondition_measure, rows))
+                pre = interval_of(evaluate(claim.precondition_measure, rows))
             margin = None if math.isnan(claim.margin) else float(claim.margin)
             out.append({
                 "claim": claim.id, "study": claim.study, "profile": profile,
-                "n_seeds": interval.n, "seeds": " ".join(map(str, values.index)),
+                "n_seeds": interval.n, "seeds": " ".join(map(str, seeds)),
                 "effect": interval.mean, "ci_low": interval.low, "ci_high": interval.high,
                 "unit": claim.unit, "direction": claim.direction,
                 "reference": claim.reference, "margin": margin,

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from kd.cache import ModelCache, spec_key
-from kd.results import ResultsTable, git_commit, markdown_table, provenance
+from kd.results import (ResultsTable, git_commit, markdown_table, mean_std, one_per_teacher,
+                        provenance)
 
 
 def test_rows_append_with_key_first_and_provenance_last(tmp_path):
@@ -170,3 +171,15 @@ def test_cache_command_lists_and_ships_entries(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "shipped" / f"{spec_key(spec)}.pt").exists()
     assert run_main(module.main, ["ship", "feedbeef"]) == 2
     assert "no readable entry feedbeef" in capsys.readouterr().err
+
+
+def test_a_teacher_shared_by_the_seeds_counts_once():
+    rows = pd.DataFrame({"cell": ["teacher"] * 3 + ["student"] * 3, "seed": [0, 1, 2] * 2,
+                         "teacher_seed": [0, 0, 0] * 2,
+                         "test_errors": [79, 79, 79, 120, 124, 122]})
+    teachers = one_per_teacher(rows[rows["cell"] == "teacher"])
+    assert len(teachers) == 1
+    assert mean_std(teachers["test_errors"], of="teacher") == "79.0 (1 teacher)"
+    own = rows.assign(teacher_seed=rows["seed"])  # each seed its own teacher: all kept
+    assert len(one_per_teacher(own[own["cell"] == "teacher"])) == 3
+    assert len(one_per_teacher(rows.drop(columns="teacher_seed"))) == 6

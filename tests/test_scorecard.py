@@ -87,6 +87,20 @@ def test_decide_not_run_seed_count_and_preconditions():
     assert v.precondition_status(v.t_interval([1.0, 2.0])) == "unsure"
 
 
+def test_accuracy_step_of_shared_models_by_hand():
+    """Teachers at 70, 75 and 76 % on 10,000 test images: steps +5 and +1 points; the second's
+    half-width 1.959964 * sqrt((0.75 * 0.25 + 0.76 * 0.24) / 10000) = 1.19204 points."""
+    got = v.accuracy_step([0.70, 0.75, 0.76], 10_000)
+    assert (got.n, got.basis) == (1, "test images")
+    assert got.mean == pytest.approx(1.0)
+    assert got.low == pytest.approx(1 - 1.19204, abs=1e-4)  # the smaller step's bounds
+    assert got.high == pytest.approx(1 + 1.19204, abs=1e-4)
+    assert v.precondition_status(got) == "unsure"  # one model per size: no seed count asked
+    assert v.precondition_status(v.accuracy_step([0.70, 0.75, 0.76], 100_000)) == "met"
+    assert v.precondition_status(v.accuracy_step([0.70, 0.75, 0.74], 100_000)) == "not met"
+    assert v.accuracy_step([0.7], 10_000).n == 0  # one teacher: nothing to order
+
+
 # ----------------------------------------------------------------------------------------------
 # hand-made result tables
 
@@ -158,6 +172,14 @@ def test_measures_on_hand_made_rows():
     assert sc.evaluate("cg_top_step:plain", capacity).round(6).tolist() == [1.0, 1.0]
     assert sc.evaluate("cg_ta_gain:plain", capacity).round(6).tolist() == [1.0, 1.1]
 
+    # one teacher per architecture (seed 0) shared by the seeds: counted once, not per seed
+    shared = capacity_table([0.60, 0.63, 0.66]).assign(teacher_seed=0, test_n=10_000)
+    per_seed = sc.evaluate("cg_teacher_rise:plain", sc.Rows(shared.assign(teacher_seed=None)))
+    assert per_seed.round(6).tolist() == [3.0, 3.0]  # the same numbers as two seeds would be
+    rise = sc.evaluate("cg_teacher_rise:plain", sc.Rows(shared))
+    assert isinstance(rise, v.Interval) and (rise.n, rise.basis) == (1, "test images")
+    assert rise.mean == pytest.approx(3.0) and 0 < rise.low < 3.0 < rise.high
+
     early = sc.Rows(table("early_stopping", "quick", {
         **{f"kd/plain_cnn4@{e}/plain_cnn2": {"role": "kd", "teacher": "plain_cnn4",
                                              "schedule": "step (5, 8)", "epochs": 10,
@@ -184,6 +206,19 @@ def test_measures_on_hand_made_rows():
     }, seeds=(0,)))
     # distinct CIFAR students a, b, c: pairs (a,b) discordant, (a,c), (b,c) concordant
     assert sc.evaluate("fid_discordance", fidelity).round(6).tolist() == [pytest.approx(100 / 3)]
+
+
+def test_a_shared_teachers_precondition_is_scored_on_the_test_set():
+    claims = sc.read_claims(sc.CLAIMS)
+    claims = claims[claims["id"] == "cg-falls-plain"]
+    shared = capacity_table([0.60, 0.63, 0.66]).assign(teacher_seed=0, test_n=10_000)
+    row = sc.score(claims, {("capacity_gap", "full"): shared}).iloc[0]
+    assert (row.precondition_n, row.precondition_basis, row.precondition_status) == (
+        1, "test images", "met")
+    assert row.precondition_effect == pytest.approx(3.0)
+    assert row.verdict == "inconclusive"  # the claim itself has 2 seeds of students
+    quick = sc.score(claims, {("capacity_gap", "quick"): capacity_table([0.60, 0.63, 0.66])})
+    assert quick.iloc[0].precondition_basis == "seeds" and quick.iloc[0].precondition_n == 2
 
 
 def test_every_claim_names_a_registered_measure():
