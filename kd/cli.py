@@ -30,8 +30,10 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
                         help="smoke: seconds, for tests; quick: a 2-core CPU in minutes; "
                              "full: a 2-core CPU in hours, sized to decide the claims; "
                              "paper: the paper's settings, for a GPU")
-    parser.add_argument("--seeds", type=positive_int, default=None,
-                        help="number of seeds (0, 1, ..., N-1); default: the profile's")
+    parser.add_argument("--seeds", type=seed_selection, default=None,
+                        help="number of seeds (0, 1, ..., N-1), or A:B for seeds A to B-1 alone "
+                             "(to split a profile's seeds between processes or machines); "
+                             "default: the profile's")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile every training forward pass (for GPUs; slow to start)")
@@ -142,6 +144,20 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def seed_selection(text: str) -> int | range:
+    """``N`` (seeds 0 to N-1, as a count) or ``A:B`` (seeds A to B-1, as a range)."""
+    if ":" not in text:
+        return positive_int(text)
+    first, _, stop = text.partition(":")
+    try:
+        seeds = range(int(first), int(stop))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or A:B (seeds A to B-1), got {text!r}") from None
+    if seeds.start < 0 or not seeds:
+        raise argparse.ArgumentTypeError(f"expected 0 <= A < B in A:B, got {text!r}")
+    return seeds
 
 
 def positive_float(text: str) -> float:

@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kd.errors import ConfigError, KDError, NonFiniteLossError
-from kd.results import git_commit, provenance, record_failure
+from kd.results import git_commit, provenance, record_failure, seed_range
 
 EXECUTORS = ("local", "ray")
 RAY_HINT = "install it with pip install -e '.[ray]' (or pip install 'ray>=2.9'), or use --executor local"
@@ -62,9 +62,9 @@ class Unit:
     needs: tuple[int, ...] = ()
 
 
-def every(cells: Sequence, seeds: int) -> list[tuple[int, object]]:
+def every(cells: Sequence, seeds: int | range) -> list[tuple[int, object]]:
     """All ``(seed, cell)`` pairs in run order: seed by seed, cells in their order."""
-    return [(seed, cell) for seed in range(seeds) for cell in cells]
+    return [(seed, cell) for seed in seed_range(seeds) for cell in cells]
 
 
 def cell_units(order: Iterable[tuple[int, object]], done: set[tuple[str, int]],

@@ -200,7 +200,8 @@ OUTPUT_FOLDERS = ("results", "figures")  # what studies write: rewriting them is
 
 @lru_cache(maxsize=None)
 def git_commit(root: Path = REPO_ROOT) -> str:
-    """The checkout's commit, with ``+dirty`` when tracked files other than outputs differ."""
+    """The checkout's commit, with ``+dirty`` when tracked files other than outputs differ; in a
+    copy of the tree without git (a lent GPU machine), ``$KD_GIT_COMMIT`` as the sender set it."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, check=True,
                                 capture_output=True, text=True).stdout.strip()
@@ -209,7 +210,7 @@ def git_commit(root: Path = REPO_ROOT) -> str:
                                 *excluded], cwd=root, capture_output=True, text=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("KD_GIT_COMMIT", "unknown")
 
 
 @lru_cache(maxsize=None)
@@ -255,11 +256,17 @@ def one_per_teacher(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.drop_duplicates(["cell", "teacher_seed"])
 
 
-def pending(cells: Iterable, seeds: int, table: ResultsTable) -> Iterator[tuple[int, object]]:
+def seed_range(seeds: int | range) -> range:
+    """The seeds a run covers: a count ``N`` is seeds 0 to N-1; a range is itself."""
+    return range(seeds) if isinstance(seeds, int) else seeds
+
+
+def pending(cells: Iterable, seeds: int | range, table: ResultsTable
+            ) -> Iterator[tuple[int, object]]:
     """The ``(seed, cell)`` pairs not in the table yet, seed by seed, cells in their order
-    (each cell has a ``name``)."""
+    (each cell has a ``name``); ``seeds`` is a count or a range (:func:`seed_range`)."""
     done, cells = table.done(), list(cells)
-    for seed in range(seeds):
+    for seed in seed_range(seeds):
         yield from ((seed, cell) for cell in cells if (cell.name, seed) not in done)
 
 

@@ -62,7 +62,7 @@ from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.executor import run_cells_on_ray
 from kd.models import Ensemble, build_model, interpolate_state, parameter_count
-from kd.results import ResultsTable, markdown_table, mean_std, run_cells
+from kd.results import ResultsTable, markdown_table, mean_std, run_cells, seed_range
 from studies.cifar_zoo import CIFAR_DATASETS
 
 STUDY = "fidelity"
@@ -229,18 +229,18 @@ def members(seed: int, m: int) -> range:
     return range(seed, seed + m)
 
 
-def plan(profile: Profile, seeds: int) -> list[tuple[int, Cell]]:
+def plan(profile: Profile, seeds: int | range) -> list[tuple[int, Cell]]:
     """(seed, cell) pairs in run order: each seed's new pool teachers (seed = pool index),
     then its students."""
     pairs: list[tuple[int, Cell]] = []
-    for seed in range(seeds):
+    for seed in seed_range(seeds):
         pairs += [(k, TEACHER) for k in members(seed, max(profile.ensemble_sizes))
                   if (k, TEACHER) not in pairs]
         pairs += [(seed, cell) for cell in student_cells(profile)]
     return pairs
 
 
-def pending(profile: Profile, seeds: int, table: ResultsTable) -> list[tuple[int, Cell]]:
+def pending(profile: Profile, seeds: int | range, table: ResultsTable) -> list[tuple[int, Cell]]:
     done = table.done()
     return [(seed, cell) for seed, cell in plan(profile, seeds) if (cell.name, seed) not in done]
 

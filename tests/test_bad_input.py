@@ -376,6 +376,10 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is availabl
     (hinton_mnist.main, ["--profile", "huge"], "invalid choice: 'huge'"),
     (hinton_mnist.main, ["--seeds", "0"], "expected a positive integer, got 0"),
     (hinton_mnist.main, ["--seeds", "two"], "expected a positive integer, got 'two'"),
+    (hinton_mnist.main, ["--seeds", "3:1"], "expected 0 <= A < B in A:B, got '3:1'"),
+    (hinton_mnist.main, ["--seeds", "2:2"], "expected 0 <= A < B in A:B, got '2:2'"),
+    (hinton_mnist.main, ["--seeds=-1:2"], "expected 0 <= A < B in A:B, got '-1:2'"),
+    (hinton_mnist.main, ["--seeds", "a:b"], "expected N or A:B (seeds A to B-1), got 'a:b'"),
     (hinton_mnist.main, ["--no-such-option"], "unrecognized arguments: --no-such-option"),
     (capacity_gap.main, ["--dataset", "imagenet"], "invalid choice: 'imagenet'")])
 def test_bad_arguments_are_one_line(tmp_path, capsys, no_data, main, args, expected):

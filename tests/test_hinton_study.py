@@ -228,3 +228,13 @@ def test_stacked_students_give_the_rows_of_students_trained_alone(mnist_root, tm
         assert_errors_close(stacked.loc[cell, "test_errors"], alone.loc[cell, "test_errors"],
                             int(alone.loc[cell, "test_n"]))
     assert pd.isna(stacked.loc[f"{width}x2/hard", "alpha"])  # its row says hard labels
+
+
+def test_a_range_of_seeds_runs_those_seeds_alone(mnist_root, tmp_path):
+    """``--seeds 1:2`` (how a profile's seeds are split between processes) trains seed 1's
+    teacher and students and nothing of seed 0."""
+    hinton_mnist.main(["--profile", "smoke", "--device", "cpu", "--seeds", "1:2"])
+    rows = smoke_rows(tmp_path / "results")
+    assert (rows["seed"] == 1).all()
+    assert rows["cell"].tolist() == [c.name for c in hinton_mnist.plan(
+        hinton_mnist.PROFILES["smoke"])]

@@ -2,8 +2,9 @@ import pandas as pd
 import pytest
 import torch
 
+from kd.executor import every
 from kd.cache import ModelCache, spec_key
-from kd.results import (ResultsTable, git_commit, markdown_table, mean_std, one_per_teacher,
+from kd.results import (ResultsTable, pending, seed_range, git_commit, markdown_table, mean_std, one_per_teacher,
                         provenance)
 
 
@@ -183,3 +184,25 @@ def test_a_teacher_shared_by_the_seeds_counts_once():
     own = rows.assign(teacher_seed=rows["seed"])  # each seed its own teacher: all kept
     assert len(one_per_teacher(own[own["cell"] == "teacher"])) == 3
     assert len(one_per_teacher(rows.drop(columns="teacher_seed"))) == 6
+
+
+def test_seeds_are_a_count_from_zero_or_a_range(tmp_path):
+    class Cell:
+        def __init__(self, name):
+            self.name = name
+    cells = [Cell("a"), Cell("b")]
+    table = ResultsTable("study", "smoke", tmp_path)
+    table.append({"study": "study", "profile": "smoke", "cell": "a", "seed": 2, "x": 1.0})
+    assert seed_range(3) == range(3) and seed_range(range(1, 3)) == range(1, 3)
+    assert [(s, c.name) for s, c in pending(cells, 3, table)] == [
+        (0, "a"), (0, "b"), (1, "a"), (1, "b"), (2, "b")]
+    assert [(s, c.name) for s, c in pending(cells, range(2, 4), table)] == [
+        (2, "b"), (3, "a"), (3, "b")]
+    assert [(s, c.name) for s, c in every(cells, range(1, 2))] == [(1, "a"), (1, "b")]
+
+
+def test_a_copy_without_git_takes_its_commit_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("KD_GIT_COMMIT", raising=False)
+    assert git_commit(tmp_path / "a") == "unknown"  # not a repository (each root cached once)
+    monkeypatch.setenv("KD_GIT_COMMIT", "abc123")
+    assert git_commit(tmp_path / "b") == "abc123"
