@@ -33,6 +33,17 @@ from kd.errors import ConfigError
 from kd.models import state_shapes
 
 
+def batch_norm_input_in_fp32_on_cuda(module: nn.Module, args: tuple) -> tuple | None:
+    """Batch norm of a stack takes a bf16/fp16 input on CUDA as float32: there vmap's batch-norm
+    backward fails when the input is low precision (autocast leaves batch norm's input as it
+    comes) and the running statistics are float32 ("Expected running_mean to have type
+    BFloat16", PyTorch issue 184890; seen on an H200 with torch 2.11). CPU runs are unchanged."""
+    x = args[0]
+    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        return (x.float(), *args[1:])
+    return None
+
+
 class StackedModels(nn.Module):
     """K models of one architecture as one module: ``forward(x [N, ...]) -> [K, N, C]``."""
 
@@ -57,6 +68,9 @@ class StackedModels(nn.Module):
         # The skeleton the stacked tensors are plugged into; kept out of the module tree (a
         # list) so it owns no parameters, and on the meta device so it holds no memory.
         self._skeleton = [copy.deepcopy(models[0]).to("meta")]
+        for module in self._skeleton[0].modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.register_forward_pre_hook(batch_norm_input_in_fp32_on_cuda)
         self.size, self.input_ndim = len(models), input_ndim
 
     def __len__(self) -> int:

@@ -246,3 +246,22 @@ def test_grouped_models_answer_in_member_order_whatever_their_architectures():
             torch.testing.assert_close(shared[k], model(x[0]), rtol=1e-4, atol=1e-4)
     with pytest.raises(ConfigError, match="5 grouped models got batches for 2"):
         grouped(x[:2])
+
+
+def test_stacked_batch_norm_inputs_go_to_fp32_on_cuda_only():
+    """The CUDA work-around (PyTorch issue 184890) leaves CPU inputs as they are, so CPU runs are
+    unchanged; on a GPU a stack with batch norm trains under bf16 autocast."""
+    from kd.batched import batch_norm_input_in_fp32_on_cuda
+    bn, x = torch.nn.BatchNorm2d(3), torch.ones(2, 3, 4, 4, dtype=torch.bfloat16)
+    assert batch_norm_input_in_fp32_on_cuda(bn, (x,)) is None
+    if not torch.cuda.is_available():
+        return
+    (cast,) = batch_norm_input_in_fp32_on_cuda(bn, (x.cuda(),))
+    assert cast.dtype == torch.float32
+    torch.manual_seed(0)
+    stack = StackedModels([PlainCNN(2), PlainCNN(2)], input_ndim=4).cuda().train()
+    images = torch.randn(2, 8, 3, 32, 32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = stack(images)
+    logits.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in stack.parameters())
