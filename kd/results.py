@@ -270,6 +270,19 @@ def pending(cells: Iterable, seeds: int | range, table: ResultsTable
         yield from ((seed, cell) for cell in cells if (cell.name, seed) not in done)
 
 
+def profile_to_show(folder: Path, planned: Callable[[str], Iterable[tuple[str, int]]],
+                    order: Sequence[str] = ("paper", "full", "quick", "smoke")) -> str | None:
+    """Which of a study's tables a notebook draws: the first in ``order`` whose CSV holds every
+    ``(cell, seed)`` its profile plans (``planned(profile)``); else the first that exists (a
+    partial table); None when there is none."""
+    existing = [p for p in order if (folder / f"{p}.csv").exists()]
+    for profile in existing:
+        rows = pd.read_csv(folder / f"{profile}.csv", usecols=["cell", "seed"])
+        if set(planned(profile)) <= set(zip(rows["cell"], rows["seed"])):
+            return profile
+    return existing[0] if existing else None
+
+
 def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
               run_cell: Callable[[int, object], dict], device: torch.device,
               summary: Callable[[dict], str], precision: str = "fp32") -> int:

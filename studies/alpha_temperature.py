@@ -282,6 +282,12 @@ def stacks(profile: Profile, seeds: int, table: ResultsTable) -> Iterator[tuple[
             yield seed, cells[start:start + profile.stack_size]
 
 
+def planned(name: str) -> list[tuple[str, int]]:
+    """Every ``(cell, seed)`` the profile runs: what a complete table holds."""
+    return [("teacher", TEACHER_SEED)] + [(cell.name, seed) for seed, cell in every(
+        plan(PROFILES[name]), PROFILES[name].seeds)]
+
+
 def main(argv: list[str] | None = None) -> None:
     command = open_study(argv, study=STUDY, description=__doc__.split("\n\n")[0],
                          profiles=PROFILES, report=report)

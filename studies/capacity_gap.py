@@ -28,8 +28,10 @@ from pathlib import Path
 import pandas as pd
 
 from kd.cli import run_main
+from kd.executor import every
 from kd.results import markdown_table, mean_std, one_per_teacher, run_footer
-from studies.cifar_zoo import Family, Teacher, Training, Zoo, zoo_cell_runner, zoo_study_main
+from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, Training, Zoo, zoo_cell_runner,
+                               zoo_study_main)
 
 STUDY = "capacity_gap"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -168,6 +170,12 @@ def level(cell: Cell) -> int:
     """Trained models between the cell's and the labels: teachers and scratch 0, students 1,
     students of assistants 2 (the order of stacked training)."""
     return 0 if cell.role == "scratch" else len(cell.chain)
+
+
+def planned(name: str) -> list[tuple[str, int]]:
+    """Every ``(cell, seed)`` the profile runs: what a complete table holds."""
+    return [(cell.name, seed) for seed, cell in every(plan(FAMILIES[name]),
+                                                        ZOO_PROFILES[name].seeds)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,8 +28,10 @@ import pandas as pd
 
 from kd.cli import run_main
 from kd.errors import ConfigError
+from kd.executor import every
 from kd.results import markdown_table, mean_std, run_footer
-from studies.cifar_zoo import Family, Teacher, Training, Zoo, zoo_cell_runner, zoo_study_main
+from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, Training, Zoo, zoo_cell_runner,
+                               zoo_study_main)
 
 STUDY = "early_stopping"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -173,6 +175,13 @@ def models_used(seed: int, cell: Cell) -> list[tuple]:
 def level(cell: Cell) -> int:
     """Teachers and scratch students 0, students of teacher checkpoints 1 (stacking order)."""
     return 1 if cell.role in ("kd", "eskd") else 0
+
+
+def planned(name: str) -> list[tuple[str, int]]:
+    """Every ``(cell, seed)`` the profile runs: what a complete table holds."""
+    profile = ZOO_PROFILES[name]
+    return [(cell.name, seed) for seed, cell in every(
+        plan(FAMILIES[name], profile.teacher_checkpoints), profile.seeds)]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -378,6 +378,11 @@ def report(rows: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def planned(name: str) -> list[tuple[str, int]]:
+    """Every ``(cell, seed)`` the profile runs: what a complete table holds."""
+    return [(cell.name, seed) for seed, cell in every(plan(PROFILES[name]), PROFILES[name].seeds)]
+
+
 def main(argv: list[str] | None = None) -> None:
     command = open_study(argv, study=STUDY, description=__doc__.split("\n\n")[0],
                          profiles=PROFILES, report=report)

@@ -550,7 +550,8 @@ def summary_cell(row) -> str:
 
 
 def markdown(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
-    """The README's table: one line per claim, one column per profile, and the counts."""
+    """The README's table: one line per claim, the paper's value, one column per profile (the
+    `paper` profile among them), and the counts."""
     profiles = list(dict.fromkeys(scorecard["profile"]))
     text = claims.set_index("id")
     table = []
@@ -559,11 +560,11 @@ def markdown(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
         test = {">": f"> {c.reference:g}", "<": f"< {c.reference:g}",
                 "=": f"{c.reference:g} ± {c.margin:g}", "report": "(report)"}[c.direction]
         line = {"claim": f"`{claim}`", "what it says": c.claim, "test": f"{test} {c.unit}",
-                "paper": fmt(c.paper_value, 2)}
+                "paper's value": fmt(c.paper_value, 2)}
         line.update({p: summary_cell(r) for p, r in zip(group["profile"],
                                                           group.itertuples(index=False))})
         table.append(line)
-    frame = pd.DataFrame(table, columns=["claim", "what it says", "test", "paper", *profiles])
+    frame = pd.DataFrame(table, columns=["claim", "what it says", "test", "paper's value", *profiles])
     counts = [f"{p}: " + ", ".join(f"{n} {v}" for v, n in scorecard[scorecard["profile"] == p]
                                    ["verdict"].value_counts().items()) for p in profiles]
     return "\n".join(markdown_table(frame.fillna("")) + [""] + [f"Verdicts, {c}." for c in counts])

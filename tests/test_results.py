@@ -206,3 +206,18 @@ def test_a_copy_without_git_takes_its_commit_from_the_environment(tmp_path, monk
     assert git_commit(tmp_path / "a") == "unknown"  # not a repository (each root cached once)
     monkeypatch.setenv("KD_GIT_COMMIT", "abc123")
     assert git_commit(tmp_path / "b") == "abc123"
+
+
+def test_notebooks_show_the_first_complete_table(tmp_path):
+    from kd.results import profile_to_show
+    planned = lambda profile: [("teacher", 0), ("student", 0), ("student", 1)]
+    write = lambda profile, pairs: pd.DataFrame(pairs, columns=["cell", "seed"]).to_csv(
+        tmp_path / f"{profile}.csv", index=False)
+    assert profile_to_show(tmp_path, planned) is None
+    write("quick", [("teacher", 0), ("student", 0), ("student", 1)])
+    write("paper", [("teacher", 0), ("student", 0)])  # a partial run: seed 1 missing
+    assert profile_to_show(tmp_path, planned) == "quick"
+    write("full", [("student", 1), ("teacher", 0), ("student", 0), ("extra", 2)])
+    assert profile_to_show(tmp_path, planned) == "full"  # complete, in any order
+    (tmp_path / "quick.csv").unlink(), (tmp_path / "full.csv").unlink()
+    assert profile_to_show(tmp_path, planned) == "paper"  # partial, but the only one

@@ -271,6 +271,10 @@ def test_scorecard_end_to_end(some_claims):
     assert (Path(os.environ["KD_FIGURES"]) / sc.FIGURE).stat().st_size > 10_000
     text = sc.markdown(sc.score(claims, sc.find_tables(root, claims["study"].unique())), claims)
     assert "| `mz-gain-kd` |" in text and "**reproduced**, 3 seeds" in text
+    # the paper's own value and the paper profile's verdict are two columns
+    header = text.splitlines()[0]
+    assert header.startswith("| claim | what it says | test | paper's value |")
+    assert "| paper |" in header and "| quick |" in header
 
 
 def test_absent_and_empty_results(tmp_path, capsys):
