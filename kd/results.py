@@ -145,6 +145,30 @@ class ResultsTable:
         # Nullable dtypes keep integer columns integers where other rows leave them empty.
         self._write(frame[first + middle + last].convert_dtypes())
 
+    def merge(self, sources: Sequence["ResultsTable"]) -> int:
+        """Add the rows of other tables of this study and profile (the same profile's seeds run
+        by separate processes or machines, ``--seeds A:B``), in one atomic write, rows as they
+        are; a ``(cell, seed)`` already here or in two sources is an error and nothing is
+        written. Returns the number of rows added."""
+        frames = [table.read() for table in sources]  # each checked: this study and profile
+        seen = {key: self.path for key in self.done()}
+        for table, frame in zip(sources, frames):
+            for key in zip(frame["cell"].astype(str), frame["seed"].astype(int)):
+                if key in seen:
+                    raise ConfigError(f"row {key[0]!r} seed {key[1]} is in both {seen[key]} and "
+                                      f"{table.path}: nothing merged")
+                seen[key] = table.path
+        new = [frame for frame in frames if not frame.empty]
+        if not new:
+            return 0
+        old = [self.read()] if self.path.exists() else []
+        frame = pd.concat(old + new, ignore_index=True)
+        first = [*self.KEY]
+        last = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
+        middle = [c for c in frame.columns if c not in first and c not in last]
+        self._write(frame[first + middle + last].convert_dtypes())
+        return sum(len(f) for f in new)
+
     def discard(self, cell: str, seed: int) -> None:
         """Remove the row of ``(cell, seed)`` if there is one (atomically, like :meth:`append`)."""
         if (cell, seed) not in self.done():
@@ -345,3 +369,33 @@ def run_footer(rows: pd.DataFrame) -> str:
             f"{'; '.join(sorted(rows['hardware'].unique()))}; {rows['wall_s'].sum() / 60:.1f} "
             f"min of training and evaluation in all; commit "
             f"{', '.join(sorted(rows['git_commit'].astype(str).unique()))}.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m kd.results merge STUDY PROFILE ROOT [ROOT ...]`` adds the STUDY/PROFILE rows
+    found under each results ROOT (e.g. the folders of processes that ran ``--seeds 0:1``,
+    ``--seeds 1:2``, ...) to the table under ``--results`` (default ``$KD_RESULTS`` or
+    ``results/``), rows unchanged."""
+    from kd.cli import OneLineErrorParser
+
+    parser = OneLineErrorParser(description=main.__doc__.split(" adds")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    merge = commands.add_parser("merge", help="add other results folders' rows of one table")
+    merge.add_argument("study")
+    merge.add_argument("profile")
+    merge.add_argument("roots", nargs="+", type=Path)
+    merge.add_argument("--results", type=Path, default=None)
+    args = parser.parse_args(argv)
+    sources = [ResultsTable(args.study, args.profile, root) for root in args.roots]
+    for table in sources:
+        if not table.path.exists():
+            raise ConfigError(f"no table {table.path} to merge: nothing merged")
+    target = ResultsTable(args.study, args.profile, args.results)
+    added = target.merge(sources)
+    print(f"{target.path}: {added} rows added")
+
+
+if __name__ == "__main__":
+    from kd.cli import run_main
+
+    raise SystemExit(run_main(main))

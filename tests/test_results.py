@@ -221,3 +221,40 @@ def test_notebooks_show_the_first_complete_table(tmp_path):
     assert profile_to_show(tmp_path, planned) == "full"  # complete, in any order
     (tmp_path / "quick.csv").unlink(), (tmp_path / "full.csv").unlink()
     assert profile_to_show(tmp_path, planned) == "paper"  # partial, but the only one
+
+
+def test_tables_of_split_seeds_merge_unchanged_and_refuse_duplicates(tmp_path, capsys):
+    from kd.results import main
+    for seed in (0, 1):
+        table = ResultsTable("study", "paper", tmp_path / f"r{seed}")
+        table.append({"cell": "teacher", "seed": seed, "test_errors": 60 + seed,
+                      **provenance(torch.device("cpu"), 1.0)})
+        table.append({"cell": "student", "seed": seed, "temperature": 2.0,
+                      "test_errors": 90 + seed, **provenance(torch.device("cpu"), 1.0)})
+    target = tmp_path / "results"
+    main(["merge", "study", "paper", str(tmp_path / "r0"), str(tmp_path / "r1"),
+          "--results", str(target)])
+    assert "4 rows added" in capsys.readouterr().out
+    merged = pd.read_csv(target / "study" / "paper.csv")
+    parts = pd.concat([pd.read_csv(tmp_path / f"r{s}" / "study" / "paper.csv") for s in (0, 1)],
+                      ignore_index=True)
+    pd.testing.assert_frame_equal(merged, parts[merged.columns], check_dtype=False)
+    assert list(merged.columns[:4]) == ["study", "profile", "cell", "seed"]
+    before = (target / "study" / "paper.csv").read_bytes()
+    # merging seed 1 again: one line, exit 2, the table as it was
+    from kd.cli import run_main
+    assert run_main(main, ["merge", "study", "paper", str(tmp_path / "r1"),
+                           "--results", str(target)]) == 2
+    assert "is in both" in capsys.readouterr().err
+    assert (target / "study" / "paper.csv").read_bytes() == before
+    assert run_main(main, ["merge", "study", "paper", str(tmp_path / "nowhere"),
+                           "--results", str(target)]) == 2
+    assert "no table" in capsys.readouterr().err
+    # another profile's table in a source folder is refused by its own check
+    other = ResultsTable("study", "quick", tmp_path / "q")
+    other.append({"cell": "teacher", "seed": 2, "test_errors": 1})
+    (tmp_path / "q" / "study" / "quick.csv").rename(tmp_path / "q" / "study" / "paper.csv")
+    assert run_main(main, ["merge", "study", "paper", str(tmp_path / "q"),
+                           "--results", str(target)]) == 2
+    assert "study/quick" in capsys.readouterr().err
+    assert (target / "study" / "paper.csv").read_bytes() == before
