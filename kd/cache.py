@@ -20,7 +20,7 @@ from torch import nn
 
 from kd.batched import StackedModels
 from kd.data import cache_root
-from kd.engine import fit, prepare_model
+from kd.engine import fit, fit_lockstep, prepare_model
 from kd.errors import NotWritableError, check_writable_folder, reason
 
 CACHE_VERSION = 2  # 2: fused Adam
@@ -149,6 +149,29 @@ class ModelCache:
                     "train_loss_history": [member(epoch.get("train_loss"), k)
                                            for epoch in fitted.history]}
             self.save(specs[i], state, meta, {e: states[k] for e, states in checkpoints.items()})
+        return missing
+
+
+    def fit_lockstep(self, specs: list[dict], new_run: Callable[[int], tuple[nn.Module, object]],
+                     train, config, *, seed: int, augment=None, desc: str = "train") -> list[int]:
+        """Train the models of ``specs`` that the cache lacks in lockstep on the batches of
+        ``seed`` (:func:`kd.engine.fit_lockstep`: each teacher's pass shared between them) and
+        store each under its own spec, as :meth:`fit` would have one at a time; return the
+        indices trained. ``new_run(i)`` gives model i untrained, prepared for the device, and its
+        objective. meta also holds ``lockstep_with``, and ``train_s`` is the lockstep's time
+        divided by its models."""
+        missing = [i for i, spec in enumerate(specs) if self.load(spec) is None]
+        if not missing:
+            return []
+        check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
+        models, objectives = zip(*(new_run(i) for i in missing))
+        fitted = fit_lockstep(list(models), train, list(objectives), config, seed=seed,
+                              augment=augment, desc=desc)
+        for i, model, result in zip(missing, models, fitted):
+            meta = {"train_s": round(result.wall_s, 2), "lockstep_with": len(missing),
+                    "final_train_loss": result.final.get("train_loss"),
+                    "train_loss_history": [epoch.get("train_loss") for epoch in result.history]}
+            self.save(specs[i], model.state_dict(), meta, result.checkpoints)
         return missing
 
 

@@ -15,6 +15,7 @@ from kd.data import Batch, Split
 from kd.engine import predict
 from kd.errors import ConfigError
 from kd.losses import check_hyperparameters, label_cross_entropy, soft_target_kl
+from kd.teacher_pass import teacher_forward
 
 
 class Objective:
@@ -122,7 +123,7 @@ class Distill(Objective):
         if self.cached_logits is not None:
             return gather_rows(self.cached_logits, batch.idx)
         self.teacher.eval()
-        return self.teacher(batch.x).float()
+        return teacher_forward(self.teacher, batch.x)[0].float()
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         if not self.kd_active:

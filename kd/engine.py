@@ -229,6 +229,62 @@ def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+class _Training:
+    """One model's training state (optimizer, schedule, per-epoch sums, history): what
+    :func:`fit` runs for one model and :func:`fit_lockstep` for several on one batch stream."""
+
+    def __init__(self, model: nn.Module, train: Split, objective, config: TrainConfig,
+                 augmented: bool, desc: str):
+        self.model, self.objective, self.config, self.desc = model, objective, config, desc
+        self.device = train.device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = OPTIMIZERS[config.optimizer](self.params, config)
+        self.steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_multiplier(step / self.steps_per_epoch, config))
+        objective.bind(train, augmented=augmented)
+        self.post_step = getattr(model, "post_step", None)
+        # shares model's parameters
+        self.forward = (torch.compile(model, backend=compile_backend(self.device))
+                        if config.compile else model)
+        self.result = FitResult()
+        if 0 in config.checkpoint_epochs:
+            self.result.checkpoints[0] = _cpu_state(model)
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def start_epoch(self, epoch: int) -> None:
+        self.model.train()
+        self.objective.start_epoch(epoch)
+        self.sums = {}
+
+    def step(self, batch) -> None:
+        with autocast(self.device, self.config.precision):
+            loss, terms = self.objective(self.forward, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()  # a stack of K students: each slice gets its own gradient
+        self.optimizer.step()
+        self.schedule.step()
+        if self.post_step is not None:
+            self.post_step()
+        for name, value in {"loss": loss, **terms}.items():
+            self.sums[name] = self.sums.get(name, 0) + value.detach().float()
+
+    def end_epoch(self, epoch: int, eval_sets: dict[str, Split]) -> dict:
+        check_finite(self.sums, self.params, epoch, self.desc)
+        record = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+        # .tolist(): a number for one model, a list of K for a stack of K
+        record.update({f"train_{k}": (v / self.steps_per_epoch).tolist()
+                       for k, v in self.sums.items()})
+        for name, split in eval_sets.items():
+            logits = predict(self.model, split)
+            record[f"{name}_accuracy"] = metrics.accuracy(logits, split.labels)
+            record[f"{name}_errors"] = metrics.error_count(logits, split.labels)
+        self.result.history.append(record)
+        if epoch in self.config.checkpoint_epochs:
+            self.result.checkpoints[epoch] = _cpu_state(self.model)
+        return record
+
+
 def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *,
         seed: int | Sequence[int], eval_sets: dict[str, Split] | None = None, augment: Augment | None = None,
         desc: str = "train") -> FitResult:
@@ -255,50 +311,52 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *,
                               f"built with input_ndim, not a {type(model).__name__}")
         batches = lambda: iterate_member_batches(train, config.batch_size, generators,
                                                  augment=augment)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = OPTIMIZERS[config.optimizer](params, config)
-    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step / steps_per_epoch, config))
-    objective.bind(train, augmented=augment is not None)
-    post_step = getattr(model, "post_step", None)
-    # shares model's parameters
-    forward = torch.compile(model, backend=compile_backend(device)) if config.compile else model
-    result = FitResult()
-    if 0 in config.checkpoint_epochs:
-        result.checkpoints[0] = _cpu_state(model)
+    training = _Training(model, train, objective, config, augment is not None, desc)
     start = time.perf_counter()
     bar = tqdm(range(1, config.epochs + 1), desc=desc, leave=False, disable=None)
     for epoch in bar:
-        model.train()
-        objective.start_epoch(epoch)
-        sums: dict[str, torch.Tensor] = {}
+        training.start_epoch(epoch)
         for batch in batches():
-            with autocast(device, config.precision):
-                loss, terms = objective(forward, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.sum().backward()  # a stack of K students: each slice gets its own gradient
-            optimizer.step()
-            schedule.step()
-            if post_step is not None:
-                post_step()
-            for name, value in {"loss": loss, **terms}.items():
-                sums[name] = sums.get(name, 0) + value.detach().float()
-        check_finite(sums, params, epoch, desc)
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        # .tolist(): a number for one model, a list of K for a stack of K
-        record.update({f"train_{k}": (v / steps_per_epoch).tolist() for k, v in sums.items()})
-        for name, split in eval_sets.items():
-            logits = predict(model, split)
-            record[f"{name}_accuracy"] = metrics.accuracy(logits, split.labels)
-            record[f"{name}_errors"] = metrics.error_count(logits, split.labels)
-        result.history.append(record)
+            training.step(batch)
+        record = training.end_epoch(epoch, eval_sets)
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
                          if k != "epoch" and isinstance(v, (int, float))})
-        if epoch in config.checkpoint_epochs:
-            result.checkpoints[epoch] = _cpu_state(model)
-    result.wall_s = time.perf_counter() - start
-    return result
+    training.result.wall_s = time.perf_counter() - start
+    return training.result
+
+
+def fit_lockstep(models: Sequence[nn.Module], train: Split, objectives: Sequence,
+                 config: TrainConfig, *, seed: int, augment: Augment | None = None,
+                 desc: str = "train") -> list[FitResult]:
+    """Train several models on one batch stream, one step of each per batch: model i as
+    ``fit(models[i], train, objectives[i], config, seed=seed, augment=augment)`` would, on the
+    same batches (those of ``seed``), but each teacher they distil from runs once per batch for
+    all of them (:func:`kd.teacher_pass.sharing`). Each result's ``wall_s`` is the lockstep's
+    time divided by the models. Only the teachers' passes are shared, so each model's weights
+    are those of its own run, up to rounding."""
+    from kd.teacher_pass import sharing  # kd.teacher_pass -> kd.taps; no circle, kept local
+
+    if len(models) != len(objectives) or not models:
+        raise ConfigError(f"fit_lockstep needs one objective per model, got {len(models)} "
+                          f"models and {len(objectives)} objectives")
+    generator = torch.Generator(device=train.device).manual_seed(seed)
+    trainings = [_Training(m, train, o, config, augment is not None, f"{desc} [{i}]")
+                 for i, (m, o) in enumerate(zip(models, objectives))]
+    start = time.perf_counter()
+    with sharing():
+        for epoch in tqdm(range(1, config.epochs + 1), desc=desc, leave=False, disable=None):
+            for training in trainings:
+                training.start_epoch(epoch)
+            for batch in iterate_batches(train, config.batch_size, generator=generator,
+                                         augment=augment):
+                for training in trainings:
+                    training.step(batch)
+            for training in trainings:
+                training.end_epoch(epoch, {})
+    wall_s = (time.perf_counter() - start) / len(trainings)
+    for training in trainings:
+        training.result.wall_s = wall_s
+    return [training.result for training in trainings]
 
 
 def check_finite(sums: dict[str, torch.Tensor], params: list[torch.Tensor], epoch: int,
@@ -319,5 +377,5 @@ def check_finite(sums: dict[str, torch.Tensor], params: list[torch.Tensor], epoc
 
 
 __all__ = ["NonFiniteLossError", "torch_threads", "native_bf16", "resolve_precision", "compile_backend",
-           "check_finite", "TrainConfig", "fit", "predict", "seed_everything", "resolve_device", "autocast",
+           "check_finite", "TrainConfig", "fit", "fit_lockstep", "predict", "seed_everything", "resolve_device", "autocast",
            "prepare_model", "FitResult", "lr_multiplier", "OPTIMIZERS", "SCHEDULES"]

@@ -384,7 +384,7 @@ def fake_load(name: str, train: bool, root=None, *, scale: float = 1.0) -> data.
     return fake_split(name, bool(train), scale)
 
 
-_REAL_FIT, _REAL_PREDICT = engine.fit, engine.predict
+_REAL_FIT, _REAL_FIT_LOCKSTEP, _REAL_PREDICT = engine.fit, engine.fit_lockstep, engine.predict
 
 
 class Tracer:
@@ -429,6 +429,37 @@ class Tracer:
         return FitResult(history=[{"epoch": config.epochs, "lr": config.lr, "train_loss": 0.0}],
                          checkpoints={e: state for e in config.checkpoint_epochs}, wall_s=0.0)
 
+    def fit_lockstep(self, models, train: data.Split, objectives, config: TrainConfig, *,
+                     seed: int, augment=None, desc: str = "train") -> list[FitResult]:
+        """:func:`kd.engine.fit_lockstep`'s stand-in: one run of one kind, whose step is every
+        model's step on one batch, each teacher's pass shared (measured as it runs)."""
+        kind = ("lockstep", tuple((module_signature(m), objective_signature(o))
+                                  for m, o in zip(models, objectives)),
+                augment_signature(augment))
+        for objective in objectives:
+            objective.bind(train, augmented=augment is not None)
+        if any(kd_until_epoch(o) is not None for o in objectives):
+            raise ConfigError("the estimate of a lockstep run takes no KD term that stops early")
+        if config.epochs > 0 and len(train):
+            key = (*kind, config.optimizer, config.precision, False)
+            if key not in self.steps:
+                self.steps[key] = self.measure(list(models), train, list(objectives), config,
+                                               seed, augment, 0)
+                if not self.steps[key].finite:
+                    self.failures.append(f"{desc}: the measured step's loss is not finite")
+            phases = (Phase(config.epochs, self.steps[key]),)
+            described = " + ".join(sorted(set(map(describe_model, models))))
+            self.train_runs.append(((*kind, len(train), config.batch_size, phases),
+                                    job_label(desc), f"{len(models)} in lockstep: {described}",
+                                    len(train), config.batch_size, phases))
+        results = []
+        for model in models:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            results.append(FitResult(history=[{"epoch": config.epochs, "lr": config.lr,
+                                               "train_loss": 0.0}],
+                                     checkpoints={e: state for e in config.checkpoint_epochs}))
+        return results
+
     @staticmethod
     def phases(objective, config: TrainConfig) -> list[tuple[int, int]]:
         """(epochs, epoch shift) of each phase: one, or two when the KD term stops early."""
@@ -447,16 +478,25 @@ class Tracer:
         return self.steps[key]
 
     def measure(self, model, train, objective, config, seed, augment, shift) -> StepCost:
-        """The second step of the real :func:`kd.engine.fit` in batches of ``batch`` images."""
+        """The second step of the real :func:`kd.engine.fit` in batches of ``batch`` images
+        (of :func:`kd.engine.fit_lockstep` when ``model`` and ``objective`` are lists: the
+        first model's probe counts from its second step to its third, every model's step on
+        that batch in between)."""
         counter = OpCounter(active=False)
-        probe = _Probe(objective, counter, shift)
+        lockstep = isinstance(model, list)
+        objectives = objective if lockstep else [objective]
+        probe = _Probe(objectives[0], counter, shift)
         settings = dataclasses.replace(config, batch_size=self.batch, checkpoint_epochs=(),
                                        compile=False)
         self._measuring, finite = True, True
         try:
             with foreach_optimizers(), counter:
-                _REAL_FIT(model, train, probe, settings, seed=seed, augment=augment,
-                          desc="estimate")
+                if lockstep:
+                    _REAL_FIT_LOCKSTEP(model, train, [probe, *objectives[1:]], settings,
+                                       seed=seed, augment=augment, desc="estimate")
+                else:
+                    _REAL_FIT(model, train, probe, settings, seed=seed, augment=augment,
+                              desc="estimate")
         except _Measured:
             pass
         except engine.NonFiniteLossError:  # a split too small for 3 steps: fit ran to its end
@@ -524,6 +564,8 @@ def stand_ins(tracer: Tracer, cache_dir: str) -> Iterator[None]:
     import kd.cache
 
     patches = [(engine, "fit", tracer.fit), (kd.cache, "fit", tracer.fit),
+               (engine, "fit_lockstep", tracer.fit_lockstep),
+               (kd.cache, "fit_lockstep", tracer.fit_lockstep),
                (engine, "predict", tracer.predict), (distill, "predict", tracer.predict),
                (data, "load", functools.partial(fake_load, scale=tracer.data_scale))]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]

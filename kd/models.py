@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kd.errors import ConfigError
+from kd.teacher_pass import teacher_forward
 
 
 class MLP(nn.Module):
@@ -127,7 +128,9 @@ class Ensemble(nn.Module):
         from kd.metrics import ensemble_log_probs  # kd.metrics does not import this module
 
         t = self.temperature
-        return t * ensemble_log_probs([member(x) / t for member in self.members])
+        # each member's pass is shared with other students of it (kd.teacher_pass)
+        return t * ensemble_log_probs([teacher_forward(member, x)[0] / t
+                                       for member in self.members])
 
 
 def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -29,6 +29,7 @@ from kd.distill import Distill, Objective
 from kd.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.losses import label_cross_entropy, soft_target_kl
+from kd.teacher_pass import teacher_forward
 
 
 class MutualLearning(Objective):
@@ -68,6 +69,7 @@ class RandomTeacher(nn.Module):
     """
 
     DRAWS_AT_ONCE = 256
+    stateful_forward = True  # never shared by kd.teacher_pass: each call draws anew
 
     def __init__(self, teachers: Sequence[nn.Module], generator: torch.Generator | None = None):
         super().__init__()
@@ -84,7 +86,7 @@ class RandomTeacher(nn.Module):
                                   generator=self.generator)
             self._draws = draws.flip(0).tolist()
         self.last_choice = self._draws.pop()
-        return self.teachers[self.last_choice](x)
+        return teacher_forward(self.teachers[self.last_choice], x)[0]
 
 
 def born_again(teacher: nn.Module, new_student: Callable[[], nn.Module], generations: int,

@@ -234,7 +234,9 @@ class Zoo:
                 "final_train_loss": meta.get("final_train_loss"),
                 "train_loss_plateau": metrics.loss_plateau(meta.get("train_loss_history", [])),
                 # trained in a stack of that many models (kd.cache.ModelCache.fit_stack)
-                **({"stacked_with": meta["stacked_with"]} if "stacked_with" in meta else {})}
+                **({"stacked_with": meta["stacked_with"]} if "stacked_with" in meta else {}),
+                # trained in lockstep with that many (kd.cache.ModelCache.fit_lockstep)
+                **({"lockstep_with": meta["lockstep_with"]} if "lockstep_with" in meta else {})}
 
     def agreement(self, student: Teacher, teacher: Teacher) -> dict:
         return {"test_agreement": metrics.agreement(student.test_logits, teacher.test_logits),

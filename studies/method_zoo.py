@@ -89,6 +89,9 @@ class Profile:
     # student_config as it is
     student_candidates: dict[str, TrainConfig] = dataclasses.field(default_factory=dict)
     validation_n: int = 0  # students' training images held out to choose among the candidates
+    # train a seed's students of a pair's teacher(s) in lockstep, each teacher pass shared
+    # (kd.engine.fit_lockstep); the same students as one at a time, up to rounding
+    lockstep: bool = True
 
 
 def steps(epochs: int, milestones: tuple[int, ...]) -> TrainConfig:
@@ -207,14 +210,23 @@ def plan(profile: Profile) -> list[Cell]:
     return [cell for pair in profile.pairs for cell in pair_cells(pair, profile)]
 
 
+LOCKSTEP_ROLES = ("main", "both")  # cells that run the pair's teacher on their own batches
+
+
 class Run:
     """One seed: its teachers and scratch students, and each cell's student trained (or
-    loaded) through the cache."""
+    loaded) through the cache.
 
-    def __init__(self, teacher_zoo: Zoo, student_zoo: Zoo, profile: Profile, seed: int):
+    ``lockstep``: the names of this seed's pending cells. The first of them that distils from
+    the pair's teacher (:data:`LOCKSTEP_ROLES`) trains every pending one of its pair in
+    lockstep (:meth:`train_in_lockstep`); the cells then find their students in the cache."""
+
+    def __init__(self, teacher_zoo: Zoo, student_zoo: Zoo, profile: Profile, seed: int,
+                 lockstep: frozenset[str] = frozenset()):
         self.teacher_zoo, self.zoo = teacher_zoo, student_zoo
         self.profile, self.seed = profile, seed
         self.teacher_seed = seed if profile.teacher_seed is None else profile.teacher_seed
+        self.lockstep = lockstep
 
     def teacher(self, arch: str, seed: int) -> Teacher:
         return self.trained_teacher(arch, seed)[0]
@@ -276,13 +288,15 @@ class Run:
         """The cell's trained student, its training meta and the peer's test accuracy."""
         if cell.method is None:
             return *self.scratch(cell.pair.student), None
+        if cell.name in self.lockstep and cell.teacher_role in LOCKSTEP_ROLES:
+            self.train_in_lockstep(cell.pair)
         teachers = self.teachers(cell)
         method = self.method(cell, teachers)
         spec = self.spec(cell, teachers)
         model, meta, _ = self.zoo.cache.fit(
             spec, engine.prepare_model(method.model, self.zoo.device), self.zoo.train, method,
             self.zoo.config, seed=self.student_seed(cell), desc=f"{cell.name} seed {self.seed}",
-            augment=RandomCropFlip() if self.zoo.augment_students else None)
+            augment=self.augment())
         logits = engine.predict(model, self.zoo.test)
         peer = None
         if logits.dim() == 3:  # a stack (mutual learning): the student first, then its peer
@@ -290,6 +304,29 @@ class Run:
             logits = logits[0]
         student = method.trained_student(model)
         return Teacher(cell.pair.student, student, spec_key(spec), logits), meta, peer
+
+    def augment(self) -> RandomCropFlip | None:
+        return RandomCropFlip() if self.zoo.augment_students else None
+
+    @functools.cache
+    def train_in_lockstep(self, pair: Pair) -> None:
+        """Train this seed's pending students of ``pair`` that distil from its teacher (and the
+        second teacher) in lockstep on the seed's batches, into the cache: each teacher runs
+        once per batch for all of them instead of once per student."""
+        cells = [c for c in pair_cells(pair, self.profile)
+                 if c.name in self.lockstep and c.teacher_role in LOCKSTEP_ROLES]
+        if len(cells) < 2:
+            return
+        assert {self.student_seed(c) for c in cells} == {self.seed}  # one batch stream
+
+        def new_run(i: int):
+            method = self.method(cells[i], self.teachers(cells[i]))
+            return engine.prepare_model(method.model, self.zoo.device), method
+
+        self.zoo.cache.fit_lockstep(
+            [self.spec(c, self.teachers(c)) for c in cells], new_run, self.zoo.train,
+            self.zoo.config, seed=self.seed, augment=self.augment(),
+            desc=f"{pair.name}/{len(cells)} students in lockstep seed {self.seed}")
 
     def run(self, cell: Cell) -> dict:
         teacher = self.teacher(cell.pair.teacher, self.teacher_seed)
@@ -454,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
                          cell_runner, summary,
                          lambda seed, cell: models_used(profile, seed, cell))
         return
-    run_cells(table, todo, cell_runner(command, teacher_zoo), device, summary,
+    run_cells(table, todo, cell_runner(command, teacher_zoo, todo), device, summary,
               precision=command.precision)
 
 
@@ -469,19 +506,28 @@ def zoos(command) -> tuple[Callable[[], Zoo], Callable[[TrainConfig], Zoo]]:
     return lambda: zoo(profile.teacher_config, profile.teacher_train_limit), students
 
 
-def cell_runner(command, teacher_zoo: Zoo | None = None) -> Callable[[int, Cell], dict]:
+def cell_runner(command, teacher_zoo: Zoo | None = None,
+                todo: list[tuple[int, Cell]] | None = None) -> Callable[[int, Cell], dict]:
     """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker) whose
-    arguments carry the students' schedule chosen by :func:`main`."""
+    arguments carry the students' schedule chosen by :func:`main`. Given the pending ``todo``
+    (a local run) and a profile with ``lockstep``, a seed's students of one teacher train in
+    lockstep (:meth:`Run.train_in_lockstep`)."""
     profile, args = command.profile, command.args
     new_teacher_zoo, students = zoos(command)
     teacher_zoo = teacher_zoo or new_teacher_zoo()
     schedule = args.student_schedule
     student_zoo = students(profile.student_candidates[schedule] if schedule != "profile"
                            else profile.student_config)
+    pending_names = lambda seed: frozenset(
+        c.name for s, c in (todo or []) if s == seed and profile.lockstep)
     runs: dict[int, Run] = {}
-    return lambda seed, cell: {
-        "student_schedule": schedule, "schedule_selected_on": args.schedule_selected_on,
-        **runs.setdefault(seed, Run(teacher_zoo, student_zoo, profile, seed)).run(cell)}
+
+    def run(seed: int, cell: Cell) -> dict:
+        if seed not in runs:
+            runs[seed] = Run(teacher_zoo, student_zoo, profile, seed, pending_names(seed))
+        return {"student_schedule": schedule, "schedule_selected_on": args.schedule_selected_on,
+                **runs[seed].run(cell)}
+    return run
 
 
 def models_used(profile: Profile, seed: int, cell: Cell) -> list[tuple]:

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from kd.data import Batch, Split
 from kd.distill import Distill, Objective
-from kd.methods.base import TappedForward
+from kd.taps import TappedForward
 from kd.quantize import quantize_student
 
 
@@ -23,7 +23,7 @@ class QuantizedKD(Objective):
 
     Given a ``torch.compile`` wrapper of ``method.model`` (``TrainConfig(compile=True)``), it
     compiles a ``torch.fx`` graph of the student's forward pass instead, with the wrapper's
-    settings (:class:`~kd.methods.base.TappedForward` without taps): parametrize gives each
+    settings (:class:`~kd.taps.TappedForward` without taps): parametrize gives each
     quantized layer a class of its own, so every quantized student would add a recompilation
     of the architecture's one forward function, and after 8 (dynamo's recompile limit) the
     student would train eagerly.
