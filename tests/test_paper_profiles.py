@@ -33,7 +33,11 @@ EXPECTED = {
                  "mnist teacher", "mnist student"],
     "method_zoo": ["teacher resnet56", "teacher resnet32", "resnet32 from resnet56",
                    "resnet56->resnet20/kd_via_resnet32", "resnet56->plain_cnn6/kd_via_resnet20",
-                   "resnet56->resnet20/mutual", "resnet56->plain_cnn6/fsp"],
+                   "resnet56->resnet20/mutual", "resnet56->plain_cnn6/born_again",
+                   "resnet56->resnet20/quantized/w8/labels",
+                   # the students of the pair's teacher(s), every feature method among them
+                   "resnet56->resnet20/11 students in lockstep",
+                   "resnet56->plain_cnn6/11 students in lockstep"],
 }
 TODO = re.compile(r"; (\d+) (?:student )?cells")
 
@@ -61,6 +65,8 @@ def test_paper_profile_runs_every_kind_of_cell(study, tracer):
         assert any(job.model.startswith("91 x ") for job in train)
     if study == "hinton_mnist":  # the 11 students of a width (hard labels, every T) as one stack
         assert sum(job.model.startswith("11 x ") for job in train) == 3
+    if study == "method_zoo":  # kd, 5 feature methods, 3 multi-teacher, 2 quantized
+        assert sum(job.model.startswith("11 in lockstep: ") for job in train) == 2
     if study == "early_stopping":  # early-stopped KD: the teacher stops at epoch 80 of 150
         assert any([p.epochs for p in job.phases] == [80, 70] for job in train)
     table = estimate.report([result], estimate.Target())
