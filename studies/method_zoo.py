@@ -44,6 +44,7 @@ from kd.cifar import RandomCropFlip
 from kd.cli import open_study, run_main
 from kd.distill import CrossEntropy
 from kd.engine import TrainConfig
+from kd.errors import NonFiniteLossError
 from kd.executor import every, run_cells_on_ray
 from kd.methods import METHODS, accepted_options, build_method, method_settings
 from kd.results import (ResultsTable, markdown_table, mean_std, pending, run_cells,
@@ -323,10 +324,14 @@ class Run:
             method = self.method(cells[i], self.teachers(cells[i]))
             return engine.prepare_model(method.model, self.zoo.device), method
 
-        self.zoo.cache.fit_lockstep(
-            [self.spec(c, self.teachers(c)) for c in cells], new_run, self.zoo.train,
-            self.zoo.config, seed=self.seed, augment=self.augment(),
-            desc=f"{pair.name}/{len(cells)} students in lockstep seed {self.seed}")
+        try:
+            self.zoo.cache.fit_lockstep(
+                [self.spec(c, self.teachers(c)) for c in cells], new_run, self.zoo.train,
+                self.zoo.config, seed=self.seed, augment=self.augment(),
+                desc=f"{pair.name}/{len(cells)} students in lockstep seed {self.seed}")
+        except NonFiniteLossError as error:  # one diverged: find which, one run at a time
+            print(f"  {pair.name} seed {self.seed}: the lockstep stopped ({error}); its "
+                  f"students train one at a time")
 
     def run(self, cell: Cell) -> dict:
         teacher = self.teacher(cell.pair.teacher, self.teacher_seed)

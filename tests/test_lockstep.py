@@ -163,3 +163,23 @@ def test_the_estimate_counts_a_lockstep_step_with_one_teacher_pass(monkeypatch):
         teacher(torch.zeros(2, 3, 32, 32).to(memory_format=torch.channels_last))
     # five live passes become one (random_teacher's draw may be the main teacher's too)
     assert 4 * counter.ops <= alone - ops[True][label] <= 6 * counter.ops
+
+
+def test_a_diverged_lockstep_falls_back_to_one_student_at_a_time(fake_cifar10, tmp_path,
+                                                                   monkeypatch, capsys):
+    import kd.cache
+    from kd.errors import NonFiniteLossError
+
+    def diverge(*args, **kwargs):
+        raise NonFiniteLossError("at: training loss term 'loss' is not finite at epoch 1")
+
+    monkeypatch.setattr(kd.cache, "fit_lockstep", diverge)
+    pair = method_zoo.Pair("resnet8", "resnet8", ("kd", "at"))
+    monkeypatch.setitem(method_zoo.PROFILES, "smoke", dataclasses.replace(
+        method_zoo.PROFILES["smoke"], pairs=(pair,), student_candidates={}))
+    method_zoo.main(["--profile", "smoke", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert out.count("the lockstep stopped") == 1  # tried once for the pair and seed
+    rows = pd.read_csv(tmp_path / "results" / "method_zoo" / "smoke.csv").set_index("cell")
+    assert rows.index.tolist() == [c.name for c in method_zoo.plan(method_zoo.PROFILES["smoke"])]
+    assert "lockstep_with" not in rows.columns and rows["test_accuracy"].notna().all()
