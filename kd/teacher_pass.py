@@ -57,7 +57,8 @@ def teacher_forward(teacher: nn.Module, x: Tensor, tapped: TappedForward | None 
 
 
 def _nested(a: str, b: str) -> bool:
-    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+    """One module path inside the other (``layer1`` and ``layer1.0``)."""
+    return a.startswith(b + ".") or b.startswith(a + ".")
 
 
 class SharedPass:
@@ -74,8 +75,7 @@ class SharedPass:
 
     def __call__(self, x: Tensor, tapped: TappedForward | None) -> tuple[Tensor, list[Tensor]]:
         wanted = list(tapped.paths) if tapped is not None else []
-        if tapped is not None and any(_nested(p, q) for p in wanted for q in self.paths
-                                      if p != q):
+        if any(_nested(p, q) for p in wanted for q in self.paths):
             return tapped(x)  # cannot join the union graph
         new = [p for p in wanted if p not in self.paths]
         if new:
@@ -102,8 +102,9 @@ class SharedPass:
             try:
                 self.graph = TappedForward(self.teacher, self.paths, "teacher")
                 self.graph.graph()
-            except ConfigError:
-                raise ConfigError(f"the teacher's taps {self.paths} cannot share one graph")
+            except ConfigError as error:
+                raise ConfigError(f"the teacher's taps {self.paths} cannot share one graph: "
+                                  f"{error}") from error
         self.logits, features = self.graph(x)
         self.features = dict(zip(self.paths, features))
 
