@@ -113,9 +113,7 @@ class ModelCache:
             # Fail before training, not when storing the result after it.
             check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
             fitted = fit(model, train, objective, config, seed=seed, augment=augment, desc=desc)
-            meta = {"train_s": round(fitted.wall_s, 2),
-                    "final_train_loss": fitted.final.get("train_loss"),
-                    "train_loss_history": [epoch.get("train_loss") for epoch in fitted.history]}
+            meta = fit_meta(fitted)
             hit = {"meta": meta, "checkpoints": fitted.checkpoints}
             self.save(spec, model.state_dict(), meta, fitted.checkpoints)
         else:
@@ -151,7 +149,6 @@ class ModelCache:
             self.save(specs[i], state, meta, {e: states[k] for e, states in checkpoints.items()})
         return missing
 
-
     def fit_lockstep(self, specs: list[dict], new_run: Callable[[int], tuple[nn.Module, object]],
                      train, config, *, seed: int, augment=None, desc: str = "train") -> list[int]:
         """Train the models of ``specs`` that the cache lacks in lockstep on the batches of
@@ -168,11 +165,16 @@ class ModelCache:
         fitted = fit_lockstep(list(models), train, list(objectives), config, seed=seed,
                               augment=augment, desc=desc)
         for i, model, result in zip(missing, models, fitted):
-            meta = {"train_s": round(result.wall_s, 2), "lockstep_with": len(missing),
-                    "final_train_loss": result.final.get("train_loss"),
-                    "train_loss_history": [epoch.get("train_loss") for epoch in result.history]}
-            self.save(specs[i], model.state_dict(), meta, result.checkpoints)
+            self.save(specs[i], model.state_dict(),
+                      {**fit_meta(result), "lockstep_with": len(missing)}, result.checkpoints)
         return missing
+
+
+def fit_meta(fitted) -> dict:
+    """A trained model's cache meta: training time, last epoch's mean loss, loss per epoch."""
+    return {"train_s": round(fitted.wall_s, 2),
+            "final_train_loss": fitted.final.get("train_loss"),
+            "train_loss_history": [epoch.get("train_loss") for epoch in fitted.history]}
 
 
 def ship(spec: dict, cache: ModelCache | None = None, shipped: Path = SHIPPED_ROOT,

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from kd.data import Augment, Split, iterate_batches, iterate_member_batches
 from kd.errors import ConfigError, NonFiniteLossError
+from kd.teacher_pass import sharing
 from kd import metrics
 
 PRECISIONS = ("fp32", "bf16")  # what a TrainConfig trains in; "auto" is resolved before
@@ -334,8 +335,6 @@ def fit_lockstep(models: Sequence[nn.Module], train: Split, objectives: Sequence
     all of them (:func:`kd.teacher_pass.sharing`). Each result's ``wall_s`` is the lockstep's
     time divided by the models. Only the teachers' passes are shared, so each model's weights
     are those of its own run, up to rounding."""
-    from kd.teacher_pass import sharing  # kd.teacher_pass -> kd.taps; no circle, kept local
-
     if len(models) != len(objectives) or not models:
         raise ConfigError(f"fit_lockstep needs one objective per model, got {len(models)} "
                           f"models and {len(objectives)} objectives")

@@ -425,6 +425,11 @@ class Tracer:
                                     config.batch_size, phases))
         for split in (eval_sets or {}).values():  # evaluated after every epoch
             self.record_eval(model, split, config.precision, repeats=config.epochs)
+        return self.untrained_result(model, config)
+
+    @staticmethod
+    def untrained_result(model: nn.Module, config: TrainConfig) -> FitResult:
+        """What the stand-ins return for a run: its untrained weights at every checkpoint."""
         state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return FitResult(history=[{"epoch": config.epochs, "lr": config.lr, "train_loss": 0.0}],
                          checkpoints={e: state for e in config.checkpoint_epochs}, wall_s=0.0)
@@ -441,24 +446,14 @@ class Tracer:
         if any(kd_until_epoch(o) is not None for o in objectives):
             raise ConfigError("the estimate of a lockstep run takes no KD term that stops early")
         if config.epochs > 0 and len(train):
-            key = (*kind, config.optimizer, config.precision, False)
-            if key not in self.steps:
-                self.steps[key] = self.measure(list(models), train, list(objectives), config,
-                                               seed, augment, 0)
-                if not self.steps[key].finite:
-                    self.failures.append(f"{desc}: the measured step's loss is not finite")
-            phases = (Phase(config.epochs, self.steps[key]),)
+            phases = (Phase(config.epochs, self.step_cost(kind, list(models), train,
+                                                          list(objectives), config, seed,
+                                                          augment, 0, desc)),)
             described = " + ".join(sorted(set(map(describe_model, models))))
             self.train_runs.append(((*kind, len(train), config.batch_size, phases),
                                     job_label(desc), f"{len(models)} in lockstep: {described}",
                                     len(train), config.batch_size, phases))
-        results = []
-        for model in models:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            results.append(FitResult(history=[{"epoch": config.epochs, "lr": config.lr,
-                                               "train_loss": 0.0}],
-                                     checkpoints={e: state for e in config.checkpoint_epochs}))
-        return results
+        return [self.untrained_result(model, config) for model in models]
 
     @staticmethod
     def phases(objective, config: TrainConfig) -> list[tuple[int, int]]:
