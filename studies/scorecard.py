@@ -412,10 +412,14 @@ def mz_ta_chain(rows: Rows) -> pd.Series:
 def read_claims(path: Path | None = None) -> pd.DataFrame:
     """The claims table: ``path``, else ``$KD_CLAIMS``, else ``studies/claims.csv``."""
     path = Path(path or os.environ.get("KD_CLAIMS") or CLAIMS)
-    claims = pd.read_csv(path, dtype={"measure": str, "precondition_measure": str})
+    claims = pd.read_csv(path, dtype={"measure": str, "precondition_measure": str,
+                                      "planned_in": str})
     for column in ("reference", "margin", "paper_value"):
         claims[column] = pd.to_numeric(claims[column], errors="coerce")
     claims["reference"] = claims["reference"].fillna(0.0)
+    if "planned_in" not in claims:  # a table written before the column: every profile
+        claims["planned_in"] = ""
+    claims["planned_in"] = claims["planned_in"].fillna("").str.strip()
     duplicated = claims["id"][claims["id"].duplicated()]
     if not duplicated.empty:
         raise ConfigError(f"claim ids repeated in {path}: {', '.join(duplicated)}")
@@ -450,9 +454,21 @@ def interval_columns(prefix: str, interval: rule.Interval) -> dict:
             f"{prefix}basis": interval.basis if interval.n else None}
 
 
+NOT_PLANNED = "not planned"
+
+
+def planned_verdict(verdict: str, claim, profile: str) -> str:
+    """``not planned`` for a claim that its profile never sets out to test (``planned_in``
+    names the profiles that do, e.g. the ResNet families only at ``paper``); a verdict from
+    rows that exist anyway stands."""
+    where = claim.planned_in.split()
+    return NOT_PLANNED if verdict == "not run" and where and profile not in where else verdict
+
+
 def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
     """One row per claim and profile (claims in their order, profiles paper, full, quick, ...).
-    A claim whose study lacks a profile found for another study is ``not run`` there."""
+    A claim whose study lacks a profile found for another study is ``not run`` there, or
+    ``not planned`` where the claim's ``planned_in`` leaves that profile out."""
     profiles = sorted({p for _, p in tables}, key=profile_key)
     out = []
     for claim in claims.itertuples(index=False):
@@ -472,7 +488,10 @@ def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> 
                 "unit": claim.unit, "direction": claim.direction,
                 "reference": claim.reference, "margin": margin,
                 "paper_value": claim.paper_value,
-                "verdict": rule.decide(interval, claim.direction, claim.reference, margin, pre),
+                "verdict": planned_verdict(rule.decide(interval, claim.direction,
+                                                       claim.reference, margin, pre),
+                                           claim, profile),
+                "planned_in": claim.planned_in,
                 **(interval_columns("precondition_", pre) if pre else
                    dict.fromkeys(interval_columns("precondition_", rule.t_interval([])))),
                 "precondition_status": rule.precondition_status(pre) if pre else "",
@@ -485,7 +504,7 @@ def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> 
 
 VERDICT_COLOURS = {"reproduced": "#2ca02c", "contradicted": "#d62728", "absent": "#1f77b4",
                    "inconclusive": "#ff7f0e", "precondition not met": "#9467bd",
-                   "not run": "#bbbbbb", "report": "#444444"}
+                   "not run": "#bbbbbb", NOT_PLANNED: "#dddddd", "report": "#444444"}
 
 
 def forest_plot(scorecard: pd.DataFrame, path: Path | None = None):
@@ -542,6 +561,8 @@ def fmt(value: float, digits: int = 2) -> str:
 
 def summary_cell(row) -> str:
     """``verdict, n seeds: mean [low, high]`` for the README table."""
+    if row.verdict == NOT_PLANNED:
+        return f"{NOT_PLANNED} (only at {', '.join(row.planned_in.split())})"
     if row.n_seeds == 0:
         return row.verdict
     interval = f" [{fmt(row.ci_low)}, {fmt(row.ci_high)}]" if np.isfinite(row.ci_low) else ""

@@ -307,3 +307,28 @@ def test_tables_beside_a_profile_are_not_profiles(tmp_path):
     for side in ("quick_failures", "quick_selection"):
         pd.DataFrame([{**row, "profile": "quick"}]).to_csv(folder / f"{side}.csv", index=False)
     assert list(sc.find_tables(tmp_path, ["method_zoo"])) == [("method_zoo", "quick")]
+
+
+def test_a_claim_its_profile_never_plans_is_not_planned_not_not_run(tmp_path):
+    claims = sc.read_claims(sc.CLAIMS)
+    chain = claims[claims["id"].isin(["mz-ta-chain", "mz-gain-sp"])].copy()
+    assert claims.set_index("id").loc["cg-ta-resnet", "planned_in"] == "paper"
+    assert chain.set_index("id").loc["mz-ta-chain", "planned_in"].split() == ["full", "paper"]
+    tables = {("method_zoo", p): zoo_table(p) for p in ("paper", "quick")}
+    card = sc.score(chain, tables).set_index(["claim", "profile"])["verdict"]
+    assert card[("mz-ta-chain", "quick")] == "not planned"  # quick has no assistant, by design
+    assert card[("mz-ta-chain", "paper")] == "not run"  # planned there: its rows are missing
+    assert card[("mz-gain-sp", "quick")] == "not run"  # planned everywhere (empty planned_in)
+    # rows that exist anyway are scored as usual, wherever the claim was planned
+    pair = "resnet14->resnet8"
+    extra = table("method_zoo", "quick", {
+        f"{pair}/kd_via_resnet8": {"pair": pair, "test_accuracy": lambda s: 0.58 + 0.012 * s}})
+    tables[("method_zoo", "quick")] = pd.concat([tables[("method_zoo", "quick")], extra])
+    card = sc.score(chain, tables).set_index(["claim", "profile"])
+    assert card.loc[("mz-ta-chain", "quick"), "verdict"] == "reproduced"  # +5.0, +5.1, +5.2
+    assert card.loc[("mz-ta-chain", "quick"), "effect"] == pytest.approx(5.1)
+    text = sc.markdown(sc.score(chain, {("method_zoo", "quick"): zoo_table()}), chain)
+    assert "not planned (only at full, paper)" in text
+    # a claims table written before the column still reads: every profile planned
+    claims.drop(columns="planned_in").to_csv(tmp_path / "old.csv", index=False)
+    assert set(sc.read_claims(tmp_path / "old.csv")["planned_in"]) == {""}
