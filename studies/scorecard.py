@@ -32,6 +32,7 @@ from kd.results import markdown_table, results_root
 
 CLAIMS = Path(__file__).with_name("claims.csv")
 PROFILE_ORDER = ("paper", "full", "quick")
+KNOWN_PROFILES = (*PROFILE_ORDER, "smoke")  # what a claim's planned_in may name
 SCORECARD = "scorecard.csv"
 FIGURE = "scorecard.png"
 
@@ -426,6 +427,10 @@ def read_claims(path: Path | None = None) -> pd.DataFrame:
     bad = set(claims["direction"]) - set(rule.DIRECTIONS)
     if bad:
         raise ConfigError(f"unknown directions in {path}: {sorted(bad)}")
+    unknown = {p for names in claims["planned_in"] for p in names.split()} - set(KNOWN_PROFILES)
+    if unknown:
+        raise ConfigError(f"unknown profiles in planned_in of {path}: {sorted(unknown)} "
+                          f"(known: {', '.join(KNOWN_PROFILES)})")
     return claims
 
 

@@ -332,3 +332,6 @@ def test_a_claim_its_profile_never_plans_is_not_planned_not_not_run(tmp_path):
     # a claims table written before the column still reads: every profile planned
     claims.drop(columns="planned_in").to_csv(tmp_path / "old.csv", index=False)
     assert set(sc.read_claims(tmp_path / "old.csv")["planned_in"]) == {""}
+    claims.assign(planned_in="paper ful").to_csv(tmp_path / "typo.csv", index=False)
+    with pytest.raises(sc.ConfigError, match=r"unknown profiles in planned_in .*\['ful'\]"):
+        sc.read_claims(tmp_path / "typo.csv")
