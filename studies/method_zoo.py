@@ -15,6 +15,11 @@ batches within a seed:
 * ``<pair>/kd_via_<assistant>`` (pairs with an assistant): a teacher-assistant chain (Mirzadeh
   et al. 2020), KD from the assistant, itself distilled from the teacher. The quick profile has
   none (no ResNet lies between ResNet-8 and ResNet-14; the capacity-gap study runs TA chains).
+  The assistant learns like the pair's students (their images and schedule);
+* ``<pair>/kd_via_<assistant>/teacher_data`` (profiles with ``assistant_on_teacher_data``): the
+  same chain with an assistant distilled on the teacher's images and schedule, once for every
+  seed (Mirzadeh et al. train their assistants on all the data; where the students see a
+  subset, an assistant of the students' images knows little more than the student).
 
 Teachers are trained on labels with crop + flip on the teacher data (for the small profiles a
 larger random subset than the students'; the students' subset is part of it) and cached, as are
@@ -93,6 +98,10 @@ class Profile:
     # train a seed's students of a pair's teacher(s) in lockstep, each teacher pass shared
     # (kd.engine.fit_lockstep); the same students as one at a time, up to rounding
     lockstep: bool = True
+    # a second chain per assistant pair, its assistant distilled on the teacher's images and
+    # schedule (the teacher's seed, shared by every seed like the teacher): the cells
+    # <pair>/kd_via_<assistant>/teacher_data
+    assistant_on_teacher_data: bool = False
 
 
 def steps(epochs: int, milestones: tuple[int, ...]) -> TrainConfig:
@@ -152,7 +161,11 @@ PROFILES = {
             "batch 32, lr 0.05": dataclasses.replace(steps(10, (6, 8)), batch_size=32, lr=0.05),
             "batch 128, lr 0.1": steps(10, (6, 8))},
         validation_n=800, quantized_bits=(4,), teacher_seed=0,
-        augment_students=False, teacher_train_limit=None, student_train_limit=8_000),
+        augment_students=False, teacher_train_limit=None, student_train_limit=8_000,
+        # added after the first full run: its assistant, distilled on the students' 8,000
+        # images, ended below the student taught by the teacher directly (claim
+        # mz-ta-chain-teacher-data, written before this cell ran)
+        assistant_on_teacher_data=True),
     "paper": Profile(
         description="a GPU: ResNet-56 -> ResNet-20 and ResNet-56 -> plain CNN-6 on all of "
                     "CIFAR-10, Mirzadeh et al.'s 150-epoch schedule, crop + flip for every "
@@ -175,14 +188,15 @@ class Cell:
 
     @property
     def family(self) -> str:
-        if self.teachers == "assistant":
+        if self.teachers in ASSISTANT_ROLES:
             return "teacher-assistant"
         return METHODS[self.method].family if self.method else "baseline"
 
     @property
     def teacher_role(self) -> str:
         """Which model(s) teach this cell: main, both (main and second), scratch (the pair's
-        scratch student), assistant (distilled from main), none."""
+        scratch student), assistant (distilled from main like the students),
+        assistant_teacher_data (distilled from main on the teacher's data), none."""
         if self.teachers or self.method is None:
             return self.teachers or "none"
         cls = METHODS[self.method]
@@ -204,6 +218,9 @@ def pair_cells(pair: Pair, profile: Profile) -> list[Cell]:
     if pair.assistant:
         cells.append(Cell(f"{pair.name}/kd_via_{pair.assistant}", pair, "kd",
                           teachers="assistant"))
+    if pair.assistant and profile.assistant_on_teacher_data:
+        cells.append(Cell(f"{pair.name}/kd_via_{pair.assistant}/teacher_data", pair, "kd",
+                          teachers="assistant_teacher_data"))
     return cells
 
 
@@ -212,6 +229,7 @@ def plan(profile: Profile) -> list[Cell]:
 
 
 LOCKSTEP_ROLES = ("main", "both")  # cells that run the pair's teacher on their own batches
+ASSISTANT_ROLES = ("assistant", "assistant_teacher_data")
 
 
 class Run:
@@ -247,13 +265,23 @@ class Run:
                                        self.teacher_seed + SECOND_TEACHER_SEED)]
         return {"main": main, "both": lambda: main() + second(), "none": list,
                 "scratch": lambda: [self.scratch(cell.pair.student)[0]],
-                "assistant": lambda: [self.assistant(cell.pair)]}[cell.teacher_role]()
+                "assistant": lambda: [self.assistant(cell.pair)],
+                "assistant_teacher_data": lambda: [self.assistant_on_teacher_data(cell.pair)],
+                }[cell.teacher_role]()
 
     def assistant(self, pair: Pair) -> Teacher:
         """The pair's assistant distilled from its teacher like a student (KD, T = 4, α = 0.9,
         the student's data and schedule; cached, as in the capacity-gap study)."""
         teacher = self.teacher(pair.teacher, self.teacher_seed)
         return self.zoo.distilled(pair.assistant, self.seed, teacher)[0]
+
+    @functools.cache
+    def assistant_on_teacher_data(self, pair: Pair) -> Teacher:
+        """The pair's assistant distilled from its teacher on the teacher's images and schedule
+        (KD, T = 4, α = 0.9, crop + flip, the teacher live on every batch), with the teacher's
+        seed: one assistant for every seed where the profile shares its teachers."""
+        teacher = self.teacher(pair.teacher, self.teacher_seed)
+        return self.teacher_zoo.distilled(pair.assistant, self.teacher_seed, teacher)[0]
 
     def student_seed(self, cell: Cell) -> int:
         """The seed of a cell's student initialization and batch order: the seed's own, shared
@@ -350,7 +378,13 @@ class Run:
                 "final_train_loss": final_loss[0] if isinstance(final_loss, list) else final_loss,
                 "peer_test_accuracy": peer,
                 "second_teacher_accuracy": self.second_accuracy(cell),
+                "assistant_accuracy": self.assistant_accuracy(cell),
                 **self.zoo.agreement(trained, teacher)}
+
+    def assistant_accuracy(self, cell: Cell) -> float | None:
+        if cell.teacher_role not in ASSISTANT_ROLES:
+            return None
+        return self.teacher_zoo.accuracy(self.teachers(cell)[0])
 
     def second_accuracy(self, cell: Cell) -> float | None:
         teachers = self.teachers(cell) if cell.teacher_role == "both" else []
@@ -451,6 +485,14 @@ def teachers_line(rows: pd.DataFrame) -> str:
     if len(second):
         accuracies = ", ".join(f"{a * 100:.2f} %" for a in second.drop_duplicates())
         parts.append(f"second teacher(s) of the multi-teacher cells {accuracies}")
+    if "assistant_accuracy" in rows:  # tables from before the column have none
+        for cell, g in rows.dropna(subset="assistant_accuracy").groupby("cell", sort=False):
+            # one assistant for every seed (teacher_data, shared teachers) is counted once
+            values = g["assistant_accuracy"]
+            if g["teachers"].iloc[0] == "assistant_teacher_data":
+                values = values.drop_duplicates()
+            parts.append(f"assistant of {cell.split('/', 1)[1]} "
+                         f"{mean_std(values * 100, 2, of='assistant')}")
     return "Teachers: " + "; ".join(parts) + "."
 
 
@@ -546,6 +588,9 @@ def models_used(profile: Profile, seed: int, cell: Cell) -> list[tuple]:
         used.append(("scratch", cell.pair.student, seed))
     if cell.teacher_role == "assistant":
         used.append(("assistant", cell.pair.teacher, cell.pair.assistant, seed))
+    if cell.teacher_role == "assistant_teacher_data":
+        used.append(("assistant_teacher_data", cell.pair.teacher, cell.pair.assistant,
+                     teacher_seed))
     return used
 
 

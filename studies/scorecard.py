@@ -400,10 +400,14 @@ def mz_diff(rows: Rows, cell: str, baseline: str) -> pd.Series:
 
 
 @measure
-def mz_ta_chain(rows: Rows) -> pd.Series:
-    """Per seed, mean over the pairs with an assistant: KD via the assistant − KD."""
+def mz_ta_chain(rows: Rows, variant: str = "") -> pd.Series:
+    """Per seed, mean over the pairs with an assistant: KD via the assistant − KD. The cells
+    ``<pair>/kd_via_<assistant>``, or with ``variant`` ``<pair>/kd_via_<assistant>/<variant>``
+    (``teacher_data``: the assistant distilled on the teacher's data); each claim reads one
+    kind."""
+    suffix = f"/{re.escape(variant)}" if variant else ""
     return per_seed_mean([rows.percent(c) - rows.percent(f"{p}/kd") for p in mz_pairs(rows)
-                          for c in rows.names(rf"{re.escape(p)}/kd_via_.+")
+                          for c in rows.names(rf"{re.escape(p)}/kd_via_[^/]+{suffix}")
                           if rows.has(f"{p}/kd")])
 
 

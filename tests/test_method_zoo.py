@@ -131,5 +131,49 @@ def test_full_profile_has_five_seeds_an_assistant_chain_and_a_validation_choice(
     full = study.PROFILES["full"]
     assert full.seeds >= 5 and full.teacher_train_limit is None and full.validation_n > 0
     assert len(full.student_candidates) >= 2 and full.teacher_seed == 0
-    chains = [c.name for c in study.plan(full) if c.teacher_role == "assistant"]
-    assert chains == ["resnet14->plain_cnn6/kd_via_resnet8"]  # the mz-ta-chain claim is tested
+    chains = [c.name for c in study.plan(full) if c.teacher_role in study.ASSISTANT_ROLES]
+    # mz-ta-chain, then mz-ta-chain-teacher-data (its assistant on the teacher's data)
+    assert chains == ["resnet14->plain_cnn6/kd_via_resnet8",
+                      "resnet14->plain_cnn6/kd_via_resnet8/teacher_data"]
+    assert {c.family for c in study.plan(full) if c.name in chains} == {"teacher-assistant"}
+    assert not any(p.assistant_on_teacher_data for n, p in study.PROFILES.items() if n != "full")
+
+
+def test_a_teacher_data_assistant_learns_on_the_teachers_data_once_for_every_seed(fake_cifar10):
+    import dataclasses
+
+    import torch
+
+    from studies.cifar_zoo import Zoo
+
+    profile = dataclasses.replace(study.PROFILES["smoke"], assistant_on_teacher_data=True)
+    cpu = torch.device("cpu")
+    teacher_zoo = Zoo("cifar10", profile.teacher_config, cpu, train_limit=512, test_limit=128)
+    student_zoo = Zoo("cifar10", profile.student_config, cpu, train_limit=256, test_limit=128,
+                      augment_students=False)
+    cell = next(c for c in study.plan(profile) if c.teacher_role == "assistant_teacher_data")
+    assert cell.name == "resnet8->plain_cnn6/kd_via_resnet8/teacher_data"
+    runs = [study.Run(teacher_zoo, student_zoo, profile, seed) for seed in (0, 1)]
+    (assistant,), (again,) = runs[0].teachers(cell), runs[1].teachers(cell)
+    teacher = runs[0].teacher("resnet8", 0)
+    assert assistant.key == again.key  # the teacher's seed: one assistant for both seeds
+    assert assistant.key == teacher_zoo.distilled("resnet8", 0, teacher)[0].key
+    students_data = runs[0].teachers(next(c for c in study.plan(profile)
+                                          if c.teacher_role == "assistant"))[0]
+    assert assistant.key not in {students_data.key, teacher.key}
+    row = runs[1].run(cell)
+    assert row["teachers"] == "assistant_teacher_data" and row["model"] == "plain_cnn6"
+    assert row["assistant_accuracy"] == teacher_zoo.accuracy(assistant)
+    assert runs[1].run(next(c for c in study.plan(profile) if c.method == "kd")
+                       )["assistant_accuracy"] is None
+    # the report counts the shared assistant once, the per-seed ones per seed
+    rows = pd.DataFrame([
+        {"cell": "p/kd_via_a/teacher_data", "teachers": "assistant_teacher_data",
+         "assistant_accuracy": 0.7, "seed": s} for s in (0, 1)] + [
+        {"cell": "p/kd_via_a", "teachers": "assistant", "assistant_accuracy": 0.6 + 0.02 * s,
+         "seed": s} for s in (0, 1)]).assign(
+        teacher="t", teacher_seed=0, teacher_train_n=1, teacher_accuracy=0.8,
+        teacher_train_s=60.0, second_teacher_accuracy=None)
+    line = study.teachers_line(rows)
+    assert "assistant of kd_via_a/teacher_data 70.00 (1 assistant)" in line
+    assert "assistant of kd_via_a 61.00 ± 1.41 (2 assistants)" in line

@@ -229,6 +229,26 @@ def test_every_claim_names_a_registered_measure():
     assert set(claims["direction"]) <= set(v.DIRECTIONS)
     levels = claims[claims["direction"] == "="]
     assert levels["margin"].notna().all()
+    # a changed rule names the claim it supersedes, which stays in the table
+    assert set(claims["supersedes"].dropna()) <= set(claims["id"])
+
+
+def test_each_teacher_assistant_claim_reads_its_own_chain():
+    pair = "resnet14->plain_cnn6"
+    rows = sc.Rows(table("method_zoo", "full", {
+        f"{pair}/kd": {"pair": pair, "test_accuracy": lambda s: 0.60 + 0.01 * s},
+        f"{pair}/kd_via_resnet8": {"pair": pair, "test_accuracy": lambda s: 0.58 + 0.01 * s},
+        f"{pair}/kd_via_resnet8/teacher_data": {"pair": pair,
+                                                "test_accuracy": lambda s: 0.61 + 0.02 * s},
+    }))
+    # the students'-data chain alone: -2 points a seed, whatever the teacher-data chain does
+    assert sc.evaluate("mz_ta_chain", rows).round(6).tolist() == [-2.0, -2.0, -2.0]
+    assert sc.evaluate("mz_ta_chain:teacher_data", rows).round(6).tolist() == [1.0, 2.0, 3.0]
+    only_old = sc.Rows(rows.frame[~rows.frame["cell"].str.endswith("/teacher_data")])
+    assert sc.evaluate("mz_ta_chain:teacher_data", only_old).empty  # not run
+    claims = sc.read_claims(sc.CLAIMS).set_index("id")
+    assert claims.loc["mz-ta-chain-teacher-data", "supersedes"] == "mz-ta-chain"
+    assert claims.loc["mz-ta-chain-teacher-data", "planned_in"] == "full"
 
 
 SOME_CLAIMS = ("hin-distill-800", "cg-falls-plain", "mz-gain-kd", "mz-gain-fitnets", "mz-gain-sp",
