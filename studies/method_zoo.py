@@ -150,7 +150,8 @@ PROFILES = {
                     "the second teacher) trained once on all 50,000 training images (20 epochs, "
                     "crop + flip); ResNet-8 and plain CNN-6 students on 8,000 of them (10 "
                     "epochs, schedule chosen on 800 held out, no augmentation), a ResNet-8 "
-                    "assistant for the plain CNN-6; full test set; 5 seeds",
+                    "assistant for the plain CNN-6, distilled on the students' images and "
+                    "(once) on the teacher's; full test set; 5 seeds",
         seeds=5,
         pairs=(Pair("resnet14", "resnet8"),
                Pair("resnet14", "plain_cnn6", ("kd", "fitnets", "at", "sp", "rkd", "fsp"),
