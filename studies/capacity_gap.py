@@ -50,9 +50,15 @@ PLAIN_QUICK = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn6", "plain_
 PLAIN_SMOKE = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn6"),
                      (("plain_cnn6", "plain_cnn4"),))
 
-# full: the plain family up to 8 layers on all the data; the ResNet family (a ResNet-8 student
-# at about 2,300 images/s, teachers to ResNet-110) stays a GPU profile's.
-FAMILIES = {"smoke": (PLAIN_SMOKE,), "quick": (PLAIN_QUICK,), "full": (PLAIN_QUICK,),
+# full, ResNet family (fixed before any of its models was looked at): teachers ResNet-14, -20
+# and -32 on all 50,000 images (about 17, 21 and 33 min here); the ResNet-8 students on 10,000
+# of them (about 2 min each, 5 a seed); one ResNet-14 assistant of the ResNet-32, distilled on
+# all the images once (the teachers' seed), as Mirzadeh et al.'s assistants learn on all the
+# data. Teachers to ResNet-110 and students on all the images stay the paper profile's.
+RESNET_FULL = Family("resnet", "resnet8", ("resnet14", "resnet20", "resnet32"),
+                     (("resnet32", "resnet14"),), student_train_limit=10_000)
+# full: the plain family up to 8 layers on all the data, and RESNET_FULL.
+FAMILIES = {"smoke": (PLAIN_SMOKE,), "quick": (PLAIN_QUICK,), "full": (PLAIN_QUICK, RESNET_FULL),
             "paper": (PLAIN, RESNET)}
 
 
@@ -82,39 +88,52 @@ def plan(families: tuple[Family, ...]) -> list[Cell]:
 class Run:
     """One seed: trains (or loads from the cache) each cell's model and describes it."""
 
-    def __init__(self, zoo: Zoo, seed: int):
+    def __init__(self, zoo: Zoo, seed: int, families: tuple[Family, ...] = ()):
         self.zoo, self.seed = zoo, seed
+        self.families = {f.name: f for f in families}
         self.models: dict[tuple[str, ...], Teacher] = {}  # chain + arch -> trained model
 
-    def chain_training(self, chain: tuple[str, ...], arch: str) -> Training:
+    def place(self, family: str, chain: tuple[str, ...], arch: str) -> tuple[Zoo, int]:
+        """Where ``arch`` distilled along ``chain`` learns, and with which seed: teachers in the
+        profile's zoo; the family's student in the family's (:meth:`Zoo.for_students`); an
+        assistant in the profile's zoo, with the teachers' seed when the family's students
+        learn on a subset (see :class:`~studies.cifar_zoo.Family`)."""
+        f = self.families.get(family)
+        if f is not None and arch == f.student:
+            return self.zoo.for_students(f), self.seed
+        if f is not None and chain and f.student_train_limit is not None:
+            return self.zoo, self.zoo.teacher_seed_for(self.seed)
+        return self.zoo, self.seed
+
+    def chain_training(self, family: str, chain: tuple[str, ...], arch: str) -> Training:
         """``arch`` distilled along ``chain`` (a teacher when the chain is empty)."""
+        zoo, seed = self.place(family, chain, arch)
         if not chain:
-            return self.zoo.teacher_training(arch, self.seed)
-        return self.zoo.student_training(arch, self.seed, self.trained(chain[:-1], chain[-1]))
+            return zoo.teacher_training(arch, seed)
+        return zoo.student_training(arch, seed, self.trained(family, chain[:-1], chain[-1]))
 
     def training(self, cell: Cell) -> Training:
         if cell.role == "scratch":
-            return self.zoo.student_training(cell.arch, self.seed, None)
-        return self.chain_training(cell.chain, cell.arch)
+            zoo, seed = self.place(cell.family, (), cell.arch)
+            return zoo.student_training(cell.arch, seed, None)
+        return self.chain_training(cell.family, cell.chain, cell.arch)
 
-    def model(self, chain: tuple[str, ...], arch: str) -> tuple[Teacher, dict]:
-        model, meta, _ = self.zoo.fit(self.chain_training(chain, arch))
-        return model, meta
-
-    def trained(self, chain: tuple[str, ...], arch: str) -> Teacher:
+    def trained(self, family: str, chain: tuple[str, ...], arch: str) -> Teacher:
         if (*chain, arch) not in self.models:
-            self.models[(*chain, arch)] = self.model(chain, arch)[0]
+            zoo = self.place(family, chain, arch)[0]
+            self.models[(*chain, arch)] = zoo.fit(self.chain_training(family, chain, arch))[0]
         return self.models[(*chain, arch)]
 
     def run(self, cell: Cell) -> dict:
-        model, meta, _ = self.zoo.fit(self.training(cell))
+        zoo = self.place(cell.family, cell.chain, cell.arch)[0]
+        model, meta, _ = zoo.fit(self.training(cell))
         self.models[(*cell.chain, cell.arch)] = model
         row = {"family": cell.family, "role": cell.role, "chain": " > ".join(
-            (*cell.chain, cell.arch)), **self.zoo.describe(model, meta)}
+            (*cell.chain, cell.arch)), **zoo.describe(model, meta)}
         if cell.chain:
-            teacher = self.trained(cell.chain[:-1], cell.chain[-1])
-            row.update(teacher=teacher.arch, teacher_accuracy=self.zoo.accuracy(teacher),
-                       **self.zoo.agreement(model, teacher))
+            teacher = self.trained(cell.family, cell.chain[:-1], cell.chain[-1])
+            row.update(teacher=teacher.arch, teacher_accuracy=zoo.accuracy(teacher),
+                       **zoo.agreement(model, teacher))
         return row
 
 
@@ -155,7 +174,7 @@ def report(rows: pd.DataFrame) -> str:
 
 def cell_runner(command):
     """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker)."""
-    return zoo_cell_runner(command, lambda zoo, seed, name: Run(zoo, seed))
+    return zoo_cell_runner(command, lambda zoo, seed, name: Run(zoo, seed, FAMILIES[name]))
 
 
 def models_used(seed: int, cell: Cell) -> list[tuple]:

@@ -101,12 +101,33 @@ class Zoo:
         self.dataset, self.config, self.device, self.kd = dataset, config, device, kd
         self.teacher_seed = teacher_seed
         self.train_limit, self.augment_students = train_limit, augment_students
+        self.test_limit = test_limit
+        self._subsets: dict[int, Zoo] = {}
         self.teacher_checkpoints = teacher_checkpoints
         # a fixed random subset: the offline CIFAR-10 copy is sorted by class
         self.train = data.load(dataset, train=True).sample(train_limit).to(device)
         self.test = data.load(dataset, train=False).sample(test_limit).to(device)
         self.cache = cache or ModelCache()
         self._train_logits: dict[str, torch.Tensor] = {}
+
+    def for_students(self, family: Family) -> "Zoo":
+        """The zoo a family's students learn in: this one, or (``student_train_limit``) one on a
+        fixed random subset of the training images, with the same settings and cache. Only for
+        a zoo on all of them, so that the subset is one of its images (and the cache key's
+        ``train_limit`` says which)."""
+        limit = family.student_train_limit
+        if limit is None:
+            return self
+        if limit not in self._subsets:
+            if self.train_limit is not None:
+                raise ConfigError(f"family {family.name}: student_train_limit needs a profile "
+                                  f"on all the training images, not {self.train_limit}")
+            self._subsets[limit] = Zoo(
+                self.dataset, self.config, self.device, train_limit=limit,
+                test_limit=self.test_limit, augment_students=self.augment_students, kd=self.kd,
+                teacher_checkpoints=self.teacher_checkpoints, teacher_seed=self.teacher_seed,
+                cache=self.cache)
+        return self._subsets[limit]
 
     # -- specs ---------------------------------------------------------------------------------
     def base_spec(self, arch: str, seed: int, config: TrainConfig) -> dict:
@@ -145,6 +166,7 @@ class Zoo:
 
     def fit(self, training: Training) -> tuple[Teacher, dict, dict[int, dict]]:
         """Train one model (or load it from the cache): the model, its meta and checkpoints."""
+        self.check_data(training)
         objective = CrossEntropy() if training.teacher is None else Distill(
             training.teacher.model, self.kd.temperature, self.kd.alpha,
             kd_until_epoch=training.kd_until_epoch,
@@ -155,11 +177,19 @@ class Zoo:
             desc=training.desc)
         return self.as_teacher(training.arch, model, spec_key(training.spec)), meta, checkpoints
 
+    def check_data(self, training: Training) -> None:
+        """A training planned in another zoo (another subset of the images) is a bug here."""
+        if training.spec["train_limit"] != self.train_limit:
+            raise ValueError(f"{training.desc}: planned on train_limit "
+                             f"{training.spec['train_limit']}, this zoo has {self.train_limit}")
+
     def fit_stack(self, trainings: list[Training]) -> int:
         """Train models of one kind (:attr:`Training.kind`) that differ in seed and teacher as
         one stack, each into the cache as :meth:`fit` would train it alone (up to rounding);
         returns how many were trained (those already cached are skipped)."""
         first = trainings[0]
+        for training in trainings:
+            self.check_data(training)
         if any(t.kind != first.kind for t in trainings):
             raise ConfigError("a stack needs trainings of one kind (architecture, schedule, "
                               "from labels or from a teacher)")
@@ -247,12 +277,19 @@ class Zoo:
 @dataclass(frozen=True)
 class Family:
     """Teachers of growing capacity for one student architecture (and, for the capacity-gap
-    study, (teacher, assistant) chains to the student)."""
+    study, (teacher, assistant) chains to the student).
+
+    ``student_train_limit``: the family's students learn on that many of the profile's training
+    images (a fixed random subset), its teachers on all of the profile's. Its assistants, which
+    teach in turn, then learn on the teachers' images with the teachers' seed, once for every
+    seed where the profile shares its teachers (Mirzadeh et al.'s assistants learn on all the
+    data; one that saw only the students' subset knows little more than the student)."""
 
     name: str
     student: str
     teachers: tuple[str, ...]  # by growing capacity
     assistants: tuple[tuple[str, str], ...] = ()
+    student_train_limit: int | None = None
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,10 @@ REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
 FAMILIES = {
     "smoke": (Family("plain", "plain_cnn2", ("plain_cnn4",)),),
     "quick": (Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn8")),),
-    "full": (Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn8")),),
+    # the ResNet family of capacity_gap's full profile (its teachers and its students on
+    # 10,000 images): the smallest and the largest teacher
+    "full": (Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn8")),
+             Family("resnet", "resnet8", ("resnet14", "resnet32"), student_train_limit=10_000)),
     "paper": (Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn8", "plain_cnn10")),
               Family("resnet", "resnet8", ("resnet20", "resnet56", "resnet110"))),
 }
@@ -76,8 +79,10 @@ def plan(families: tuple[Family, ...], checkpoints: tuple[int, ...]) -> list[Cel
 class Run:
     """One seed: teachers with their checkpoints (from the shared zoo), students from them."""
 
-    def __init__(self, zoo: Zoo, seed: int, kd_stop_epoch: int):
+    def __init__(self, zoo: Zoo, seed: int, kd_stop_epoch: int,
+                 families: tuple[Family, ...] = ()):
         self.zoo, self.seed, self.kd_stop_epoch = zoo, seed, kd_stop_epoch
+        self.families = {f.name: f for f in families}
         self.checkpoints: dict[tuple[str, int], Teacher] = {}
         self.teacher_meta: dict[str, dict] = {}
 
@@ -92,14 +97,23 @@ class Run:
                                   f"{sorted(states)}")
         return self.checkpoints[(arch, epoch)]
 
+    def zoo_for(self, cell: Cell) -> Zoo:
+        """Teachers in the profile's zoo, students in their family's (on a subset of the
+        images where the family says so: :meth:`Zoo.for_students`)."""
+        family = self.families.get(cell.family)
+        if cell.role == "teacher_checkpoint" or family is None:
+            return self.zoo
+        return self.zoo.for_students(family)
+
     def training(self, cell: Cell) -> Training:
+        zoo = self.zoo_for(cell)
         if cell.role == "teacher_checkpoint":
-            return self.zoo.teacher_training(cell.arch, self.seed)
+            return zoo.teacher_training(cell.arch, self.seed)
         if cell.role == "scratch":
-            return self.zoo.student_training(cell.arch, self.seed, None)
+            return zoo.student_training(cell.arch, self.seed, None)
         stop = self.kd_stop_epoch if cell.role == "eskd" else None
-        return self.zoo.student_training(cell.arch, self.seed,
-                                         self.teacher_at(cell.teacher, cell.teacher_epoch), stop)
+        return zoo.student_training(cell.arch, self.seed,
+                                    self.teacher_at(cell.teacher, cell.teacher_epoch), stop)
 
     def run(self, cell: Cell) -> dict:
         row = {"family": cell.family, "role": cell.role, "teacher": cell.teacher,
@@ -115,13 +129,13 @@ class Run:
                     "epochs": cell.teacher_epoch, "train_s": None,
                     "run_epochs": self.zoo.config.epochs, "run_train_s": meta.get("train_s"),
                     **{f"run_{key}": value for key, value in run_loss.items()}}
-        training = self.training(cell)
-        model, meta, _ = self.zoo.fit(training)
+        training, zoo = self.training(cell), self.zoo_for(cell)
+        model, meta, _ = zoo.fit(training)
         if training.teacher is None:
-            return {**row, **self.zoo.describe(model, meta)}
+            return {**row, **zoo.describe(model, meta)}
         teacher, stop = training.teacher, training.kd_until_epoch
-        return {**row, "kd_until_epoch": stop, "teacher_accuracy": self.zoo.accuracy(teacher),
-                **self.zoo.describe(model, meta), **self.zoo.agreement(model, teacher)}
+        return {**row, "kd_until_epoch": stop, "teacher_accuracy": zoo.accuracy(teacher),
+                **zoo.describe(model, meta), **zoo.agreement(model, teacher)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +176,8 @@ def report(rows: pd.DataFrame) -> str:
 
 def cell_runner(command):
     """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker)."""
-    return zoo_cell_runner(command, lambda zoo, seed, name: Run(zoo, seed, KD_STOP_EPOCH[name]))
+    return zoo_cell_runner(command, lambda zoo, seed, name: Run(zoo, seed, KD_STOP_EPOCH[name],
+                                                                FAMILIES[name]))
 
 
 def models_used(seed: int, cell: Cell) -> list[tuple]:

@@ -223,3 +223,68 @@ def test_stacked_training_gives_the_rows_of_one_at_a_time_training(fake_cifar10,
     for key in early_alone.index:
         assert_errors_close(round((1 - early.loc[key, "test_accuracy"]) * 300),
                             round((1 - early_alone.loc[key, "test_accuracy"]) * 300), 300)
+
+
+def test_a_family_of_students_on_a_subset_shares_teachers_and_assistants(fake_cifar10, tmp_path,
+                                                                         fits, monkeypatch):
+    """The full profiles' ResNet scheme on the smoke scale: teachers on all 600 training
+    images, the family's students on 200 of them, the assistant on all 600 with the teachers'
+    seed (one for both seeds); early stopping's students of the family on the same subset, so
+    that its scratch and final-checkpoint students are capacity_gap's, from the cache."""
+    import dataclasses
+
+    from studies.cifar_zoo import Family
+
+    family = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn6"),
+                    (("plain_cnn6", "plain_cnn4"),), student_train_limit=200)
+    monkeypatch.setitem(ZOO_PROFILES, "smoke", dataclasses.replace(
+        ZOO_PROFILES["smoke"], train_limit=None, teacher_seed=0))
+    monkeypatch.setitem(capacity_gap.FAMILIES, "smoke", (family,))
+    monkeypatch.setitem(early_stopping.FAMILIES, "smoke", (
+        dataclasses.replace(family, teachers=("plain_cnn4", "plain_cnn6"), assistants=()),))
+    capacity_gap.main(["--profile", "smoke", "--device", "cpu", "--seeds", "2"])
+    rows = pd.read_csv(tmp_path / "results" / "capacity_gap" / "smoke.csv")
+    train_n = rows.groupby("role")["train_n"].unique().map(list).to_dict()
+    assert train_n == {"teacher": [600], "ta": [600], "scratch": [200], "kd": [200],
+                       "ta_kd": [200]}
+    ta = rows[rows["role"] == "ta"].set_index("seed")["test_accuracy"]
+    assert ta[0] == ta[1]  # one assistant, of the teachers' seed, for both seeds
+    students = rows[rows["role"] == "kd"].pivot(index="cell", columns="seed",
+                                                values="test_accuracy")
+    assert (students[0] != students[1]).any()  # the students are per seed
+    # 2 teachers and 1 assistant once; scratch, 2 students and 1 student of the assistant twice
+    assert len(fits) == 2 + 1 + 2 * 4
+    fits.clear()
+    early_stopping.main(["--profile", "smoke", "--device", "cpu", "--seeds", "2"])
+    es = pd.read_csv(tmp_path / "results" / "early_stopping" / "smoke.csv").set_index(
+        ["cell", "seed"])
+    assert set(es.loc[es["role"] != "teacher_checkpoint", "train_n"]) == {200}
+    assert set(es.loc[es["role"] == "teacher_checkpoint", "train_n"]) == {600}
+    cg = rows.set_index(["cell", "seed"])
+    for seed in (0, 1):
+        assert (es.loc[("scratch/plain_cnn2", seed), "test_accuracy"]
+                == cg.loc[("scratch/plain_cnn2", seed), "test_accuracy"])
+        assert (es.loc[("kd/plain_cnn6@2/plain_cnn2", seed), "test_accuracy"]
+                == cg.loc[("kd/plain_cnn6/plain_cnn2", seed), "test_accuracy"])
+    # per seed and teacher: the students of the first checkpoint and ESKD (the rest cached)
+    assert len(fits) == 2 * 2 * 2
+
+
+def test_students_on_a_subset_need_a_zoo_on_all_the_images(fake_cifar10):
+    import dataclasses
+
+    from studies.cifar_zoo import Family
+
+    family = Family("plain", "plain_cnn2", ("plain_cnn4",), student_train_limit=100)
+    zoo = make_zoo(ZOO_PROFILES["smoke"], "cifar10", CPU)  # 512 of the images
+    with pytest.raises(ConfigError, match="student_train_limit needs a profile on all"):
+        zoo.for_students(family)
+    everything = make_zoo(dataclasses.replace(ZOO_PROFILES["smoke"], train_limit=None),
+                          "cifar10", CPU)
+    subset = everything.for_students(family)
+    assert len(subset.train) == 100 and everything.for_students(family) is subset
+    assert everything.for_students(dataclasses.replace(family, student_train_limit=None)) \
+        is everything
+    # a training planned in one zoo is refused by the other
+    with pytest.raises(ValueError, match="planned on train_limit 100"):
+        everything.fit(subset.student_training("plain_cnn2", 0, None))
