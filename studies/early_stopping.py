@@ -162,8 +162,29 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def checkpoints(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per teacher: its students by checkpoint epoch (test accuracy %, mean ± std over seeds),
+    the checkpoint's own accuracy (mean over seeds: one model where the seeds share a teacher)
+    in brackets."""
+    acc = lambda frame: frame["test_accuracy"] * 100
+    kd = rows[rows["role"] == "kd"]
+    own = rows[rows["role"] == "teacher_checkpoint"].groupby(["model", "teacher_epoch"])
+    own = own["test_accuracy"].mean() * 100
+    out = []
+    for teacher, t_rows in kd.groupby("teacher", sort=False):
+        line = {"teacher": teacher}
+        for epoch, e_rows in t_rows.groupby("teacher_epoch"):
+            line[f"epoch {epoch:g}"] = (f"{mean_std(acc(e_rows), 2)} "
+                                        f"(teacher {own.get((teacher, epoch), float('nan')):.2f})")
+        out.append(line)
+    return pd.DataFrame(out).fillna("not run")
+
+
 def report(rows: pd.DataFrame) -> str:
     lines = markdown_table(summary(rows))
+    lines += ["\nStudents of each teacher checkpoint (test accuracy %, mean ± std over seeds; "
+              "the checkpoint's own accuracy in brackets):\n"]
+    lines += markdown_table(checkpoints(rows))
     reference = pd.read_csv(REFERENCE)
     lines += ["\nReference (Cho & Hariharan 2019, ImageNet, ResNet-18 student, top-1 error %; "
               "not run here):\n"]

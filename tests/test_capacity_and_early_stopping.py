@@ -128,6 +128,10 @@ def test_capacity_gap_smoke_trains_a_ta_chain(fake_cifar10, tmp_path, fits, caps
     early_stopping.main(["--profile", "smoke", "--report"])
     out = capsys.readouterr().out
     assert "early-stopped KD" in out and "| ImageNet, full KD from ResNet-50 | 30.95 |" in out
+    own = 100 * es.loc["teacher/plain_cnn4@1", "test_accuracy"]  # one seed: no std
+    student = 100 * es.loc["kd/plain_cnn4@1/plain_cnn2", "test_accuracy"]
+    assert "| teacher | epoch 1 | epoch 2 |" in out
+    assert f"| plain_cnn4 | {student:.2f} (1 seed) (teacher {own:.2f}) |" in out
 
 
 def test_a_zoo_with_a_teacher_seed_shares_one_teacher_between_seeds(fake_cifar10, tmp_path,
