@@ -99,11 +99,10 @@ class Run:
         assistant in the profile's zoo, with the teachers' seed when the family's students
         learn on a subset (see :class:`~studies.cifar_zoo.Family`)."""
         f = self.families.get(family)
-        if f is not None and arch == f.student:
-            return self.zoo.for_students(f), self.seed
-        if f is not None and chain and f.student_train_limit is not None:
+        assistant = f is not None and chain and arch != f.student
+        if assistant and f.student_train_limit is not None:
             return self.zoo, self.zoo.teacher_seed_for(self.seed)
-        return self.zoo, self.seed
+        return self.zoo.for_arch(f, arch), self.seed
 
     def chain_training(self, family: str, chain: tuple[str, ...], arch: str) -> Training:
         """``arch`` distilled along ``chain`` (a teacher when the chain is empty)."""
@@ -120,13 +119,14 @@ class Run:
 
     def trained(self, family: str, chain: tuple[str, ...], arch: str) -> Teacher:
         if (*chain, arch) not in self.models:
-            zoo = self.place(family, chain, arch)[0]
-            self.models[(*chain, arch)] = zoo.fit(self.chain_training(family, chain, arch))[0]
+            training = self.chain_training(family, chain, arch)
+            self.models[(*chain, arch)] = self.zoo.zoo_of(training).fit(training)[0]
         return self.models[(*chain, arch)]
 
     def run(self, cell: Cell) -> dict:
-        zoo = self.place(cell.family, cell.chain, cell.arch)[0]
-        model, meta, _ = zoo.fit(self.training(cell))
+        training = self.training(cell)
+        zoo = self.zoo.zoo_of(training)
+        model, meta, _ = zoo.fit(training)
         self.models[(*cell.chain, cell.arch)] = model
         row = {"family": cell.family, "role": cell.role, "chain": " > ".join(
             (*cell.chain, cell.arch)), **zoo.describe(model, meta)}

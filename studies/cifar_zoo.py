@@ -74,9 +74,9 @@ class Training:
     def kind(self) -> tuple:
         """What models trained as one stack must share: all but the seed and the teacher (its
         weights or its architecture: teachers of different architectures run one after another,
-        each on its own member's batch)."""
+        each on its own member's batch). The training images too: one zoo trains a stack."""
         return (self.spec["role"], self.arch, self.teacher is None, self.kd_until_epoch,
-                self.config)
+                self.config, self.spec["train_limit"])
 
 
 def stack_desc(trainings: list[Training]) -> str:
@@ -128,6 +128,17 @@ class Zoo:
                 teacher_checkpoints=self.teacher_checkpoints, teacher_seed=self.teacher_seed,
                 cache=self.cache)
         return self._subsets[limit]
+
+    def for_arch(self, family: Family | None, arch: str) -> "Zoo":
+        """Where ``arch`` learns in ``family``: its students in :meth:`for_students`, its
+        teachers and assistants here."""
+        return self.for_students(family) if family is not None and arch == family.student \
+            else self
+
+    def zoo_of(self, training: Training) -> "Zoo":
+        """The zoo ``training`` was planned in, to :meth:`fit` it there: this one or one of its
+        students' subsets (another is refused by :meth:`fit`)."""
+        return self._subsets.get(training.spec["train_limit"], self)
 
     # -- specs ---------------------------------------------------------------------------------
     def base_spec(self, arch: str, seed: int, config: TrainConfig) -> dict:
@@ -386,8 +397,9 @@ def train_in_stacks(zoo: Zoo, todo: list[tuple[int, object]],
         for trainings in kinds.values():
             if len(trainings) < at_least:
                 continue
+            first = next(iter(trainings.values()))
             try:
-                trained += zoo.fit_stack(list(trainings.values()))
+                trained += zoo.zoo_of(first).fit_stack(list(trainings.values()))
             except NonFiniteLossError as error:
                 print(f"warning: {error}; its models train one at a time instead",
                       file=sys.stderr)

@@ -97,16 +97,8 @@ class Run:
                                   f"{sorted(states)}")
         return self.checkpoints[(arch, epoch)]
 
-    def zoo_for(self, cell: Cell) -> Zoo:
-        """Teachers in the profile's zoo, students in their family's (on a subset of the
-        images where the family says so: :meth:`Zoo.for_students`)."""
-        family = self.families.get(cell.family)
-        if cell.role == "teacher_checkpoint" or family is None:
-            return self.zoo
-        return self.zoo.for_students(family)
-
     def training(self, cell: Cell) -> Training:
-        zoo = self.zoo_for(cell)
+        zoo = self.zoo.for_arch(self.families.get(cell.family), cell.arch)
         if cell.role == "teacher_checkpoint":
             return zoo.teacher_training(cell.arch, self.seed)
         if cell.role == "scratch":
@@ -129,7 +121,8 @@ class Run:
                     "epochs": cell.teacher_epoch, "train_s": None,
                     "run_epochs": self.zoo.config.epochs, "run_train_s": meta.get("train_s"),
                     **{f"run_{key}": value for key, value in run_loss.items()}}
-        training, zoo = self.training(cell), self.zoo_for(cell)
+        training = self.training(cell)
+        zoo = self.zoo.zoo_of(training)
         model, meta, _ = zoo.fit(training)
         if training.teacher is None:
             return {**row, **zoo.describe(model, meta)}

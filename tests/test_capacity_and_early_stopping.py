@@ -292,3 +292,25 @@ def test_students_on_a_subset_need_a_zoo_on_all_the_images(fake_cifar10):
     # a training planned in one zoo is refused by the other
     with pytest.raises(ValueError, match="planned on train_limit 100"):
         everything.fit(subset.student_training("plain_cnn2", 0, None))
+
+
+def test_students_on_a_subset_train_in_stacks_in_their_own_zoo(fake_cifar10, tmp_path, capsys,
+                                                              monkeypatch):
+    """A stacking profile with a family of students on a subset: each stack is trained in the
+    zoo its models were planned in (the subset's students are not refused by the zoo on all
+    the images), and the cells then find every stacked model in the cache."""
+    import dataclasses
+
+    from studies.cifar_zoo import Family
+
+    family = Family("plain", "plain_cnn2", ("plain_cnn4",), student_train_limit=200)
+    monkeypatch.setitem(ZOO_PROFILES, "smoke", dataclasses.replace(
+        ZOO_PROFILES["smoke"], train_limit=None, teacher_seed=0, stack_at_least=2))
+    monkeypatch.setitem(capacity_gap.FAMILIES, "smoke", (family,))
+    capacity_gap.main(["--profile", "smoke", "--device", "cpu", "--seeds", "2"])
+    # level 0: the scratch students of both seeds (the shared teacher is one training, not a
+    # stack); level 1: the KD students of both seeds
+    assert "4 models trained in stacks" in capsys.readouterr().out
+    rows = pd.read_csv(tmp_path / "results" / "capacity_gap" / "smoke.csv")
+    assert rows.groupby("role")["train_n"].unique().map(list).to_dict() == {
+        "teacher": [600], "scratch": [200], "kd": [200]}
