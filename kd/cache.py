@@ -20,7 +20,7 @@ from torch import nn
 
 from kd.batched import StackedModels
 from kd.data import cache_root
-from kd.engine import fit, fit_lockstep, prepare_model
+from kd.engine import fit, fit_lockstep, prepare_model, resolve_auto
 from kd.errors import NotWritableError, check_writable_folder, reason
 
 CACHE_VERSION = 2  # 2: fused Adam
@@ -108,6 +108,7 @@ class ModelCache:
         number, or a list for a stack of students), and ``train_loss_history``, one per epoch
         (absent from entries stored before it was kept).
         """
+        config = concrete_precision([spec], config, lambda: student_of(objective, model), train)
         hit = self.load(spec)
         if hit is None:
             # Fail before training, not when storing the result after it.
@@ -130,6 +131,7 @@ class ModelCache:
         seeded initialization); ``objective_for(indices)`` the objective of a stack of those
         (a live teacher per member is a stack too). meta also holds ``stacked_with``, and
         ``train_s`` is the stack's time divided by its members."""
+        config = concrete_precision(specs, config, lambda: new_model(0), train)
         missing = [i for i, spec in enumerate(specs) if self.load(spec) is None]
         if not missing:
             return []
@@ -157,6 +159,7 @@ class ModelCache:
         indices trained. ``new_run(i)`` gives model i untrained, prepared for the device, and its
         objective. meta also holds ``lockstep_with``, and ``train_s`` is the lockstep's time
         divided by its models."""
+        config = concrete_precision(specs, config, lambda: student_of(*reversed(new_run(0))), train)
         missing = [i for i, spec in enumerate(specs) if self.load(spec) is None]
         if not missing:
             return []
@@ -168,6 +171,28 @@ class ModelCache:
             self.save(specs[i], model.state_dict(),
                       {**fit_meta(result), "lockstep_with": len(missing)}, result.checkpoints)
         return missing
+
+
+def concrete_precision(specs: list[dict], config, probe: Callable[[], nn.Module], train):
+    """``config`` with ``precision="auto"`` replaced by what this machine measured for the model
+    (``probe()`` builds one, in a forked random state so that the models trained after it are
+    those a run told the precision would train), written into each spec's ``train`` config IN
+    PLACE before any key is computed: a model trained in bf16 has one key, the one its caller
+    reads from the spec afterwards, whether bf16 was asked for or measured to be faster."""
+    if config.precision != "auto":
+        return config
+    with torch.random.fork_rng(devices=[]):
+        config, _ = resolve_auto(config, probe(), train)
+    for spec in specs:
+        if isinstance(spec.get("train"), dict) and spec["train"].get("precision") == "auto":
+            spec["train"]["precision"] = config.precision
+    return config
+
+
+def student_of(objective, model: nn.Module) -> nn.Module:
+    """The network whose speed decides the precision: the student inside a method's model."""
+    trained_student = getattr(objective, "trained_student", None)
+    return trained_student(model) if trained_student is not None else model
 
 
 def fit_meta(fitted) -> dict:

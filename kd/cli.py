@@ -39,9 +39,15 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
                         help="torch.compile every training forward pass (for GPUs; slow to start)")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                         default=os.environ.get("KD_PRECISION", "auto"),
-                        help="training steps in fp32 or bf16 autocast; auto: bf16 where the "
-                             "device computes it natively (CUDA, AVX512_BF16 or AMX CPUs); "
-                             "the default comes from $KD_PRECISION when set")
+                        help="training steps in fp32 or bf16 autocast; auto: per model, "
+                             "whichever a short timed calibration finds faster on this machine "
+                             "(bf16 only where the device computes it natively and it is at "
+                             "least 1.1x faster; kd.precision); the default comes from "
+                             "$KD_PRECISION when set")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch threads (default $KD_THREADS, else every core this process "
+                             "may use, shared with the other kd processes running: a study "
+                             "beside the tests takes one of two cores; kd.threads)")
     parser.add_argument("--report", action="store_true",
                         help="print the study's paper-vs-ours tables for the profile's results "
                              "and exit")
@@ -109,6 +115,7 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     set go to ``<profile>_<dataset>.csv``."""
     from kd.engine import native_bf16, resolve_device, resolve_precision
     from kd.results import ResultsTable, failure_lines
+    from kd.threads import claim_threads
 
     parser = study_parser(description, profiles)
     if datasets:
@@ -121,6 +128,9 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     if args.report:
         print("\n".join([report(table.read_or_fail()), *failure_lines(table)]))
         return None
+    if args.threads is not None:
+        os.environ["KD_THREADS"] = str(args.threads)  # kept by every later claim
+    claim_threads()
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     if precision == "bf16" and not native_bf16(device):

@@ -28,8 +28,12 @@ from kd.data import Augment, Split, iterate_batches, iterate_member_batches
 from kd.errors import ConfigError, NonFiniteLossError
 from kd.teacher_pass import sharing
 from kd import metrics
+from kd import precision as precision_lib
+from kd.precision import native_bf16
 
-PRECISIONS = ("fp32", "bf16")  # what a TrainConfig trains in; "auto" is resolved before
+PRECISIONS = ("fp32", "bf16")  # what a model trains in
+# "auto": measured per model when it is trained (:func:`resolve_auto`)
+CONFIG_PRECISIONS = (*PRECISIONS, "auto")
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class TrainConfig:
     compile: run the training forward pass through ``torch.compile`` (the first epoch pays for
     the compilation; evaluation stays eager) with the backend of :func:`compile_backend`.
     precision: ``fp32``, or ``bf16`` autocast for the training steps (weights, optimizer state
-    and every evaluation stay fp32); see :func:`resolve_precision`.
+    and every evaluation stay fp32), or ``auto``: whichever of the two trains this model faster
+    on this machine (:mod:`kd.precision`), decided when training starts.
     """
 
     epochs: int = 10
@@ -63,8 +68,9 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
             raise ConfigError(f"need epochs >= 0, batch_size >= 1, lr > 0 in {self}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; known: {list(PRECISIONS)}")
+        if self.precision not in CONFIG_PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; known: "
+                              f"{list(CONFIG_PRECISIONS)}")
         for name, table in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
             if getattr(self, name) not in table:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; known: {sorted(table)}")
@@ -119,26 +125,35 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU whose
-    kernels torch runs at AVX512 with the AVX512_BF16 or AMX instructions. Elsewhere bf16 is
-    emulated: on an AVX2 CPU (AMD EPYC Zen 2) a training step of ResNet-8 ran about 30x slower
-    in bf16 than in fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    return (torch.backends.cpu.get_cpu_capability() == "AVX512"
-            and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
-
-
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; ``fp32``/``bf16`` as given."""
+    """What a study asks its trainings for: ``fp32``/``bf16`` as given; ``auto`` stays ``auto``
+    (each model's precision measured when it is trained, :mod:`kd.precision`) where the device
+    computes bf16 natively, and is ``fp32`` elsewhere."""
     if name == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "auto" if native_bf16(device) else "fp32"
     if name not in PRECISIONS:
         raise ConfigError(f"unknown precision {name!r}; known: auto, {', '.join(PRECISIONS)}")
     return name
+
+
+def sample_batch(model: nn.Module, train: Split, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of ``train`` shaped as the model trains on it (``[K, N, ...]`` for a stack of K),
+    drawn with a generator of its own, so the training's batches are not disturbed."""
+    generator = torch.Generator(device=train.device).manual_seed(0)
+    batch = next(iterate_batches(train, batch_size, generator=generator))
+    members = len(model) if getattr(model, "input_ndim", None) is not None else None
+    if members is None:
+        return batch.x, batch.y
+    return (batch.x.expand(members, *batch.x.shape).contiguous(),
+            batch.y.expand(members, *batch.y.shape).contiguous())
+
+
+def resolve_auto(config: "TrainConfig", model: nn.Module, train: Split):
+    """``config`` with ``precision="auto"`` made concrete for ``model`` (measured once per
+    machine, :func:`kd.precision.resolve`), and the choice; other configs as they are."""
+    if config.precision != "auto":
+        return config, precision_lib.Choice(config.precision)
+    return precision_lib.resolve(config, model, *sample_batch(model, train, config.batch_size))
 
 
 def autocast(device: torch.device, precision: str = "fp32"):
@@ -220,6 +235,8 @@ class FitResult:
     history: list[dict] = field(default_factory=list)  # one dict per epoch
     checkpoints: dict[int, dict] = field(default_factory=dict)  # epoch -> state_dict on CPU
     wall_s: float = 0.0
+    precision: str = "fp32"  # what it trained in ("auto" resolved)
+    bf16_speedup: float | None = None  # bf16 over fp32 images/s, where "auto" measured it
 
     @property
     def final(self) -> dict:
@@ -236,6 +253,9 @@ class _Training:
 
     def __init__(self, model: nn.Module, train: Split, objective, config: TrainConfig,
                  augmented: bool, desc: str):
+        trained_student = getattr(objective, "trained_student", None)
+        config, choice = resolve_auto(
+            config, trained_student(model) if trained_student else model, train)
         self.model, self.objective, self.config, self.desc = model, objective, config, desc
         self.device = train.device
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -248,7 +268,7 @@ class _Training:
         # shares model's parameters
         self.forward = (torch.compile(model, backend=compile_backend(self.device))
                         if config.compile else model)
-        self.result = FitResult()
+        self.result = FitResult(precision=choice.precision, bf16_speedup=choice.bf16_speedup)
         if 0 in config.checkpoint_epochs:
             self.result.checkpoints[0] = _cpu_state(model)
         self.sums: dict[str, torch.Tensor] = {}
@@ -376,5 +396,5 @@ def check_finite(sums: dict[str, torch.Tensor], params: list[torch.Tensor], epoc
 
 
 __all__ = ["NonFiniteLossError", "torch_threads", "native_bf16", "resolve_precision", "compile_backend",
-           "check_finite", "TrainConfig", "fit", "fit_lockstep", "predict", "seed_everything", "resolve_device", "autocast",
+           "check_finite", "TrainConfig", "resolve_auto", "sample_batch", "CONFIG_PRECISIONS", "fit", "fit_lockstep", "predict", "seed_everything", "resolve_device", "autocast",
            "prepare_model", "FitResult", "lr_multiplier", "OPTIMIZERS", "SCHEDULES"]

@@ -295,6 +295,7 @@ def worker_command(job: Job):
 
 def _state(job: Job) -> dict:
     if _STATE.get("token") != job.token:
+        os.environ["KD_THREADS"] = str(_threads(job.cpus))  # what the task asked Ray for
         torch.set_num_threads(_threads(job.cpus))
         command = worker_command(job)
         runner = getattr(importlib.import_module(job.module), job.runner)

@@ -23,6 +23,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import pandas as pd
 import torch
 
+from kd.precision import take_choices
+from kd.threads import claim_threads
 from kd.errors import (ConfigError, CorruptFileError, NonFiniteLossError, NotWritableError,
                        check_writable_folder, reason)
 
@@ -254,9 +256,17 @@ def hardware(device_type: str) -> str:
 
 def provenance(device: torch.device, wall_s: float, precision: str = "fp32") -> dict:
     """The columns every row ends with: how long, where, in what precision, with what, from
-    which commit."""
+    which commit. A study run with ``--precision auto`` records what its last training since
+    the previous row was measured to train in, and bf16's measured speed-up over fp32
+    (``bf16_speedup``; :mod:`kd.precision`)."""
+    measured = {}
+    if precision == "auto":
+        choices = take_choices()
+        if choices:
+            precision = choices[-1].precision
+            measured = {"bf16_speedup": choices[-1].bf16_speedup}
     return {"wall_s": round(wall_s, 2), "device": str(device), "precision": precision,
-            "hardware": hardware(device.type),
+            **measured, "hardware": hardware(device.type),
             "torch": torch.__version__, "git_commit": git_commit(),
             "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
@@ -319,6 +329,7 @@ def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
     of cells that failed this time."""
     failed = 0
     for seed, cell in todo:
+        claim_threads()  # a fair share of the cores, as other kd processes come and go
         start = time.perf_counter()
         try:
             row = run_cell(seed, cell)
