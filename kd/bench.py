@@ -26,18 +26,22 @@ batched: K students (``--students``, default 45) of ``plain_cnn2`` distilled fro
   students trained one after another, in student-images per second.
 roofline: the machine's own limit, measured in the same run: the FLOP/s of an n x n matmul
   (n = 2048) in fp32 and in bf16, then for each model the studies train (the Hinton MLP
-  784-1200-1200-10, plain_cnn2, resnet8, resnet20) SGD training steps on random data in fp32 and
-  in bf16 autocast: images/s, achieved training FLOP/s (FLOPs of a forward and backward pass
-  counted by torch's FlopCounterMode), the share of the matmul's FLOP/s in the same precision,
-  and the bf16/fp32 ratio. ``--batches`` timed steps (default 3) after one untimed.
+  784-1200-1200-10, plain_cnn2, resnet8, -14, -20, -32) the engine (``kd.engine.fit`` on
+  random images, crop + flip for 32x32 ones) training on labels in fp32 and in bf16 autocast:
+  images/s, achieved training FLOP/s (FLOPs of a forward and backward pass counted by torch's
+  FlopCounterMode) as a share of the bf16 matmul's, the bf16/fp32 ratio, and what
+  ``--precision auto`` measures and picks for the model (:mod:`kd.precision`). Epochs of
+  ``--batches`` batches (default 5), the best of two after a warm-up batch. Run it on an idle
+  machine: beside another process the timings swing by up to 10x.
 
 estimate: no timing; how long each study's profile would take on a GPU, from its FLOPs and
   operators per step counted on this machine (:mod:`kd.estimate`; ``--study``, ``--profile``,
   ``--peak-tflops``, ``--mfu``, ``--op-overhead-us``; ``--precision auto`` means the GPU's
   bf16 there). Not part of ``all``.
 
-``--precision`` (auto, fp32, bf16) is what our loop trains in (auto: bf16 where the hardware
-computes it natively, see :func:`kd.engine.resolve_precision`); the textbook loops stay fp32.
+``--precision`` (auto, fp32, bf16) is what our loop trains in (auto: per model, whichever
+precision a short timed calibration finds faster, :mod:`kd.precision`); the textbook loops stay
+fp32.
 
     python -m kd.bench [--task mnist|cifar|batched|roofline|estimate|all] [--device auto]
                        [--precision auto] [--batch-size 128] [--workers 0] [--repeats 1]
@@ -58,9 +62,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
 from kd import cifar, data, engine, estimate
+from kd import precision as precision_lib
 from kd.cli import OneLineErrorParser, positive_int, run_main
 from kd.batched import StackedModels
-from kd.distill import Distill
+from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.losses import distillation_loss
 from kd.models import MLP, build_model
@@ -246,7 +251,9 @@ ROOFLINE_MODELS = {  # name: (builder, input shape of one image)
     "mlp 784-1200-1200-10": (lambda: MLP(784, (1200, 1200)), (1, 28, 28)),
     "plain_cnn2": (lambda: build_model("plain_cnn2"), (3, 32, 32)),
     "resnet8": (lambda: build_model("resnet8"), (3, 32, 32)),
+    "resnet14": (lambda: build_model("resnet14"), (3, 32, 32)),
     "resnet20": (lambda: build_model("resnet20"), (3, 32, 32)),
+    "resnet32": (lambda: build_model("resnet32"), (3, 32, 32)),
 }
 
 
@@ -262,19 +269,6 @@ def matmul_flops(device: torch.device, dtype: torch.dtype, n: int = 2048,
     return 2 * n ** 3 / min(times[1:] or times)
 
 
-def training_step(model: nn.Module, precision: str, device: torch.device):
-    """One SGD step of ``model`` on a batch, in ``precision``, as a function of the batch."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with engine.autocast(device, precision):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
-
-
 def training_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     """FLOPs of one forward and backward pass on the batch ``x`` (torch's FlopCounterMode)."""
     with FlopCounterMode(display=False) as counter:
@@ -283,41 +277,69 @@ def training_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def synthetic_split(shape: tuple[int, ...], n: int, device: torch.device) -> data.Split:
+    """``n`` random uint8 images of ``shape`` with labels, on the device (speed does not depend
+    on the pixels)."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
+    return data.Split(images, torch.randint(0, 10, (n,), generator=g), (0.5,) * shape[0],
+                      (0.25,) * shape[0]).to(device)
+
+
+def engine_images_per_s(model: nn.Module, train: data.Split, precision: str, batch_size: int,
+                        repeats: int = 2) -> float:
+    """images/s of ``kd.engine.fit`` training ``model`` on labels for one epoch of ``train``
+    (crop + flip for 32x32 images), the best of ``repeats`` epochs after a warm-up batch."""
+    config = TrainConfig(epochs=1, batch_size=batch_size, lr=LR, momentum=MOMENTUM,
+                         schedule="constant", precision=precision)
+    augment = cifar.RandomCropFlip() if train.images.shape[-1] == 32 else None
+    fit = lambda split: engine.fit(model, split, CrossEntropy(), config, seed=0,
+                                   augment=augment, desc="roofline")
+    fit(train.head(batch_size))  # kernels chosen, memory allocated
+    return len(train) / min(fit(train).wall_s for _ in range(repeats))
+
+
 def roofline_rows(device: torch.device, args: argparse.Namespace) -> list[dict]:
-    """One row per model and precision: images/s, achieved FLOP/s and the matmul's FLOP/s."""
+    """One row per model and precision (fp32, bf16): the engine's images/s, its FLOP/s and the
+    bf16 matmul's FLOP/s; each row also names the precision ``auto`` measures for the model
+    (:mod:`kd.precision`) and bf16's measured speed-up."""
     peaks = {"fp32": matmul_flops(device, torch.float32),
              "bf16": matmul_flops(device, torch.bfloat16)}
-    steps = args.batches or 3
+    batches = args.batches or 5
     rows = []
     for name, (build, shape) in ROOFLINE_MODELS.items():
         engine.seed_everything(0)
         model = engine.prepare_model(build(), device)
-        x = torch.randn(args.batch_size, *shape, device=device)
-        x = x.contiguous(memory_format=torch.channels_last) if x.shape[-1] > 1 else x
-        y = torch.randint(0, 10, (args.batch_size,), device=device)
-        flops = training_flops(model, x, y)
+        train = synthetic_split(shape, batches * args.batch_size, device)
+        x, y = engine.sample_batch(model, train, args.batch_size)
+        flops = training_flops(model, x, y) / len(y)
+        choice = precision_lib.choose("auto", model, x, y)
         for precision in ("fp32", "bf16"):
-            step = training_step(model, precision, device)
-            step(x, y)  # warm-up: kernels chosen, memory allocated
-            wall = seconds(device, lambda: [step(x, y) for _ in range(steps)])
-            rows.append({"model": name, "precision": precision,
-                         "images_per_s": steps * args.batch_size / wall,
-                         "flops_per_s": steps * flops / wall, "peak_flops_per_s": peaks[precision]})
+            rate = engine_images_per_s(model, train, precision, args.batch_size)
+            rows.append({"model": name, "precision": precision, "images_per_s": rate,
+                         "flops_per_s": rate * flops, "peak_flops_per_s": peaks[precision],
+                         "bf16_peak_flops_per_s": peaks["bf16"], "auto": choice.precision,
+                         "bf16_speedup": choice.bf16_speedup})
     return rows
 
 
 def roofline(device: torch.device, args: argparse.Namespace) -> None:
     rows = roofline_rows(device, args)
     fp32_peak, bf16_peak = rows[0]["peak_flops_per_s"], rows[1]["peak_flops_per_s"]
+    amx = device.type == "cpu" and torch.cpu._is_amx_tile_supported()
     print(f"  matmul 2048x2048: fp32 {fp32_peak / 1e9:,.1f} GFLOP/s, bf16 {bf16_peak / 1e9:,.1f} "
           f"GFLOP/s (bf16/fp32 {bf16_peak / fp32_peak:.2f}x); bf16 native here: "
-          f"{'yes' if engine.native_bf16(device) else 'no (emulated)'}")
+          f"{'yes' if engine.native_bf16(device) else 'no (emulated)'}"
+          f"{', with AMX' if amx else ''}; shares below are of the bf16 matmul")
     for fp32, bf16 in zip(rows[::2], rows[1::2]):
+        chosen = fp32 if fp32["auto"] == "fp32" else bf16
+        speedup = "" if fp32["bf16_speedup"] is None else f", measured {fp32['bf16_speedup']:.2f}x"
         print(f"  {fp32['model']:<21}" + "".join(
             f" | {r['precision']} {r['images_per_s']:8,.0f} images/s "
-            f"{r['flops_per_s'] / 1e9:6,.1f} GFLOP/s ({r['flops_per_s'] / r['peak_flops_per_s']:4.0%}"
-            f" of matmul)" for r in (fp32, bf16))
-              + f" | bf16/fp32 {bf16['images_per_s'] / fp32['images_per_s']:.2f}x")
+            f"{r['flops_per_s'] / 1e9:6,.1f} GFLOP/s ({r['flops_per_s'] / bf16_peak:4.0%})"
+            for r in (fp32, bf16))
+              + f" | bf16/fp32 {bf16['images_per_s'] / fp32['images_per_s']:.2f}x"
+              + f" | auto: {chosen['precision']}{speedup}, {chosen['images_per_s']:,.0f} images/s")
 
 
 TASKS = {

@@ -191,23 +191,24 @@ def choose(requested: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return decide(entry)
 
 
-CHOICES: list[Choice] = []  # every choice made in this process, in order (see take_choices)
+_LAST: list[Choice] = []  # the latest choice of this process (see last_choice)
 
 
 def resolve(config, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
     """``config`` (a :class:`kd.engine.TrainConfig`) with ``precision="auto"`` replaced by the
-    measured choice for ``model``; the choice is also recorded for :func:`take_choices`."""
+    measured choice for ``model``; the choice is also kept for :func:`last_choice`."""
     choice = choose(config.precision, model, x, y)
-    CHOICES.append(choice)
+    _LAST[:] = [choice]
     return dataclasses.replace(config, precision=choice.precision), choice
 
 
-def take_choices() -> list[Choice]:
-    """The choices recorded since the last call (a study's rows read those of their cell)."""
-    taken = CHOICES[:]
-    CHOICES.clear()
-    return taken
+def last_choice() -> Choice | None:
+    """The latest choice this process made: what a study's row records under ``auto``. A row
+    is written after the training of its model (or of the stack or teacher its numbers come
+    from, e.g. a stack of students that gives one row each, or a checkpoint of a teacher), so
+    the latest choice is that model's."""
+    return _LAST[0] if _LAST else None
 
 
 __all__ = ["Choice", "MIN_BF16_SPEEDUP", "native_bf16", "machine_name", "measure", "decide",
-           "choose", "resolve", "take_choices"]
+           "choose", "resolve", "last_choice"]

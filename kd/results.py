@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import pandas as pd
 import torch
 
-from kd.precision import take_choices
+from kd.precision import last_choice
 from kd.threads import claim_threads
 from kd.errors import (ConfigError, CorruptFileError, NonFiniteLossError, NotWritableError,
                        check_writable_folder, reason)
@@ -256,15 +256,13 @@ def hardware(device_type: str) -> str:
 
 def provenance(device: torch.device, wall_s: float, precision: str = "fp32") -> dict:
     """The columns every row ends with: how long, where, in what precision, with what, from
-    which commit. A study run with ``--precision auto`` records what its last training since
-    the previous row was measured to train in, and bf16's measured speed-up over fp32
-    (``bf16_speedup``; :mod:`kd.precision`)."""
+    which commit. A study run with ``--precision auto`` records what its latest training was
+    measured to train in, and bf16's measured speed-up over fp32 (``bf16_speedup``;
+    :func:`kd.precision.last_choice`)."""
     measured = {}
-    if precision == "auto":
-        choices = take_choices()
-        if choices:
-            precision = choices[-1].precision
-            measured = {"bf16_speedup": choices[-1].bf16_speedup}
+    choice = last_choice() if precision == "auto" else None
+    if choice is not None:
+        precision, measured = choice.precision, {"bf16_speedup": choice.bf16_speedup}
     return {"wall_s": round(wall_s, 2), "device": str(device), "precision": precision,
             **measured, "hardware": hardware(device.type),
             "torch": torch.__version__, "git_commit": git_commit(),

@@ -146,3 +146,12 @@ def kill_after_rows(command: list[str], results: Path, rows: int, timeout: float
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def pytest_configure(config):
+    """The test session is a kd process too: beside a running study it takes its share of the
+    cores, and the study gives one up at its next cell (kd.threads), so that neither
+    oversubscribes them."""
+    from kd.threads import claim_threads
+
+    claim_threads()

@@ -55,11 +55,17 @@ def test_roofline_prints_each_model_in_both_precisions_against_the_matmul(capsys
     from kd import bench as module
 
     monkeypatch.setattr(module, "matmul_flops", lambda device, dtype, **kw: 1e9)  # no 2048³ here
+    monkeypatch.setattr(module.precision_lib, "native_bf16", lambda device: True)
+    monkeypatch.setattr(module.precision_lib, "measure",  # measured: bf16 1.5x for the MLP only
+                        lambda model, x, y: {"fp32": 1.0, "bf16": 1.5 if x.dim() == 4 and
+                                             x.shape[1] == 1 else 0.9})
     rows = module.roofline_rows(torch.device("cpu"),
                                 module.argparse.Namespace(batch_size=2, batches=1))
     assert [(r["model"], r["precision"]) for r in rows[:2]] == [
         ("mlp 784-1200-1200-10", "fp32"), ("mlp 784-1200-1200-10", "bf16")]
     assert len(rows) == 2 * len(module.ROOFLINE_MODELS)
+    assert [r["auto"] for r in rows[::2]] == ["bf16"] + ["fp32"] * (len(rows) // 2 - 1)
+    assert rows[0]["bf16_speedup"] == 1.5 and rows[2]["bf16_speedup"] == 0.9
     # the MLP's FLOPs by hand: forward 2·(784·1200 + 1200·1200 + 1200·10) per image, backward
     # twice that (gradients of inputs and weights), except the first layer's input gradient
     mlp = rows[0]["flops_per_s"] / rows[0]["images_per_s"]
@@ -70,6 +76,7 @@ def test_roofline_prints_each_model_in_both_precisions_against_the_matmul(capsys
     assert out[1].startswith("  matmul 2048x2048: fp32 1.0 GFLOP/s, bf16 1.0 GFLOP/s")
     assert len(out) == 2 + len(module.ROOFLINE_MODELS)
     assert all("fp32" in line and "bf16/fp32" in line for line in out[2:])
+    assert "auto: bf16, measured 1.50x" in out[2] and "auto: fp32, measured 0.90x" in out[3]
 
 
 @pytest.mark.parametrize("module", ["kd.bench", "kd.estimate"])

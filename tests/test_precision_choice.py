@@ -42,7 +42,7 @@ def measured(monkeypatch):
     fake_measure.speeds = {"fp32": 100.0, "bf16": 150.0}
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     monkeypatch.setattr(precision, "measure", fake_measure)
-    precision.take_choices()
+    precision._LAST.clear()
     return fake_measure, calls
 
 
@@ -143,6 +143,8 @@ def test_rows_record_the_measured_choice(measured):
     engine.fit(tiny_model(), tiny_split(), CrossEntropy(), config, seed=0)
     row = provenance(torch.device("cpu"), 1.0, "auto")
     assert (row["precision"], row["bf16_speedup"]) == ("bf16", 1.5)
+    # a second row of the same training (a stack's next student, a teacher's checkpoint)
+    assert provenance(torch.device("cpu"), 1.0, "auto")["precision"] == "bf16"
     assert "bf16_speedup" not in provenance(torch.device("cpu"), 1.0, "fp32")
 
 
