@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ from kd.distill import CrossEntropy, Distill
 from kd.engine import TrainConfig
 from kd.losses import distillation_loss
 from kd.models import MLP, build_model
-from kd.results import hardware
+from kd.results import ResultsTable, hardware, provenance
 
 TEMPERATURE, ALPHA = 20.0, 0.9  # MNIST, as in Hinton et al. (2015)
 CIFAR_TEMPERATURE = 4.0  # the usual CIFAR choice (Tian et al. 2020 and most KD papers since)
@@ -323,8 +324,30 @@ def roofline_rows(device: torch.device, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def record_roofline(rows: list[dict], device: torch.device, args: argparse.Namespace) -> Path:
+    """Append one run's rows to ``<results>/bench/roofline.csv`` (one ``seed`` per run), with
+    the provenance every result row carries, for the generated speed page."""
+    table = ResultsTable("bench", "roofline")
+    done = table.read()
+    run = int(done["seed"].max()) + 1 if len(done) else 0
+    for r in rows:
+        table.append({"cell": f"{r['model']}|{r['precision']}", "seed": run, "model": r["model"],
+                      "images_per_s": round(r["images_per_s"], 1),
+                      "gflops_per_s": round(r["flops_per_s"] / 1e9, 2),
+                      "share_of_bf16_matmul": round(r["flops_per_s"] / r["bf16_peak_flops_per_s"], 4),
+                      "matmul_gflops_per_s": round(r["peak_flops_per_s"] / 1e9, 1),
+                      "auto": r["auto"], "bf16_speedup_measured": r["bf16_speedup"],
+                      "batch_size": args.batch_size, "batches": args.batches or 5,
+                      "threads": torch.get_num_threads(),
+                      "amx": device.type == "cpu" and torch.cpu._is_amx_tile_supported(),
+                      **provenance(device, 0.0, r["precision"])})
+    return table.path
+
+
 def roofline(device: torch.device, args: argparse.Namespace) -> None:
     rows = roofline_rows(device, args)
+    if getattr(args, "record", False):
+        print(f"  rows appended to {record_roofline(rows, device, args)}")
     fp32_peak, bf16_peak = rows[0]["peak_flops_per_s"], rows[1]["peak_flops_per_s"]
     amx = device.type == "cpu" and torch.cpu._is_amx_tile_supported()
     print(f"  matmul 2048x2048: fp32 {fp32_peak / 1e9:,.1f} GFLOP/s, bf16 {bf16_peak / 1e9:,.1f} "
@@ -396,6 +419,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="students trained together by the batched task")
     parser.add_argument("--batches", type=positive_int, default=None,
                         help="time only the first N batches of the epoch (default: all)")
+    parser.add_argument("--record", action="store_true",
+                        help="roofline: append its rows to <results>/bench/roofline.csv "
+                             "($KD_RESULTS or results/), which docs/speed.md is made from")
     estimate.add_arguments(parser.add_argument_group("--task estimate"), precision=False)
     args = parser.parse_args(argv)
     if args.task == "estimate":

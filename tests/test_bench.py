@@ -77,6 +77,15 @@ def test_roofline_prints_each_model_in_both_precisions_against_the_matmul(capsys
     assert len(out) == 2 + len(module.ROOFLINE_MODELS)
     assert all("fp32" in line and "bf16/fp32" in line for line in out[2:])
     assert "auto: bf16, measured 1.50x" in out[2] and "auto: fp32, measured 0.90x" in out[3]
+    for run in (0, 1):  # --record appends each run's rows, one seed per run
+        module.main(["--task", "roofline", "--device", "cpu", "--batch-size", "2", "--batches",
+                     "1", "--record"])
+    table = module.ResultsTable("bench", "roofline").read()
+    assert len(table) == 2 * len(rows) and sorted(set(table["seed"])) == [0, 1]
+    first = table[(table["seed"] == 0) & (table["cell"] == "mlp 784-1200-1200-10|bf16")].iloc[0]
+    assert (first["precision"], first["auto"], first["bf16_speedup_measured"]) == (
+        "bf16", "bf16", 1.5)
+    assert first["matmul_gflops_per_s"] == 1.0 and first["threads"] == torch.get_num_threads()
 
 
 @pytest.mark.parametrize("module", ["kd.bench", "kd.estimate"])
