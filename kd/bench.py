@@ -215,7 +215,8 @@ def cifar_bench(device: torch.device, args: argparse.Namespace) -> tuple[float, 
 
 
 def batched_bench(device: torch.device, args: argparse.Namespace) -> tuple[float, float]:
-    """Student-images per second of K ``plain_cnn2`` students distilled from ``resnet18_cifar``
+    """Student-images per second of K ``--student-arch`` students (default ``plain_cnn2``)
+    distilled from ``resnet18_cifar``
     with crop + flip (a live teacher), as one :class:`kd.batched.StackedModels` and as K runs
     one after another. Each student has its own (α, T); all share the data order."""
     train = data.load("cifar10", train=True)
@@ -229,7 +230,7 @@ def batched_bench(device: torch.device, args: argparse.Namespace) -> tuple[float
 
     def students() -> list[nn.Module]:
         engine.seed_everything(0)
-        return [build_model("plain_cnn2") for _ in range(args.students)]
+        return [build_model(args.student_arch) for _ in range(args.students)]
 
     def stacked() -> None:
         model = engine.prepare_model(StackedModels(students()), device)
@@ -373,7 +374,7 @@ TASKS = {
               "CIFAR-10 plain_cnn2 student distillation from resnet18_cifar, crop + flip",
               "images", ("ours", "textbook  (DataLoader, {workers} workers, live fp32 teacher)")),
     "batched": (batched_bench,
-                "CIFAR-10, {students} plain_cnn2 students from one resnet18_cifar teacher, "
+                "CIFAR-10, {students} {student_arch} students from one resnet18_cifar teacher, "
                 "crop + flip", "student-images",
                 ("stacked", "sequential  (the same students one after another)")),
     "roofline": (roofline, "Training steps against this machine's matmul FLOP/s", None, None),
@@ -396,11 +397,23 @@ def run_task(name: str, device: torch.device, args: argparse.Namespace) -> None:
               f"torch {torch.__version__}")
         return bench(device, args)
     span = "one epoch" if args.batches is None else f"first {args.batches} batches"
-    print(f"{title.format(students=args.students)}, {span}, batch {args.batch_size}, {device} "
-          f"({hardware(device.type)}), torch {torch.__version__}, ours in {args.precision}")
+    title = title.format(students=args.students, student_arch=args.student_arch)
+    print(f"{title}, {span}, batch {args.batch_size}, {device} ({hardware(device.type)}), "
+          f"torch {torch.__version__}, ours in {args.precision}")
     rates = [bench(device, args) for _ in range(args.repeats)]
     names = tuple(n.format(workers=args.workers) for n in names)
-    report(max(r[0] for r in rates), max(r[1] for r in rates), names, unit)
+    best = max(r[0] for r in rates), max(r[1] for r in rates)
+    report(*best, names, unit)
+    if args.record:
+        table = ResultsTable("bench", name)
+        done = table.read()
+        table.append({"cell": title, "seed": int(done["seed"].max()) + 1 if len(done) else 0,
+                      "first": names[0], "first_per_s": round(best[0], 1),
+                      "second": names[1].split("  ")[0], "second_per_s": round(best[1], 1),
+                      "ratio": round(best[0] / best[1], 3), "unit": f"{unit}/s",
+                      "batch_size": args.batch_size, "batches": args.batches,
+                      "threads": torch.get_num_threads(), **provenance(device, 0.0, args.precision)})
+        print(f"  row appended to {table.path}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -417,11 +430,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="epochs timed per loop; best kept")
     parser.add_argument("--students", type=positive_int, default=45,
                         help="students trained together by the batched task")
+    parser.add_argument("--student-arch", default="plain_cnn2",
+                        help="the batched task's student architecture (e.g. resnet8)")
     parser.add_argument("--batches", type=positive_int, default=None,
                         help="time only the first N batches of the epoch (default: all)")
     parser.add_argument("--record", action="store_true",
-                        help="roofline: append its rows to <results>/bench/roofline.csv "
-                             "($KD_RESULTS or results/), which docs/speed.md is made from")
+                        help="append the rates to <results>/bench/<task>.csv ($KD_RESULTS or "
+                             "results/), which docs/speed.md is made from")
     estimate.add_arguments(parser.add_argument_group("--task estimate"), precision=False)
     args = parser.parse_args(argv)
     if args.task == "estimate":
