@@ -408,8 +408,8 @@ def run_task(name: str, device: torch.device, args: argparse.Namespace) -> None:
         table = ResultsTable("bench", name)
         done = table.read()
         table.append({"cell": title, "seed": int(done["seed"].max()) + 1 if len(done) else 0,
-                      "first": names[0], "first_per_s": round(best[0], 1),
-                      "second": names[1].split("  ")[0], "second_per_s": round(best[1], 1),
+                      "first": names[0], "first_per_s": best[0],
+                      "second": names[1].split("  ")[0], "second_per_s": best[1],
                       "ratio": round(best[0] / best[1], 3), "unit": f"{unit}/s",
                       "batch_size": args.batch_size, "batches": args.batches,
                       "threads": torch.get_num_threads(), **provenance(device, 0.0, args.precision)})

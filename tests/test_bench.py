@@ -41,6 +41,21 @@ def test_bench_prints_rates_for_both_tasks(tmp_path, monkeypatch, capsys, one_th
     assert lines[12].startswith("Training steps against") and "bf16/fp32" in lines[14]
 
 
+def test_bench_records_a_task_with_its_ratio(tmp_path, monkeypatch, one_thread):
+    root = write_pickled_layout(tmp_path / "data", "cifar10", n_train=8)
+    monkeypatch.setenv("KD_DATA", str(root))
+    args = ["--task", "batched", "--device", "cpu", "--batch-size", "4", "--batches", "1",
+            "--students", "2", "--student-arch", "resnet8", "--precision", "fp32", "--record"]
+    bench.main(args)
+    bench.main(args)
+    table = bench.ResultsTable("bench", "batched").read()
+    assert list(table["seed"]) == [0, 1]
+    assert table["cell"].str.startswith("CIFAR-10, 2 resnet8 students").all()
+    assert table["ratio"].to_numpy() == pytest.approx(  # kept to three decimals
+        (table["first_per_s"] / table["second_per_s"]).to_numpy(), abs=5e-4)
+    assert set(table["precision"]) == {"fp32"} and set(table["unit"]) == {"student-images/s"}
+
+
 def test_pil_dataset_serves_what_torchvision_cifar10_would(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_DATA", str(write_pickled_layout(tmp_path, "cifar10", n_train=2)))
     split = data.load("cifar10", train=True)
