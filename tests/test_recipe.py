@@ -1,0 +1,63 @@
+"""The large profile's recipe selection (studies.recipe): its rule, and a smoke run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from kd.engine import TrainConfig
+from studies import recipe
+
+SHORT, LONG = TrainConfig(epochs=30), TrainConfig(epochs=60)
+
+
+def profile(**candidates) -> recipe.Profile:
+    return recipe.Profile("test", "resnet8", candidates, train_limit=None, validation_n=10)
+
+
+def rows(**scores) -> pd.DataFrame:
+    return pd.DataFrame({"cell": list(scores), "validation_accuracy": list(scores.values())})
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ({"a": 0.80, "b": 0.82, "long": 0.825}, "b"),   # more epochs, +0.5 points: not enough
+    ({"a": 0.80, "b": 0.82, "long": 0.835}, "long"),  # +1.5 points buys the epochs
+    ({"a": 0.82, "b": 0.82, "long": 0.70}, "a"),     # a tie: the first listed
+    ({"b": 0.75}, "b"),                              # a partial table: the best run so far
+    ({"long": 0.70}, "long"),
+    ({}, None),
+])
+def test_the_rule_prefers_the_base_budget_unless_more_epochs_buy_a_point(scores, expected):
+    chosen = recipe.choose(rows(**scores), profile(a=SHORT, b=SHORT, long=LONG))
+    assert chosen == expected
+
+
+def test_smoke_selection_runs_resumes_and_reports(tmp_path, monkeypatch, capsys):
+    from tests.conftest import write_pickled_layout
+
+    monkeypatch.setenv("KD_DATA", str(write_pickled_layout(tmp_path / "data", "cifar10",
+                                                           n_train=300)))
+    recipe.main(["--profile", "smoke", "--precision", "fp32"])
+    table = pd.read_csv(tmp_path / "results" / "recipe" / "smoke.csv")
+    assert list(table["cell"]) == ["a", "b"] and set(table["seed"]) == {0}
+    assert set(table["fit_n"]) == {256 - 64} and set(table["validation_n"]) == {64}
+    assert table["validation_accuracy"].between(0, 1).all()
+    assert list(table["epochs"]) == [1, 2] and set(table["precision"]) == {"fp32"}
+    capsys.readouterr()
+    recipe.main(["--profile", "smoke", "--precision", "fp32"])  # nothing left to train
+    out = capsys.readouterr().out
+    assert "0 candidates" in out and f"chosen: {recipe.choose(table, recipe.PROFILES['smoke'])}" in out
+    assert len(pd.read_csv(tmp_path / "results" / "recipe" / "smoke.csv")) == 2
+
+
+def test_large_candidates_change_one_thing_each_from_the_probe():
+    base = recipe.LARGE_CANDIDATES["cos-lr0.1-bs128-wd5e-4-e30"]
+    assert (base.epochs, base.batch_size, base.lr, base.weight_decay, base.nesterov) == (
+        30, 128, 0.1, 5e-4, True)
+    for name, config in recipe.LARGE_CANDIDATES.items():
+        changed = {f.name for f in dataclasses.fields(config)
+                   if getattr(config, f.name) != getattr(base, f.name)}
+        assert changed <= {"batch_size", "lr", "weight_decay", "schedule", "epochs"}, name
+        assert f"e{config.epochs}" in name and f"bs{config.batch_size}" in name
