@@ -11,6 +11,26 @@ Run ``python -m studies.scorecard`` (or ``make scorecard``): it reads
 ``<results>/<study>/<profile>.csv`` for every study and profile found (profiles ordered paper,
 full, quick, then the rest) and writes ``<results>/scorecard.csv`` and
 ``<figures>/scorecard.png`` (a forest plot); ``--markdown`` also prints the README's table.
+
+Beside the sign verdict (``verdict``, :mod:`kd.verdict`), by rules fixed in
+``docs/scorecard_rules.md`` before any of them was computed:
+
+* **size** (``size_verdict``): *not tested* (no sign verdict was reached on 3+ seeds, or ``report``),
+  else *no paper value*, else *other data set* (``paper_dataset`` in ``claims.csv`` is not our rows'
+  data set; empty is not a match), else *agrees* when ``ci_low − tol ≤ paper_value ≤ ci_high + tol``
+  (``tol`` = the claim's ``size_tolerance``, empty = 0), else *differs*.
+* **regime** (``regime``, ``regime_reason``, ``dataset``, ``student_train_n``, ``teacher_train_n``,
+  ``epochs``, ``teacher_acc``, ``scratch_acc`` and their ``paper_*`` values from
+  ``studies/reference/regimes.csv``): *reduced regime* when any recorded condition fails (another
+  data set; a student or teacher on fewer images than the paper's recorded number, else the whole
+  training set, unless the paper's students used a subset by design; on the same data set, teacher
+  or scratch-student accuracy more than 2 points from the paper's), *paper regime* when all hold and
+  are known, else *unknown*; empty without rows.
+* **multiplicity** (``p_value``, ``p_adjusted``, ``verdict_adjusted``): the one-sided p of the
+  claim's direction from the interval's own t statistic; Benjamini–Hochberg over the two-sided p
+  (2·min of the claim's and the contradicting side's one-sided p) of every claim decided on 3+ seeds
+  at the profile; a reproduced or contradicted verdict whose adjusted p is ≥ 0.05 becomes
+  *inconclusive (after correction)*. Expected false calls = 0.05 × claims decided, per profile.
 """
 
 from __future__ import annotations
