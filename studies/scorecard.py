@@ -578,8 +578,16 @@ def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> 
                 **size_and_p(claim, interval, verdict, margin, our["dataset"]),
                 **regime.columns(our, paper, regime.label(our, paper, subset))})
     frame = correct(pd.DataFrame(out))
-    numeric = frame.select_dtypes("number").columns
+    tail = ["p_adjusted", "verdict_adjusted"]  # beside the p they come from
+    rest = [c for c in frame.columns if c not in tail]
+    at = rest.index("p_two_sided") + 1
+    frame = frame[rest[:at] + tail + rest[at:]]
+    p_columns = ["p_value", "p_two_sided", "p_adjusted"]
+    numeric = frame.select_dtypes("number").columns.difference(p_columns)
     frame[numeric] = frame[numeric].round(4)
+    frame[p_columns] = frame[p_columns].map(lambda p: float(f"{p:.4g}"))  # small p stay visible
+    counts = [c for c in regime.COLUMNS if c.endswith("train_n")]
+    frame[counts] = frame[counts].astype(float).round().astype("Int64")
     return frame
 
 
