@@ -96,7 +96,8 @@ def ours(frame: pd.DataFrame, used: set[str], study: str) -> dict:
         return empty
     teachers = frame[is_teacher(frame)]
     their_teachers = pd.DataFrame({"model": column(students, "teacher")})
-    teachers = teachers[same(teachers, their_teachers, "model") & same(teachers, students, "dataset")]
+    teachers = teachers[same(teachers, their_teachers, "model")
+                        & same(teachers, students, "dataset")]
     scratch = frame[is_scratch(frame)]
     for name in ("model", "pair", "dataset"):  # (a zoo's "family" is a method's)
         scratch = scratch[same(scratch, students, name)]

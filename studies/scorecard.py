@@ -17,10 +17,11 @@ README's table. :func:`study_verdicts` gives a study's verdicts to its notebook.
 Beside the sign verdict (``verdict``, :mod:`kd.verdict`), by rules fixed in
 ``docs/scorecard_rules.md`` before any of them was computed:
 
-* **size** (``size_verdict``): *not tested* (no sign verdict was reached on 3+ seeds, or ``report``),
-  else *no paper value*, else *other data set* (``paper_dataset`` in ``claims.csv`` is not our rows'
-  data set; empty is not a match), else *agrees* when ``ci_low − tol ≤ paper_value ≤ ci_high + tol``
-  (``tol`` = the claim's ``size_tolerance``, empty = 0), else *differs*.
+* **size** (``size_verdict``): *not tested* (no sign verdict was reached on 3+ seeds, or
+  ``report``), else *no paper value*, else *other data set* (``paper_dataset`` in ``claims.csv``
+  is not our rows' data set; empty is not a match), else *agrees* when
+  ``ci_low − tol ≤ paper_value ≤ ci_high + tol`` (``tol`` = the claim's ``size_tolerance``, empty
+  = 0), else *differs*.
 * **regime** (``regime``, ``regime_reason``, ``dataset``, ``student_train_n``, ``teacher_train_n``,
   ``epochs``, ``teacher_acc``, ``scratch_acc`` and their ``paper_*`` values from
   ``studies/reference/regimes.csv``): *reduced regime* when any recorded condition fails (another
@@ -450,7 +451,8 @@ def read_claims(path: Path | None = None) -> pd.DataFrame:
     claims["reference"] = claims["reference"].fillna(0.0)
     for column in ("paper_dataset", "paper_regime"):  # tables written before the columns: none
         claims[column] = claims[column].fillna("").astype(str) if column in claims else ""
-    claims["size_tolerance"] = pd.to_numeric(claims.get("size_tolerance"), errors="coerce")
+    claims["size_tolerance"] = pd.to_numeric(claims.get("size_tolerance", math.nan),
+                                             errors="coerce")
     if "planned_in" not in claims:  # a table written before the column: every profile
         claims["planned_in"] = ""
     claims["planned_in"] = claims["planned_in"].fillna("").str.strip()

@@ -558,7 +558,8 @@ def test_matrix_and_study_figures_are_written(tmp_path):
         assert path.stat().st_size > 10_000, path
     width, height = Image.open(paths[0]).size
     assert width <= 1600 and height <= 1200  # a laptop screen
-    assert "full: 0.15 of 3 decided, 0 changed by BH" in sf.calls_title(sc.expected_false_calls(card))
+    title = sf.calls_title(sc.expected_false_calls(card))
+    assert "full: 0.15 of 3 decided, 0 changed by BH" in title
     assert sf.matrix_profiles(card) == ["quick", "full", "large", "paper"]
 
 
@@ -571,3 +572,15 @@ def test_study_verdicts_reads_the_scorecard(tmp_path, capsys):
     got = sc.study_verdicts("alpha", path)
     assert got["claim"].tolist() == ["a-1", "a-1"]
     assert {"verdict", "size_verdict", "regime", "verdict_adjusted"} <= set(got.columns)
+
+
+def test_a_claims_table_without_the_size_columns_still_scores(tmp_path):
+    claims = pd.read_csv(sc.CLAIMS)
+    old = claims[claims["id"] == "mz-gain-kd"].drop(
+        columns=["paper_dataset", "size_tolerance", "paper_regime"])
+    old.to_csv(tmp_path / "old.csv", index=False)
+    read = sc.read_claims(tmp_path / "old.csv")
+    card = sc.score(read, {("method_zoo", "quick"): zoo_table()}).iloc[0]
+    assert card["verdict"] == "reproduced"
+    assert card["size_verdict"] == "other data set"  # no paper data set recorded: no match
+    assert card["regime"] == rg.UNKNOWN  # nothing recorded of the paper's regime
