@@ -37,7 +37,8 @@ figures: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m kd.bench $(ARGS)
 
-# One verdict per claim (studies/claims.csv) and profile: results/scorecard.csv, figures/scorecard.png.
+# One verdict per claim (studies/claims.csv) and profile: results/scorecard.csv,
+# figures/scorecard_matrix.png and figures/scorecard_<study>.png.
 scorecard: $(STAMP)
 	$(PY) -m studies.scorecard $(ARGS)
 

@@ -164,3 +164,77 @@ def decide(interval: Interval, direction: str, reference: float = 0.0,
     if precondition is not None and precondition_status(precondition, min_seeds) != "met":
         return "inconclusive"
     return rule(interval, direction, reference, margin)
+
+
+# ----------------------------------------------------------------------------------------------
+# Size, and many claims at once (docs/scorecard_rules.md, fixed before they were computed)
+
+ALPHA = 1 - LEVEL
+SIZE_VERDICTS = ("agrees", "differs", "other data set", "no paper value", "not tested")
+UNDECIDED = ("not run", "not planned", "precondition not met", "report")
+DECIDED = ("reproduced", "contradicted", "absent", "inconclusive")  # the family corrected together
+AFTER_CORRECTION = "inconclusive (after correction)"
+
+
+def size(interval: Interval, verdict: str, paper_value: float | None, same_dataset: bool,
+         tolerance: float | None = None, min_seeds: int = MIN_SEEDS) -> str:
+    """Does the paper's value lie inside our interval, widened by ``tolerance`` (None = 0)?
+    ``not tested`` without a sign verdict on ``min_seeds`` seeds; ``no paper value``; ``other data
+    set``; then ``agrees`` or ``differs``."""
+    if verdict in UNDECIDED or interval.n < min_seeds or not interval.known:
+        return "not tested"
+    if paper_value is None or not np.isfinite(paper_value):
+        return "no paper value"
+    if not same_dataset:
+        return "other data set"
+    tol = _margin(tolerance) or 0.0
+    return "agrees" if interval.low - tol <= paper_value <= interval.high + tol else "differs"
+
+
+def one_sided_p(interval: Interval, direction: str, reference: float = 0.0,
+                margin: float | None = None, level: float = LEVEL) -> tuple[float, float]:
+    """(p of the claim's side, p of the contradicting side), one-sided, from the t statistic
+    (mean − reference)/se behind the interval (se = half-width / t_{(1+level)/2, n−1}, n − 1
+    degrees of freedom). ``>``: P(T ≥ t) and P(T ≤ t); ``<``: the mirror; ``= r ± m``: the larger
+    p of "above r − m" and "below r + m" (TOST), and the smaller p of "below r − m" and "above
+    r + m". NaN for ``report``, below 2 seeds, or an interval not over seeds."""
+    nan = (math.nan, math.nan)
+    if direction == "report" or interval.n < 2 or interval.basis != "seeds" or not interval.known:
+        return nan
+    df = interval.n - 1
+    se = (interval.high - interval.low) / 2 / stats.t.ppf((1 + level) / 2, df)
+
+    def t_of(ref: float) -> float:
+        gap = interval.mean - ref
+        return gap / se if se > 0 else (math.copysign(math.inf, gap) if gap else 0.0)
+
+    above = lambda ref: float(stats.t.sf(t_of(ref), df))  # evidence for q > ref
+    below = lambda ref: float(stats.t.cdf(t_of(ref), df))  # evidence for q < ref
+    if direction == ">":
+        return above(reference), below(reference)
+    if direction == "<":
+        return below(reference), above(reference)
+    margin = _margin(margin)
+    if margin is None:
+        raise ValueError("a level claim ('=') needs its tolerance as the margin")
+    low, high = reference - margin, reference + margin
+    return max(above(low), below(high)), min(below(low), above(high))
+
+
+def two_sided_p(p_claim: float, p_against: float) -> float:
+    """The p of the sign verdict's own test: reproduced or contradicted exactly when < 1 − LEVEL."""
+    return min(1.0, 2 * min(p_claim, p_against))
+
+
+def adjust(p_values: Iterable[float]) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (``scipy.stats.false_discovery_control``)."""
+    p = np.asarray(list(p_values), dtype=float)
+    return stats.false_discovery_control(p, method="bh") if len(p) else p
+
+
+def corrected(verdict: str, p_adjusted: float, alpha: float = ALPHA) -> str:
+    """A reproduced or contradicted verdict whose adjusted p is ≥ ``alpha`` becomes
+    ``inconclusive (after correction)``; every other verdict stands."""
+    if verdict in ("reproduced", "contradicted") and not p_adjusted < alpha:
+        return AFTER_CORRECTION
+    return verdict

@@ -10,7 +10,30 @@ decides. A measure spec is ``name`` or ``name:arg1,arg2``; the arguments are str
 Run ``python -m studies.scorecard`` (or ``make scorecard``): it reads
 ``<results>/<study>/<profile>.csv`` for every study and profile found (profiles ordered paper,
 full, quick, then the rest) and writes ``<results>/scorecard.csv`` and
-``<figures>/scorecard.png`` (a forest plot); ``--markdown`` also prints the README's table.
+``<figures>/scorecard_matrix.png`` (the verdict matrix) and ``<figures>/scorecard_<study>.png``
+(one forest plot per study; :mod:`studies.scorecard_figures`); ``--markdown`` also prints the
+README's table. :func:`study_verdicts` gives a study's verdicts to its notebook.
+
+Beside the sign verdict (``verdict``, :mod:`kd.verdict`), by rules fixed in
+``docs/scorecard_rules.md`` before any of them was computed:
+
+* **size** (``size_verdict``): *not tested* (no sign verdict was reached on 3+ seeds, or
+  ``report``), else *no paper value*, else *other data set* (``paper_dataset`` in ``claims.csv``
+  is not our rows' data set; empty is not a match), else *agrees* when
+  ``ci_low − tol ≤ paper_value ≤ ci_high + tol`` (``tol`` = the claim's ``size_tolerance``, empty
+  = 0), else *differs*.
+* **regime** (``regime``, ``regime_reason``, ``dataset``, ``student_train_n``, ``teacher_train_n``,
+  ``epochs``, ``teacher_acc``, ``scratch_acc`` and their ``paper_*`` values from
+  ``studies/reference/regimes.csv``): *reduced regime* when any recorded condition fails (another
+  data set; a student or teacher on fewer images than the paper's recorded number, else the whole
+  training set, unless the paper's students used a subset by design; on the same data set, teacher
+  or scratch-student accuracy more than 2 points from the paper's), *paper regime* when all hold and
+  are known, else *unknown*; empty without rows.
+* **multiplicity** (``p_value``, ``p_adjusted``, ``verdict_adjusted``): the one-sided p of the
+  claim's direction from the interval's own t statistic; Benjamini–Hochberg over the two-sided p
+  (2·min of the claim's and the contradicting side's one-sided p) of every claim decided on 3+ seeds
+  at the profile; a reproduced or contradicted verdict whose adjusted p is ≥ 0.05 becomes
+  *inconclusive (after correction)*. Expected false calls = 0.05 × claims decided, per profile.
 """
 
 from __future__ import annotations
@@ -29,12 +52,16 @@ from kd import verdict as rule
 from kd.cli import OneLineErrorParser, run_main
 from kd.errors import ConfigError
 from kd.results import markdown_table, results_root
+from studies import regime
+from studies import scorecard_figures as figures
 
 CLAIMS = Path(__file__).with_name("claims.csv")
+REPO = Path(__file__).resolve().parents[1]  # notebooks run in notebooks/
 PROFILE_ORDER = ("paper", "full", "quick")
 KNOWN_PROFILES = (*PROFILE_ORDER, "smoke")  # what a claim's planned_in may name
 SCORECARD = "scorecard.csv"
-FIGURE = "scorecard.png"
+FIGURE = "scorecard_matrix.png"
+STUDY_FIGURE = "scorecard_{study}.png"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,6 +449,10 @@ def read_claims(path: Path | None = None) -> pd.DataFrame:
     for column in ("reference", "margin", "paper_value"):
         claims[column] = pd.to_numeric(claims[column], errors="coerce")
     claims["reference"] = claims["reference"].fillna(0.0)
+    for column in ("paper_dataset", "paper_regime"):  # tables written before the columns: none
+        claims[column] = claims[column].fillna("").astype(str) if column in claims else ""
+    claims["size_tolerance"] = pd.to_numeric(claims.get("size_tolerance", math.nan),
+                                             errors="coerce")
     if "planned_in" not in claims:  # a table written before the column: every profile
         claims["planned_in"] = ""
     claims["planned_in"] = claims["planned_in"].fillna("").str.strip()
@@ -474,11 +505,50 @@ def planned_verdict(verdict: str, claim, profile: str) -> str:
     return NOT_PLANNED if verdict == "not run" and where and profile not in where else verdict
 
 
+def nan_if_none(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def size_and_p(claim, interval: rule.Interval, verdict: str, margin, dataset: str) -> dict:
+    """The size verdict and the claim's one-sided p (docs/scorecard_rules.md)."""
+    p_claim, p_against = rule.one_sided_p(interval, claim.direction, claim.reference, margin)
+    decided = verdict in rule.DECIDED and interval.n >= rule.MIN_SEEDS and math.isfinite(p_claim)
+    return {"size_verdict": rule.size(interval, verdict, nan_if_none(claim.paper_value),
+                                      bool(claim.paper_dataset) and dataset == claim.paper_dataset,
+                                      nan_if_none(claim.size_tolerance)),
+            "size_tolerance": claim.size_tolerance, "p_value": p_claim,
+            "p_two_sided": rule.two_sided_p(p_claim, p_against) if decided else math.nan}
+
+
+def correct(frame: pd.DataFrame) -> pd.DataFrame:
+    """Benjamini–Hochberg over each profile's decided claims: ``p_adjusted``,
+    ``verdict_adjusted``."""
+    frame["p_adjusted"] = math.nan
+    for _, group in frame.dropna(subset=["p_two_sided"]).groupby("profile"):
+        frame.loc[group.index, "p_adjusted"] = rule.adjust(group["p_two_sided"])
+    frame["verdict_adjusted"] = [rule.corrected(v, p) if np.isfinite(p) else v
+                                 for v, p in zip(frame["verdict"], frame["p_adjusted"])]
+    return frame
+
+
+def expected_false_calls(scorecard: pd.DataFrame) -> pd.DataFrame:
+    """Per profile: claims decided (the corrected family), expected false calls by chance alone
+    (ALPHA × decided), and how many verdicts the correction turns inconclusive."""
+    decided = scorecard.dropna(subset=["p_two_sided"])
+    out = pd.DataFrame({"decided": decided.groupby("profile", sort=False).size()})
+    out["expected_false_calls"] = rule.ALPHA * out["decided"]
+    out["changed_by_correction"] = (decided["verdict_adjusted"] != decided["verdict"]
+                                    ).groupby(decided["profile"], sort=False).sum()
+    return out
+
+
 def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> pd.DataFrame:
     """One row per claim and profile (claims in their order, profiles paper, full, quick, ...).
     A claim whose study lacks a profile found for another study is ``not run`` there, or
-    ``not planned`` where the claim's ``planned_in`` leaves that profile out."""
+    ``not planned`` where the claim's ``planned_in`` leaves that profile out. Beside the sign
+    verdict: size, regime and the corrected verdict (module docstring)."""
     profiles = sorted({p for _, p in tables}, key=profile_key)
+    regimes = regime.read_regimes()
     out = []
     for claim in claims.itertuples(index=False):
         for profile in profiles:
@@ -490,6 +560,10 @@ def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> 
             if isinstance(claim.precondition_measure, str) and claim.precondition_measure:
                 pre = interval_of(evaluate(claim.precondition_measure, rows))
             margin = None if math.isnan(claim.margin) else float(claim.margin)
+            verdict = planned_verdict(rule.decide(interval, claim.direction, claim.reference,
+                                                  margin, pre), claim, profile)
+            our = regime.ours(tables.get((claim.study, profile)), rows.used, claim.study)
+            paper, subset = regime.paper_values(claim, regimes)
             out.append({
                 "claim": claim.id, "study": claim.study, "profile": profile,
                 "n_seeds": interval.n, "seeds": " ".join(map(str, seeds)),
@@ -497,71 +571,26 @@ def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> 
                 "unit": claim.unit, "direction": claim.direction,
                 "reference": claim.reference, "margin": margin,
                 "paper_value": claim.paper_value,
-                "verdict": planned_verdict(rule.decide(interval, claim.direction,
-                                                       claim.reference, margin, pre),
-                                           claim, profile),
+                "verdict": verdict,
                 "planned_in": claim.planned_in,
                 **(interval_columns("precondition_", pre) if pre else
                    dict.fromkeys(interval_columns("precondition_", rule.t_interval([])))),
                 "precondition_status": rule.precondition_status(pre) if pre else "",
-                **rows.provenance()})
-    frame = pd.DataFrame(out)
-    numeric = frame.select_dtypes("number").columns
+                **rows.provenance(),
+                **size_and_p(claim, interval, verdict, margin, our["dataset"]),
+                **regime.columns(our, paper, regime.label(our, paper, subset))})
+    frame = correct(pd.DataFrame(out))
+    tail = ["p_adjusted", "verdict_adjusted"]  # beside the p they come from
+    rest = [c for c in frame.columns if c not in tail]
+    at = rest.index("p_two_sided") + 1
+    frame = frame[rest[:at] + tail + rest[at:]]
+    p_columns = ["p_value", "p_two_sided", "p_adjusted"]
+    numeric = frame.select_dtypes("number").columns.difference(p_columns)
     frame[numeric] = frame[numeric].round(4)
+    frame[p_columns] = frame[p_columns].map(lambda p: float(f"{p:.4g}"))  # small p stay visible
+    counts = [c for c in regime.COLUMNS if c.endswith("train_n")]
+    frame[counts] = frame[counts].astype(float).round().astype("Int64")
     return frame
-
-
-VERDICT_COLOURS = {"reproduced": "#2ca02c", "contradicted": "#d62728", "absent": "#1f77b4",
-                   "inconclusive": "#ff7f0e", "precondition not met": "#9467bd",
-                   "not run": "#bbbbbb", NOT_PLANNED: "#dddddd", "report": "#444444"}
-
-
-def forest_plot(scorecard: pd.DataFrame, path: Path | None = None):
-    """One line per claim and profile, each on its own x scale (claims have different units):
-    the mean with its 95 % interval coloured by verdict, the reference (zero for a difference)
-    as a black line, the margin or tolerance shaded, the paper's value as a grey diamond."""
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    n = len(scorecard)
-    fig, axes = plt.subplots(n, 1, figsize=(11, 1.2 + 0.4 * n), squeeze=False)
-    for ax, row in zip(axes[:, 0], scorecard.itertuples(index=False)):
-        colour = VERDICT_COLOURS.get(row.verdict, "k")
-        ref = row.reference
-        points = [v for v in (row.effect, row.ci_low, row.ci_high, ref, row.paper_value)
-                  if v is not None and np.isfinite(v)]
-        if row.margin is not None and np.isfinite(row.margin):
-            ax.axvspan(ref - row.margin, ref + row.margin, color="0.92", lw=0)
-            points += [ref - row.margin, ref + row.margin]
-        ax.axvline(ref, color="k", lw=0.8)
-        if np.isfinite(row.paper_value):
-            ax.plot(row.paper_value, 0, marker="D", color="0.55", ms=5, zorder=3)
-        if np.isfinite(row.effect):
-            if np.isfinite(row.ci_low):
-                ax.plot([row.ci_low, row.ci_high], [0, 0], color=colour, lw=2.2)
-            ax.plot(row.effect, 0, "o", color=colour, ms=5, zorder=4)
-        low, high = (min(points), max(points)) if points else (-1.0, 1.0)
-        pad = 0.08 * (high - low) or 1.0
-        ax.set(xlim=(low - pad, high + pad), ylim=(-1, 1), yticks=[])
-        ax.tick_params(axis="x", labelsize=6, pad=1, length=2)
-        for side in ("top", "right", "left"):
-            ax.spines[side].set_visible(False)
-        ax.text(-0.01, 0.5, f"{row.claim}  [{row.profile}, n={row.n_seeds}]", ha="right",
-                va="center", transform=ax.transAxes, fontsize=7.5)
-        ax.text(1.01, 0.5, f"{row.verdict} ({row.unit})", ha="left", va="center",
-                transform=ax.transAxes, fontsize=7.5, color=colour)
-    handles = [Line2D([], [], color=c, marker="o", lw=2, label=v)
-               for v, c in VERDICT_COLOURS.items() if v in set(scorecard["verdict"])]
-    handles += [Line2D([], [], color="k", lw=0.8, label="reference (0 for a difference)"),
-                Line2D([], [], color="0.55", marker="D", lw=0, label="paper's value"),
-                Line2D([], [], color="0.85", lw=6, label="margin / tolerance")]
-    fig.legend(handles=handles, loc="upper center", ncol=5, fontsize=7.5, frameon=False)
-    fig.subplots_adjust(left=0.27, right=0.8, top=1 - 0.75 / (1.2 + 0.4 * n),
-                        bottom=0.3 / (1.2 + 0.4 * n), hspace=1.3)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    return fig
 
 
 def fmt(value: float, digits: int = 2) -> str:
@@ -597,7 +626,49 @@ def markdown(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
     frame = pd.DataFrame(table, columns=["claim", "what it says", "test", "paper's value", *profiles])
     counts = [f"{p}: " + ", ".join(f"{n} {v}" for v, n in scorecard[scorecard["profile"] == p]
                                    ["verdict"].value_counts().items()) for p in profiles]
-    return "\n".join(markdown_table(frame.fillna("")) + [""] + [f"Verdicts, {c}." for c in counts])
+    return "\n".join(markdown_table(frame.fillna("")) + [""] + [f"Verdicts, {c}." for c in counts]
+                     + [""] + many_claims_lines(scorecard))
+
+
+def many_claims_lines(scorecard: pd.DataFrame) -> list[str]:
+    """Per profile: size verdicts, expected false calls and the BH correction's changes."""
+    lines = []
+    for profile, row in expected_false_calls(scorecard).iterrows():
+        sizes = scorecard.loc[scorecard["profile"] == profile, "size_verdict"].value_counts()
+        lines.append(
+            f"At {profile}: {row.decided:.0f} claims decided on 3 or more seeds; chance alone "
+            f"would give {row.expected_false_calls:.2f} wrong calls ({rule.ALPHA:.0%} × "
+            f"{row.decided:.0f}); after the Benjamini–Hochberg correction "
+            f"{row.changed_by_correction:.0f} reproduced/contradicted verdict(s) become "
+            f"inconclusive. Size: " + ", ".join(f"{n} {v}" for v, n in sizes.items()) + ".")
+    return lines
+
+
+def study_verdicts(study: str, path: Path | None = None) -> pd.DataFrame:
+    """A study's claims' verdicts from ``results/scorecard.csv`` (or ``path``): claim, profile,
+    sign verdict, after correction, size, regime and why. Empty, with a note, before any
+    ``make scorecard``."""
+    path = Path(path or Path(os.environ.get("KD_RESULTS", REPO / "results")) / SCORECARD)
+    columns = ["claim", "profile", "n_seeds", "effect", "ci_low", "ci_high", "paper_value",
+               "verdict", "verdict_adjusted", "size_verdict", "regime", "regime_reason"]
+    if not path.exists():
+        print(f"no {path} yet: run make scorecard")
+        return pd.DataFrame(columns=columns)
+    card = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    card = card[(card["study"] == study) & (card["n_seeds"] > 0)]
+    return card.reindex(columns=columns).reset_index(drop=True)
+
+
+def draw(scorecard: pd.DataFrame, folder: Path) -> list[Path]:
+    """The verdict matrix and one forest plot per study, closed once written."""
+    import matplotlib.pyplot as plt
+
+    paths = [folder / FIGURE]
+    plt.close(figures.matrix(scorecard, expected_false_calls(scorecard), paths[0]))
+    for study in dict.fromkeys(scorecard["study"]):
+        paths.append(folder / STUDY_FIGURE.format(study=study))
+        plt.close(figures.study_forest(scorecard, study, paths[-1]))
+    return paths
 
 
 def figures_root() -> Path:
@@ -627,13 +698,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     scorecard = score(claims, tables)
     root.mkdir(parents=True, exist_ok=True)
     scorecard.to_csv(root / SCORECARD, index=False)
-    figure = (Path(args.figures) if args.figures else figures_root()) / FIGURE
-    forest_plot(scorecard, figure)
+    folder = Path(args.figures) if args.figures else figures_root()
+    figure = folder / FIGURE
+    draw(scorecard, folder)
     counts = scorecard.groupby(["profile", "verdict"], sort=False).size()
     print(f"{len(claims)} claims x {scorecard['profile'].nunique()} profile(s) -> "
           f"{root / SCORECARD}, {figure}")
     for (profile, verdict), n in counts.items():
         print(f"  {profile:>8}  {verdict:<22} {n}")
+    print("\n".join(many_claims_lines(scorecard)))
     if args.markdown:
         print("\n" + markdown(scorecard, claims))
     return scorecard

@@ -356,3 +356,231 @@ def test_a_claim_its_profile_never_plans_is_not_planned_not_not_run(tmp_path):
     claims.assign(planned_in="paper ful").to_csv(tmp_path / "typo.csv", index=False)
     with pytest.raises(sc.ConfigError, match=r"unknown profiles in planned_in .*\['ful'\]"):
         sc.read_claims(tmp_path / "typo.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# Size, regime and many claims (docs/scorecard_rules.md)
+
+from studies import regime as rg  # noqa: E402
+from studies import scorecard_figures as sf  # noqa: E402
+
+
+@pytest.mark.parametrize("verdict, n, paper, same_data, tol, expected", [
+    ("reproduced", 5, 1.5, True, None, "agrees"),          # inside [1, 2]
+    ("reproduced", 5, 1.0, True, None, "agrees"),          # on the edge counts as inside
+    ("reproduced", 5, 2.4, True, 0.5, "agrees"),           # outside, within the tolerance
+    ("reproduced", 5, 2.6, True, 0.5, "differs"),          # beyond the tolerance
+    ("contradicted", 5, 0.5, True, None, "differs"),       # outside, no tolerance (empty = 0)
+    ("inconclusive", 5, 1.5, True, None, "agrees"),        # any interval the sign rule reached
+    ("reproduced", 5, 1.5, False, None, "other data set"),
+    ("reproduced", 5, math.nan, True, None, "no paper value"),
+    ("reproduced", 5, None, False, None, "no paper value"),  # checked before the data set
+    ("not run", 0, 1.5, True, None, "not tested"),
+    ("not planned", 0, 1.5, True, None, "not tested"),
+    ("precondition not met", 5, 1.5, True, None, "not tested"),
+    ("report", 5, 1.5, True, None, "not tested"),
+    ("inconclusive", 2, 1.5, True, None, "not tested"),    # below 3 seeds
+])
+def test_size_rule_on_hand_made_cases(verdict, n, paper, same_data, tol, expected):
+    assert v.size(interval(1.5, 1.0, 2.0, n=n), verdict, paper, same_data, tol) == expected
+
+
+def test_one_sided_p_values_by_hand():
+    got = v.t_interval([1.0, 2.0, 3.0])  # mean 2, se 1/sqrt(3): t = 2·sqrt(3) on 2 df
+    t = 2 * math.sqrt(3)
+    by_hand = 0.5 * (1 - t / math.sqrt(t * t + 2))  # P(T ≥ t), t with 2 df, closed form
+    assert by_hand == pytest.approx(0.0370900, abs=1e-7)
+    p, against = v.one_sided_p(got, ">", 0.0)
+    assert p == pytest.approx(by_hand) and against == pytest.approx(1 - by_hand)
+    assert v.one_sided_p(got, "<", 0.0) == pytest.approx((1 - by_hand, by_hand))
+    assert v.two_sided_p(p, against) == pytest.approx(2 * by_hand)
+    # a level 2 ± 3: t = ±3·sqrt(3) on either side, the same p twice (TOST)
+    t = 3 * math.sqrt(3)
+    tost = 0.5 * (1 - t / math.sqrt(t * t + 2))
+    p, against = v.one_sided_p(got, "=", 2.0, 3.0)
+    assert p == pytest.approx(tost) and against == pytest.approx(1 - tost)
+    assert v.rule(got, "=", 2.0, 3.0) == "reproduced" and p < 0.025
+    assert all(math.isnan(x) for x in v.one_sided_p(got, "report"))
+    assert all(math.isnan(x) for x in v.one_sided_p(v.t_interval([1.0]), ">"))
+    assert v.one_sided_p(v.t_interval([3.0, 3.0, 3.0]), ">", 0.0) == (0.0, 1.0)  # no spread
+    with pytest.raises(ValueError, match="tolerance"):
+        v.one_sided_p(got, "=", 2.0)
+
+
+def test_the_two_sided_p_decides_exactly_as_the_interval():
+    """reproduced or contradicted ⇔ p_two < 0.05; reproduced ⇔ the claim's own p < 0.025."""
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(400):
+        values = rng.normal(rng.normal(0, 1), rng.uniform(0.2, 2), size=rng.integers(3, 8))
+        direction = rng.choice([">", "<", "="])
+        margin = 0.5 if direction == "=" else None
+        got = v.t_interval(values)
+        verdict = v.rule(got, direction, 0.0, margin)
+        p, against = v.one_sided_p(got, direction, 0.0, margin)
+        seen.add(verdict)
+        assert (v.two_sided_p(p, against) < 0.05) == (verdict in ("reproduced", "contradicted"))
+        assert (p < 0.025) == (verdict == "reproduced")
+    assert {"reproduced", "contradicted", "inconclusive"} <= seen
+
+
+def test_benjamini_hochberg_by_hand():
+    # sorted p·m/rank: 0.04, 0.04, 0.04, 0.5
+    assert v.adjust([0.01, 0.02, 0.03, 0.5]) == pytest.approx([0.04, 0.04, 0.04, 0.5])
+    # 0.01·4/1 = 0.04; 0.03·4/2 = 0.06 and 0.04·4/3 = 0.0533 -> both 0.0533 (step-up minimum)
+    assert v.adjust([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    assert v.corrected("reproduced", 0.0533) == v.AFTER_CORRECTION
+    assert v.corrected("contradicted", 0.04) == "contradicted"
+    assert v.corrected("absent", 0.9) == "absent"  # a measured null is not corrected
+    assert v.corrected("inconclusive", 0.9) == "inconclusive"
+
+
+def test_correction_is_per_profile():
+    frame = pd.DataFrame({"profile": ["full", "full", "full", "full", "quick", "quick"],
+                          "verdict": ["reproduced", "contradicted", "reproduced", "inconclusive",
+                                      "reproduced", "not run"],
+                          "p_two_sided": [0.01, 0.04, 0.03, 0.5, 0.04, math.nan]})
+    got = sc.correct(frame.copy())
+    assert got["p_adjusted"].iloc[:4].tolist() == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    assert got["p_adjusted"].iloc[4] == pytest.approx(0.04)  # alone in its profile's family
+    assert got["verdict_adjusted"].tolist() == [
+        "reproduced", v.AFTER_CORRECTION, v.AFTER_CORRECTION, "inconclusive", "reproduced",
+        "not run"]
+    counts = sc.expected_false_calls(got)
+    assert counts.loc["full"].tolist() == pytest.approx([4, 0.2, 2])
+    assert counts.loc["quick"].tolist() == pytest.approx([1, 0.05, 0])
+
+
+def capacity_rows(student_n=10_000, scratch=0.60):
+    return table("capacity_gap", "full", {
+        "teacher/plain_cnn8": {"role": "teacher", "model": "plain_cnn8", "dataset": "cifar10",
+                               "train_n": 50_000, "epochs": 25, "test_accuracy": 0.83},
+        "scratch/plain_cnn2": {"role": "scratch", "model": "plain_cnn2", "dataset": "cifar10",
+                               "train_n": student_n, "epochs": 25, "test_accuracy": scratch},
+        "kd/plain_cnn8/plain_cnn2": {"role": "kd", "model": "plain_cnn2", "teacher": "plain_cnn8",
+                                     "dataset": "cifar10", "train_n": student_n, "epochs": 25,
+                                     "teacher_accuracy": 0.83,
+                                     "test_accuracy": lambda s: 0.62 + 0.01 * s}})
+
+
+def test_regime_values_from_hand_made_rows():
+    got = rg.ours(capacity_rows(), {"kd/plain_cnn8/plain_cnn2"}, "capacity_gap")
+    assert got == pytest.approx({"dataset": "CIFAR-10", "student_train_n": 10_000,
+                                 "teacher_train_n": 50_000, "epochs": "25",
+                                 "teacher_acc": 83.0, "scratch_acc": 60.0})
+    # Hinton: no role, no train_n, errors instead of accuracies
+    hinton = table("hinton_mnist", "full", {
+        "teacher": {"model": "big", "transfer_n": 60_000, "epochs": 150, "test_errors": 70,
+                    "test_n": 10_000},
+        "800x2/hard": {"model": "small", "transfer_n": 60_000, "epochs": 20,
+                       "test_errors": lambda s: 140 + 10 * s, "test_n": 10_000},
+        "800x2/T20": {"model": "small", "transfer_n": 60_000, "epochs": 20, "test_errors": 100,
+                      "test_n": 10_000}})
+    got = rg.ours(hinton, {"800x2/hard", "800x2/T20"}, "hinton_mnist")
+    assert got == pytest.approx({"dataset": "MNIST", "student_train_n": 60_000,
+                                 "teacher_train_n": 60_000, "epochs": "20",
+                                 "teacher_acc": 99.3, "scratch_acc": 98.5})
+    assert rg.ours(hinton, set(), "hinton_mnist")["dataset"] == ""  # nothing read: no regime
+
+
+def test_regime_label_on_hand_made_values():
+    paper = {"dataset": "CIFAR-10", "student_train_n": math.nan, "teacher_train_n": math.nan,
+             "teacher_acc": 84.0, "scratch_acc": 70.16}
+    ours = {"dataset": "CIFAR-10", "student_train_n": 50_000, "teacher_train_n": 50_000,
+            "teacher_acc": 83.0, "scratch_acc": 68.5}
+    assert rg.label(ours, paper) == (rg.PAPER, "")
+    assert rg.label(ours | {"student_train_n": 10_000, "teacher_acc": 76.6}, paper) == (
+        rg.REDUCED, "students on 10,000 of 50,000 images; teacher 7.4 points below")
+    assert rg.label(ours | {"scratch_acc": 72.5}, paper) == (
+        rg.REDUCED, "scratch student 2.3 points above")
+    label, reason = rg.label(ours, paper | {"teacher_acc": math.nan})
+    assert label == rg.UNKNOWN and "teacher accuracy is not recorded" in reason
+    # another data set: reduced, whatever is missing; accuracies are not compared across sets
+    assert rg.label(ours, paper | {"dataset": "ImageNet", "teacher_acc": math.nan}) == (
+        rg.REDUCED, "other data set (ImageNet)")
+    # a subset by design (Hinton's transfer set without 3s) and a paper's own smaller teacher set
+    few = ours | {"student_train_n": 53_869, "teacher_train_n": 200}
+    assert rg.label(few, paper | {"teacher_train_n": 200}, "transfer set without 3s") == (
+        rg.PAPER, "")
+    assert rg.label(ours | {"dataset": ""}, paper) == ("", "")  # no rows at that profile
+
+
+def test_regimes_reference_covers_every_claim():
+    claims = sc.read_claims(sc.CLAIMS)
+    regimes = rg.read_regimes()
+    assert set(claims["paper_regime"]) <= set(regimes.index)
+    assert regimes["source"].notna().all()
+    assert set(claims["paper_dataset"]) - {""} <= {"MNIST", "CIFAR-10", "CIFAR-100", "ImageNet"}
+    tolerances = claims.dropna(subset=["size_tolerance"])  # only '=' claims on the paper's level
+    assert set(tolerances["id"]) == {"hin-78-level", "fid-teacher-init"}
+    assert (tolerances["size_tolerance"] == tolerances["margin"]).all()
+
+
+def test_committed_scorecard_keeps_its_sign_verdicts():
+    """Regenerated from the committed results, every sign verdict equals the committed one, and
+    the new columns are there."""
+    committed = pd.read_csv(REPO / "results" / "scorecard.csv")
+    claims = sc.read_claims(sc.CLAIMS)
+    card = sc.score(claims, sc.find_tables(REPO / "results", claims["study"].unique()))
+    assert card[["claim", "profile"]].values.tolist() == \
+        committed[["claim", "profile"]].values.tolist()
+    assert card["verdict"].tolist() == committed["verdict"].tolist()
+    new = ["size_verdict", "size_tolerance", "p_value", "p_adjusted", "verdict_adjusted",
+           *rg.COLUMNS]
+    assert set(new) <= set(committed.columns)
+    assert set(card["size_verdict"]) <= set(v.SIZE_VERDICTS)
+    decided = card.dropna(subset=["p_two_sided"])
+    assert ((decided["p_two_sided"] < 0.05) >= decided["verdict"].isin(
+        ["reproduced", "contradicted"])).all()  # every call clears the uncorrected level
+
+
+def hand_made_scorecard():
+    rows = []
+    for claim, study in (("a-1", "alpha"), ("a-2", "alpha"), ("b-1", "beta")):
+        for profile, verdict, size, reg in (("full", "reproduced", "agrees", "reduced regime"),
+                                            ("quick", "inconclusive", "not tested", "")):
+            rows.append({"claim": claim, "study": study, "profile": profile, "n_seeds": 5,
+                         "effect": 1.0, "ci_low": 0.5, "ci_high": 1.5, "unit": "points",
+                         "reference": 0.0, "margin": 0.3, "paper_value": 1.2,
+                         "verdict": verdict, "verdict_adjusted": verdict, "size_verdict": size,
+                         "regime": reg, "regime_reason": "", "p_two_sided": 0.01})
+    return pd.DataFrame(rows)
+
+
+def test_matrix_and_study_figures_are_written(tmp_path):
+    from PIL import Image
+
+    card = hand_made_scorecard()
+    paths = sc.draw(card, tmp_path)
+    assert [p.name for p in paths] == [
+        "scorecard_matrix.png", "scorecard_alpha.png", "scorecard_beta.png"]
+    for path in paths:
+        assert path.stat().st_size > 10_000, path
+    width, height = Image.open(paths[0]).size
+    assert width <= 1600 and height <= 1200  # a laptop screen
+    title = sf.calls_title(sc.expected_false_calls(card))
+    assert "full: 0.15 of 3 decided, 0 changed by BH" in title
+    assert sf.matrix_profiles(card) == ["quick", "full", "large", "paper"]
+
+
+def test_study_verdicts_reads_the_scorecard(tmp_path, capsys):
+    path = tmp_path / "scorecard.csv"
+    assert sc.study_verdicts("alpha", path).empty and "make scorecard" in capsys.readouterr().out
+    card = hand_made_scorecard()
+    card.loc[card["claim"] == "a-2", "n_seeds"] = 0  # not run: left out
+    card.to_csv(path, index=False)
+    got = sc.study_verdicts("alpha", path)
+    assert got["claim"].tolist() == ["a-1", "a-1"]
+    assert {"verdict", "size_verdict", "regime", "verdict_adjusted"} <= set(got.columns)
+
+
+def test_a_claims_table_without_the_size_columns_still_scores(tmp_path):
+    claims = pd.read_csv(sc.CLAIMS)
+    old = claims[claims["id"] == "mz-gain-kd"].drop(
+        columns=["paper_dataset", "size_tolerance", "paper_regime"])
+    old.to_csv(tmp_path / "old.csv", index=False)
+    read = sc.read_claims(tmp_path / "old.csv")
+    card = sc.score(read, {("method_zoo", "quick"): zoo_table()}).iloc[0]
+    assert card["verdict"] == "reproduced"
+    assert card["size_verdict"] == "other data set"  # no paper data set recorded: no match
+    assert card["regime"] == rg.UNKNOWN  # nothing recorded of the paper's regime
