@@ -109,13 +109,15 @@ def size_symbol(value) -> str:
     if missing(value):
         return DASH
     value = str(value).lower()
+    if value in ("no paper value", "not run", "n/a", DASH):
+        return DASH
     if "other data" in value:
         return "d"
-    if "disagree" in value or "differ" in value:
+    if any(word in value for word in ("disagree", "differ", "not ", "outside")):
         return "≠"
-    if "agree" in value:
+    if "agree" in value or "inside" in value:
         return "="
-    return DASH if value in ("no paper value", "not run", "n/a") else "?"
+    return "?"
 
 
 def regime_symbol(value) -> str:

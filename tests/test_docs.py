@@ -81,7 +81,8 @@ def test_verdict_table_with_the_new_columns():
     assert rows[0][3] == "✔ = P"
     assert rows[1][3] == "~ – R"  # no paper value: no size verdict
     assert rows[2][3] == "✘ d R"
-    assert docs.size_symbol("differs") == "≠" and docs.size_symbol("disagrees") == "≠"
+    assert [docs.size_symbol(v) for v in ("differs", "disagrees", "does not agree", "agrees")] \
+        == ["≠", "≠", "≠", "="]
     assert docs.size_symbol(float("nan")) == docs.DASH
 
 
