@@ -271,10 +271,14 @@ def model_table(rows: pd.DataFrame, study: str) -> str:
     if "run_train_loss_plateau" in frame:  # checkpoints: their run's plateau
         drop = drop.fillna(frame["run_train_loss_plateau"])
     frame["drop_"] = drop.where(frame["role_"].str.startswith("teacher"))
+    # One teacher can have several rows (shared by the seeds, or one per checkpoint): its
+    # plateau is counted once, per trained model.
+    model_id = next(c for c in ("model_key", "teacher_seed", "seed", "cell") if c in frame)
     out = []
     for (role, model), group in frame.groupby(["role_", "model"], sort=True):
+        trained = group.drop_duplicates(model_id)["drop_"]
         out.append([role, model, len(group), values(group["dataset"], str),
-                    values(group[images]), values(group["epochs"]), plateau(group["drop_"])])
+                    values(group[images]), values(group["epochs"]), plateau(trained)])
     if "teacher_train_n" in frame:  # teachers that are no rows of their own (method_zoo)
         teachers = frame.drop_duplicates(["teacher", "teacher_seed"])
         for teacher, group in teachers.groupby("teacher", sort=True):
@@ -282,14 +286,15 @@ def model_table(rows: pd.DataFrame, study: str) -> str:
                         values(group["dataset"], str), values(group["teacher_train_n"]), DASH,
                         plateau(group.get("teacher_train_loss_plateau", pd.Series(dtype=float)))])
     table = pd.DataFrame(out, columns=["role", "model", "rows", "data", "training images",
-                                       "epochs", "teachers: loss drop over the last tenth"])
+                                       "epochs", "teachers: loss drop over the last tenth "
+                                                 "(per trained model)"])
     return "\n".join(markdown_table(table))
 
 
 def run_lines(rows: pd.DataFrame) -> list[str]:
     """Hardware, device and precision, seeds, wall time and commits of a table's rows."""
     minutes = rows["wall_s"].sum() / 60
-    return [f"- seeds: {values(rows['seed'], lambda s: str(int(s)))}",
+    return [f"- seed values in the rows: {values(rows['seed'], lambda s: str(int(s)))}",
             f"- hardware: {values(rows['hardware'], str)}; device {values(rows['device'], str)}; "
             f"precision {values(rows['precision'], str)}; torch {values(rows['torch'], str)}",
             f"- wall time: {minutes:.1f} min of training and evaluation summed over the rows",
