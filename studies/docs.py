@@ -347,9 +347,10 @@ def claims_list(claims: pd.DataFrame, study: str) -> str:
     test = {">": "> {r:g}", "<": "< {r:g}", "=": "{r:g} ± {m:g}", "report": "(reported)"}
     frame = pd.DataFrame(
         [[f"`{c.id}`", c.claim, f"{test[c.direction].format(r=c.reference, m=c.margin)} {c.unit}",
-          number(c.margin), number(c.paper_value), text(c.paper)]
+          number(c.margin), number(c.paper_value), text(c.paper_value_note), text(c.paper)]
          for c in rows.itertuples(index=False)],
-        columns=["claim", "what it says", "test", "margin", "paper's value", "paper"])
+        columns=["claim", "what it says", "test", "margin", "paper's value",
+                 "paper's value and margin, why", "paper"])
     return "\n".join(markdown_table(frame))
 
 
