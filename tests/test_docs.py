@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from kd.cli import run_main
 from kd.errors import ConfigError
 from studies import docs
 from tests.conftest import REPO
@@ -145,3 +146,21 @@ def test_regime_table_reads_images_epochs_and_the_plateau_check_from_the_rows():
     assert lines == ["| student | cnn2 | 2 | cifar10 | 8,000 | 15 | – |",
                      "| teacher | resnet8 | 1 | cifar10 | 50,000 | 40 | 0.0685; plateaued "
                      "(< 0.05): 0 of 1 |"]
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    """No scorecard, or a README without the markers: one line naming the file, exit code 2,
+    nothing written."""
+    out = tmp_path / "out"
+    code = run_main(docs.main, ["--results", str(tmp_path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "scorecard.csv" in err
+    assert not out.exists()
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    (repo / "docs" / "intro").symlink_to(REPO / "docs" / "intro")
+    (repo / "README.md").write_text("# no markers\n")
+    code = run_main(docs.main, ["--repo", str(repo), "--results", str(REPO / "results"),
+                                "--out", str(out)])
+    assert code == 2 and "README.md needs one" in capsys.readouterr().err
+    assert not out.exists()
