@@ -308,14 +308,15 @@ def claim_tables(scorecard: pd.DataFrame, study: str, profile: str) -> list[str]
     rows = rows[(rows["study"] == study) & (rows["profile"] == profile)]
     if rows.empty:
         return ["No claim of this study is scored at this profile."]
+    has_precondition = rows.get("precondition_status", pd.Series(dtype=object)).notna().any()
     verdicts, regimes = [], []
     for r in rows.itertuples(index=False):
-        interval = (f"{number(r.effect)} [{number(r.ci_low)}, {number(r.ci_high)}]"
-                    if not missing(r.effect) else DASH)
-        verdicts.append([f"`{r.claim}`", r.verdict, int(r.n_seeds), interval, text(r.unit),
+        verdicts.append([f"`{r.claim}`", r.verdict, int(r.n_seeds),
+                         interval(r.effect, r.ci_low, r.ci_high), text(r.unit),
                          number(r.margin), number(r.paper_value), text(r.size_verdict),
                          number(r.p_value, 4), number(r.p_adjusted, 4),
-                         text(r.verdict_adjusted)])
+                         text(r.verdict_adjusted)]
+                        + ([precondition(r)] if has_precondition else []))
         regimes.append([f"`{r.claim}`", ours_paper(text(r.dataset), text(r.paper_dataset)),
                         ours_paper(count(r.student_train_n), count(r.paper_student_train_n)),
                         ours_paper(count(r.teacher_train_n), count(r.paper_teacher_train_n)),
@@ -325,12 +326,29 @@ def claim_tables(scorecard: pd.DataFrame, study: str, profile: str) -> list[str]
                         text(r.regime), text(r.regime_reason)])
     verdicts = pd.DataFrame(verdicts, columns=[
         "claim", "verdict", "seeds", "effect [95 % interval]", "unit", "margin", "paper's value",
-        "size", "p", "p adjusted", "adjusted verdict"])
+        "size", "p", "p adjusted", "adjusted verdict",
+        *(["precondition [interval, basis]"] if has_precondition else [])])
     regimes = pd.DataFrame(regimes, columns=[
         "claim", "data (ours / paper)", "student images", "teacher images", "epochs",
         "teacher accuracy", "scratch accuracy", "regime", "why"])
     return [*markdown_table(verdicts), "", *absent_lines(rows), "The regime each verdict was "
             "decided in (ours / the paper's):", "", *markdown_table(regimes)]
+
+
+def interval(mean, low, high) -> str:
+    if missing(mean):
+        return DASH
+    return number(mean) if missing(low) else f"{number(mean)} [{number(low)}, {number(high)}]"
+
+
+def precondition(r) -> str:
+    """``met: 2.33 [1.27, 3.39], test images`` (the claim's precondition at this profile)."""
+    if missing(r.precondition_status):
+        return DASH
+    if missing(r.precondition_effect):
+        return str(r.precondition_status)
+    value = interval(r.precondition_effect, r.precondition_ci_low, r.precondition_ci_high)
+    return f"{r.precondition_status}: {value}, {text(r.precondition_basis)}"
 
 
 def absent_lines(rows: pd.DataFrame) -> list[str]:
