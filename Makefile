@@ -12,7 +12,7 @@ STUDY ?= hinton_mnist
 PROFILE ?= quick
 ARGS ?=
 
-.PHONY: venv test study figures bench scorecard clean-venv
+.PHONY: venv test study figures bench scorecard docs clean-venv
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ bench: $(STAMP)
 # figures/scorecard_matrix.png and figures/scorecard_<study>.png.
 scorecard: $(STAMP)
 	$(PY) -m studies.scorecard $(ARGS)
+
+# The study pages docs/<study>.md and README.md's verdict table, from the CSVs (studies/docs.py).
+docs: $(STAMP)
+	$(PY) -m studies.docs $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

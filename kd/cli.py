@@ -106,6 +106,14 @@ class StudyCommand:
     executor: str = "local"  # --executor: local, or ray (kd.executor)
 
 
+def report_text(table, report: Callable) -> str:
+    """What ``--report`` prints for a results table: ``report(rows)`` and a line per failed
+    cell. ``studies.docs`` writes the same text into the study pages."""
+    from kd.results import failure_lines
+
+    return "\n".join([report(table.read_or_fail()), *failure_lines(table)])
+
+
 def open_study(argv: list[str] | None, *, study: str, description: str, profiles: dict,
                report: Callable, datasets: Sequence[str] = (),
                dataset_help: str | None = None) -> StudyCommand | None:
@@ -114,7 +122,7 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     runs with. ``datasets`` adds ``--dataset`` (default the first); the rows of another data
     set go to ``<profile>_<dataset>.csv``."""
     from kd.engine import native_bf16, resolve_device, resolve_precision
-    from kd.results import ResultsTable, failure_lines
+    from kd.results import ResultsTable
     from kd.threads import claim_threads
 
     parser = study_parser(description, profiles)
@@ -126,7 +134,7 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     name = f"{args.profile}_{args.dataset}" if other_data else args.profile
     table = ResultsTable(study, name, args.results and Path(args.results))
     if args.report:
-        print("\n".join([report(table.read_or_fail()), *failure_lines(table)]))
+        print(report_text(table, report))
         return None
     if args.threads is not None:
         os.environ["KD_THREADS"] = str(args.threads)  # kept by every later claim

@@ -1,0 +1,455 @@
+"""The generated documentation: ``docs/<study>.md`` for every study and the README's verdict
+table, from the CSVs alone (``results/<study>/<profile>.csv``, ``results/scorecard.csv``,
+``studies/claims.csv``, ``studies/reference/*.csv``), so that no number in them is typed by hand.
+
+Run ``python -m studies.docs`` (or ``make docs``). A study page is its hand-written design text
+(``docs/intro/<study>.md``, no results in it) followed, per profile that has a results table, by
+the regime of the run (data, training images, epochs, the teachers' plateau check, hardware,
+seeds, wall time, commits: all read from the rows), the study's own ``--report`` text (the same
+function the command line calls), its claims' verdicts from the scorecard and links to its
+figures. The README's block between :data:`BEGIN` and :data:`END` is replaced by the compact
+verdict table; the rest of the README is left as it is. The output is deterministic: running it
+twice changes nothing (``tests/test_docs.py`` checks that the committed files are what it
+writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from kd import verdict as rule
+from kd.cli import OneLineErrorParser, report_text, run_main
+from kd.errors import ConfigError
+from kd.metrics import PLATEAU_DROP
+from kd.results import ResultsTable, markdown_table
+from studies.scorecard import NOT_PLANNED, SCORECARD, read_claims
+
+STUDIES = ("hinton_mnist", "alpha_temperature", "capacity_gap", "early_stopping", "fidelity",
+           "method_zoo")
+PAGE_PROFILES = ("quick", "full", "large", "paper")  # the study pages, smallest first
+TABLE_PROFILES = ("full", "large", "paper")  # the README's verdict table
+BEGIN, END = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
+DASH = "–"
+# Scorecard columns that a later scorecard adds (size verdict, regime, multiplicity): shown as
+# DASH while results/scorecard.csv lacks them.
+NEW_COLUMNS = ("size_verdict", "regime", "regime_reason", "dataset", "paper_dataset",
+               "student_train_n", "paper_student_train_n", "teacher_train_n",
+               "paper_teacher_train_n", "epochs", "paper_epochs", "teacher_acc",
+               "paper_teacher_acc", "scratch_acc", "paper_scratch_acc", "p_value", "p_adjusted",
+               "verdict_adjusted")
+SIGN = {"reproduced": "✔", "contradicted": "✘", "absent": "~", "inconclusive": "?",
+        "precondition not met": "!", "not run": "·", NOT_PLANNED: "○", "report": "r"}
+SIGN_ORDER = (*rule.VERDICTS, NOT_PLANNED)
+# A study's data set where its rows have no `dataset` column (one data set per study).
+STUDY_DATASET = {"hinton_mnist": "mnist", "alpha_temperature": "cifar10",
+                 "method_zoo": "cifar10"}
+CLAIM_WIDTH = 64  # characters of a claim's text in the README table
+
+
+# ----------------------------------------------------------------------------------------------
+# Small formatting helpers: one fixed format per kind of value, DASH for what is missing
+
+def missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def text(value) -> str:
+    return DASH if missing(value) else str(value)
+
+
+def number(value, digits: int = 2) -> str:
+    if missing(value):
+        return DASH
+    try:
+        return f"{float(value):.{digits}f}"
+    except ValueError:
+        return str(value)
+
+
+def count(value) -> str:
+    """A count of images or epochs: ``50,000``; a string (several values) as it is."""
+    if missing(value):
+        return DASH
+    try:
+        return f"{int(float(value)):,}"
+    except ValueError:
+        return str(value)
+
+
+def ours_paper(ours: str, paper: str) -> str:
+    return f"{ours} / {paper}"
+
+
+def shorten(claim: str, width: int = CLAIM_WIDTH) -> str:
+    """``claim`` without its final full stop, cut at a word to at most ``width`` characters."""
+    claim = claim.strip().rstrip(".")
+    if len(claim) <= width:
+        return claim
+    return claim[:width - 1].rsplit(" ", 1)[0].rstrip(",;:") + "…"
+
+
+def with_new_columns(scorecard: pd.DataFrame) -> pd.DataFrame:
+    """``scorecard`` with every :data:`NEW_COLUMNS` column, empty where the CSV lacks it."""
+    return scorecard.reindex(columns=[*scorecard.columns,
+                                      *(c for c in NEW_COLUMNS if c not in scorecard.columns)])
+
+
+# ----------------------------------------------------------------------------------------------
+# The README's compact verdict table
+
+def size_symbol(value) -> str:
+    """``=`` the paper's value agrees with ours, ``≠`` it does not, ``d`` the paper used another
+    data set, :data:`DASH` no size verdict (no paper value, or no column yet)."""
+    if missing(value):
+        return DASH
+    value = str(value).lower()
+    if value in ("no paper value", "not run", "n/a", DASH):
+        return DASH
+    if "other data" in value:
+        return "d"
+    if any(word in value for word in ("disagree", "differ", "not ", "outside")):
+        return "≠"
+    if "agree" in value or "inside" in value:
+        return "="
+    return "?"
+
+
+def regime_symbol(value) -> str:
+    """``P`` the paper's regime, ``R`` a reduced one, ``d`` another data set."""
+    if missing(value):
+        return DASH
+    value = str(value).lower()
+    if "other data" in value:
+        return "d"
+    if value.startswith("paper"):
+        return "P"
+    if value.startswith("reduced"):
+        return "R"
+    return DASH if value == "not run" else "?"
+
+
+def verdict_cell(row) -> str:
+    """One profile's cell of a claim: sign, size and regime symbols, or the sign alone where
+    the claim did not run."""
+    if row is None:
+        return SIGN["not run"]
+    sign = SIGN.get(row.verdict, "?")
+    if row.verdict in ("not run", NOT_PLANNED):
+        return sign
+    return f"{sign} {size_symbol(row.size_verdict)} {regime_symbol(row.regime)}"
+
+
+LEGEND = ("Each cell: the sign verdict, the size verdict and the regime. Sign: ✔ reproduced, "
+          "✘ contradicted, ~ absent (a well-measured null), ? inconclusive, ! precondition not "
+          "met, r reported without a claim, · not run, ○ not planned at that profile. Size: = "
+          "the paper's value lies inside our interval (or its stated tolerance), ≠ it does not, "
+          "d the paper used another data set. Regime: P the paper's, R reduced, d another data "
+          f"set. {DASH}: no value (no paper value, or not in `results/scorecard.csv` yet).")
+
+
+def verdict_table(scorecard: pd.DataFrame, claims: pd.DataFrame,
+                  profiles=TABLE_PROFILES, link: str = "docs/{study}.md") -> str:
+    """One line per claim (in ``claims``' order): id, study, the claim shortened, and one cell
+    per profile (:func:`verdict_cell`)."""
+    scorecard = with_new_columns(scorecard)
+    cells = {(r.claim, r.profile): r for r in scorecard.itertuples(index=False)}
+    lines = []
+    for claim in claims.itertuples(index=False):
+        study = f"[{claim.study}]({link.format(study=claim.study)})"
+        lines.append({"claim": f"`{claim.id}`", "study": study, "the claim": shorten(claim.claim),
+                      **{p: verdict_cell(cells.get((claim.id, p))) for p in profiles}})
+    frame = pd.DataFrame(lines, columns=["claim", "study", "the claim", *profiles])
+    return "\n".join(markdown_table(frame))
+
+
+def status_counts(scorecard: pd.DataFrame, profiles) -> list[str]:
+    """One line per profile: how many claims have each sign verdict (and size verdict)."""
+    scorecard = with_new_columns(scorecard)
+    lines = []
+    for profile in profiles:
+        rows = scorecard[scorecard["profile"] == profile]
+        if rows.empty:
+            lines.append(f"- `{profile}`: not run.")
+            continue
+        signs = rows["verdict"].value_counts()
+        order = [v for v in SIGN_ORDER if v in signs] + sorted(set(signs.index) - set(SIGN_ORDER))
+        line = f"- `{profile}`: " + ", ".join(f"{signs[v]} {v}" for v in order)
+        sizes = rows["size_verdict"].dropna().astype(str)
+        sizes = sizes[sizes != ""].value_counts()
+        if not sizes.empty:
+            line += "; size: " + ", ".join(f"{sizes[v]} {v}" for v in sorted(sizes.index))
+        lines.append(line + ".")
+    return lines
+
+
+def chance_lines(scorecard: pd.DataFrame, profiles) -> list[str]:
+    """How many wrong calls chance alone would give at the rule's level, per profile, from the
+    claims with a p-value; and how many verdicts the family-wise correction changes."""
+    if "p_value" not in scorecard.columns:
+        return [f"Wrong calls expected by chance: {DASH} (`results/scorecard.csv` has no "
+                f"`p_value` column yet)."]
+    scorecard = with_new_columns(scorecard)
+    alpha = 1 - rule.LEVEL
+    lines = []
+    for profile in profiles:
+        rows = scorecard[scorecard["profile"] == profile]
+        tested = pd.to_numeric(rows["p_value"], errors="coerce").notna()
+        if not tested.any():
+            continue
+        changed = (rows["verdict_adjusted"].notna() & rows["verdict_adjusted"].ne("")
+                   & rows["verdict_adjusted"].ne(rows["verdict"]))
+        lines.append(f"- `{profile}`: {tested.sum()} claims with a p-value, each tested at "
+                     f"{rule.LEVEL * 100:g} %: up to {alpha * tested.sum():.1f} wrong calls expected "
+                     f"by chance alone; {changed.sum()} verdict(s) change under the family-wise "
+                     f"correction (`verdict_adjusted`).")
+    return lines or [f"Wrong calls expected by chance: {DASH} (no claim has a p-value yet)."]
+
+
+def readme_block(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
+    """What goes between the README's markers."""
+    profiles = sorted(set(scorecard["profile"]) | set(TABLE_PROFILES),
+                      key=lambda p: (PAGE_PROFILES.index(p) if p in PAGE_PROFILES
+                                     else len(PAGE_PROFILES), p))
+    return "\n".join([
+        BEGIN,
+        "<!-- generated by `make docs` (python -m studies.docs) from results/scorecard.csv and "
+        "studies/claims.csv; do not edit by hand -->",
+        "", textwrap.fill(LEGEND, 96), "", verdict_table(scorecard, claims), "",
+        "Verdicts per profile (every claim, `quick` included):", "",
+        *status_counts(scorecard, profiles), "", *chance_lines(scorecard, profiles),
+        END])
+
+
+def replace_block(readme: str, block: str) -> str:
+    if readme.count(BEGIN) != 1 or readme.count(END) != 1 or readme.index(BEGIN) > readme.index(END):
+        raise ConfigError(f"README.md needs one '{BEGIN}' line and, after it, one '{END}' line")
+    head, rest = readme.split(BEGIN)
+    return head + block + rest.split(END, 1)[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# A study page
+
+def row_roles(rows: pd.DataFrame) -> pd.Series:
+    if "role" in rows:
+        return rows["role"].astype(str)
+    return rows["cell"].where(rows["cell"] == "teacher", "student")
+
+
+def values(series: pd.Series, formatter=count) -> str:
+    found = sorted(series.dropna().unique().tolist())
+    return ", ".join(formatter(v) for v in found) if found else DASH
+
+
+def plateau(series: pd.Series) -> str:
+    """The teachers' relative drop of training loss over their last tenth of epochs, and how
+    many plateaued (a drop below ``kd.metrics.PLATEAU_DROP``)."""
+    found = series.dropna()
+    if found.empty:
+        return DASH
+    flat = (found < PLATEAU_DROP).sum()
+    spread = (f"{found.min():.4f}" if found.min() == found.max()
+              else f"{found.min():.4f} to {found.max():.4f}")
+    return f"{spread}; plateaued (< {PLATEAU_DROP:g}): {flat} of {len(found)}"
+
+
+def model_table(rows: pd.DataFrame, study: str) -> str:
+    """One line per role and model: rows, data set, training images, epochs, and for teachers
+    whether their training loss plateaued."""
+    frame = rows.assign(role_=row_roles(rows))
+    if "dataset" not in frame:
+        frame["dataset"] = STUDY_DATASET.get(study)
+    images = "train_n" if "train_n" in frame else "transfer_n"
+    drop = frame["train_loss_plateau"] if "train_loss_plateau" in frame else pd.Series(
+        float("nan"), index=frame.index)
+    if "run_train_loss_plateau" in frame:  # checkpoints: their run's plateau
+        drop = drop.fillna(frame["run_train_loss_plateau"])
+    frame["drop_"] = drop.where(frame["role_"].str.startswith("teacher"))
+    # One teacher can have several rows (shared by the seeds, or one per checkpoint): its
+    # plateau is counted once, per trained model.
+    model_id = next(c for c in ("model_key", "teacher_seed", "seed", "cell") if c in frame)
+    out = []
+    for (role, model), group in frame.groupby(["role_", "model"], sort=True):
+        trained = group.drop_duplicates(model_id)["drop_"]
+        out.append([role, model, len(group), values(group["dataset"], str),
+                    values(group[images]), values(group["epochs"]), plateau(trained)])
+    if "teacher_train_n" in frame:  # teachers that are no rows of their own (method_zoo)
+        teachers = frame.drop_duplicates(["teacher", "teacher_seed"])
+        for teacher, group in teachers.groupby("teacher", sort=True):
+            out.append(["teacher (from the students' rows)", teacher, len(group),
+                        values(group["dataset"], str), values(group["teacher_train_n"]), DASH,
+                        plateau(group.get("teacher_train_loss_plateau", pd.Series(dtype=float)))])
+    table = pd.DataFrame(out, columns=["role", "model", "rows", "data", "training images",
+                                       "epochs", "teachers: loss drop over the last tenth "
+                                                 "(per trained model)"])
+    return "\n".join(markdown_table(table))
+
+
+def run_lines(rows: pd.DataFrame) -> list[str]:
+    """Hardware, device and precision, seeds, wall time and commits of a table's rows."""
+    minutes = rows["wall_s"].sum() / 60
+    return [f"- seed values in the rows: {values(rows['seed'], lambda s: str(int(s)))}",
+            f"- hardware: {values(rows['hardware'], str)}; device {values(rows['device'], str)}; "
+            f"precision {values(rows['precision'], str)}; torch {values(rows['torch'], str)}",
+            f"- wall time: {minutes:.1f} min of training and evaluation summed over the rows",
+            f"- git commits: {values(rows['git_commit'].astype(str), str)}"]
+
+
+def claim_tables(scorecard: pd.DataFrame, study: str, profile: str) -> list[str]:
+    """The study's claims at one profile: verdicts with intervals, then the regime each verdict
+    was decided in against the paper's."""
+    rows = with_new_columns(scorecard)
+    rows = rows[(rows["study"] == study) & (rows["profile"] == profile)]
+    if rows.empty:
+        return ["No claim of this study is scored at this profile."]
+    has_precondition = rows.get("precondition_status", pd.Series(dtype=object)).notna().any()
+    verdicts, regimes = [], []
+    for r in rows.itertuples(index=False):
+        verdicts.append([f"`{r.claim}`", r.verdict, int(r.n_seeds),
+                         interval(r.effect, r.ci_low, r.ci_high), text(r.unit),
+                         number(r.margin), number(r.paper_value), text(r.size_verdict),
+                         number(r.p_value, 4), number(r.p_adjusted, 4),
+                         text(r.verdict_adjusted)]
+                        + ([precondition(r)] if has_precondition else []))
+        regimes.append([f"`{r.claim}`", ours_paper(text(r.dataset), text(r.paper_dataset)),
+                        ours_paper(count(r.student_train_n), count(r.paper_student_train_n)),
+                        ours_paper(count(r.teacher_train_n), count(r.paper_teacher_train_n)),
+                        ours_paper(count(r.epochs), count(r.paper_epochs)),
+                        ours_paper(number(r.teacher_acc), number(r.paper_teacher_acc)),
+                        ours_paper(number(r.scratch_acc), number(r.paper_scratch_acc)),
+                        text(r.regime), text(r.regime_reason)])
+    verdicts = pd.DataFrame(verdicts, columns=[
+        "claim", "verdict", "seeds", "effect [95 % interval]", "unit", "margin", "paper's value",
+        "size", "p", "p adjusted", "adjusted verdict",
+        *(["precondition [interval, basis]"] if has_precondition else [])])
+    regimes = pd.DataFrame(regimes, columns=[
+        "claim", "data (ours / paper)", "student images", "teacher images", "epochs",
+        "teacher accuracy", "scratch accuracy", "regime", "why"])
+    return [*markdown_table(verdicts), "", *absent_lines(rows), "The regime each verdict was "
+            "decided in (ours / the paper's):", "", *markdown_table(regimes)]
+
+
+def interval(mean, low, high) -> str:
+    if missing(mean):
+        return DASH
+    return number(mean) if missing(low) else f"{number(mean)} [{number(low)}, {number(high)}]"
+
+
+def precondition(r) -> str:
+    """``met: 2.33 [1.27, 3.39], test images`` (the claim's precondition at this profile)."""
+    if missing(r.precondition_status):
+        return DASH
+    if missing(r.precondition_effect):
+        return str(r.precondition_status)
+    value = interval(r.precondition_effect, r.precondition_ci_low, r.precondition_ci_high)
+    return f"{r.precondition_status}: {value}, {text(r.precondition_basis)}"
+
+
+def absent_lines(rows: pd.DataFrame) -> list[str]:
+    """What an ``absent`` verdict means for each such claim, in its own margin."""
+    lines = [f"- `{r.claim}` is absent: its interval [{number(r.ci_low)}, {number(r.ci_high)}] "
+             f"lies inside {number(r.reference)} ± {number(r.margin)} {r.unit}, the claim's "
+             f"margin (`studies/claims.csv`)." for r in rows.itertuples(index=False)
+             if r.verdict == "absent"]
+    return [*lines, ""] if lines else []
+
+
+def claims_list(claims: pd.DataFrame, study: str) -> str:
+    rows = claims[claims["study"] == study]
+    test = {">": "> {r:g}", "<": "< {r:g}", "=": "{r:g} ± {m:g}", "report": "(reported)"}
+    frame = pd.DataFrame(
+        [[f"`{c.id}`", c.claim, f"{test[c.direction].format(r=c.reference, m=c.margin)} {c.unit}",
+          number(c.margin), number(c.paper_value), text(c.paper_value_note), text(c.paper)]
+         for c in rows.itertuples(index=False)],
+        columns=["claim", "what it says", "test", "margin", "paper's value",
+                 "paper's value and margin, why", "paper"])
+    return "\n".join(markdown_table(frame))
+
+
+def figures(study: str, figures_dir: Path) -> list[str]:
+    names = sorted({p.name for pattern in (f"{study}.png", f"{study}_*.png")
+                    for p in figures_dir.glob(pattern)} | {f"scorecard_{study}.png"})
+    return [f"![{name[:-4]}](../figures/{name})" for name in names]
+
+
+def profile_section(study: str, profile: str, results: Path, scorecard: pd.DataFrame) -> list[str]:
+    table = ResultsTable(study, profile, results)
+    rows = table.read_or_fail()
+    module = importlib.import_module(f"studies.{study}")
+    return [f"## Profile `{profile}` (`results/{study}/{profile}.csv`)", "",
+            "### Regime", "", *run_lines(rows), "", model_table(rows, study), "",
+            f"### Paper vs ours (`python -m studies.{study} --profile {profile} --report`)", "",
+            report_text(table, module.report), "",
+            "### Claims (`results/scorecard.csv`)", "", *claim_tables(scorecard, study, profile),
+            ""]
+
+
+def study_page(study: str, repo: Path, results: Path, scorecard: pd.DataFrame,
+               claims: pd.DataFrame) -> str:
+    intro_path = repo / "docs" / "intro" / f"{study}.md"
+    if not intro_path.is_file():
+        raise ConfigError(f"no {intro_path}: each study page starts from its hand-written intro")
+    intro = intro_path.read_text().strip()
+    present = [p for p in PAGE_PROFILES if ResultsTable(study, p, results).path.exists()]
+    lines = [f"# `{study}` (`studies/{study}.py`)", "",
+             "<!-- generated by `make docs` (python -m studies.docs) from the CSVs and "
+             f"docs/intro/{study}.md; do not edit by hand -->", "", intro, "",
+             textwrap.fill(
+             f"Profiles with results: {', '.join(f'`{p}`' for p in present) or 'none'}; "
+             f"not run: {', '.join(f'`{p}`' for p in PAGE_PROFILES if p not in present) or 'none'}. "
+             f"A teacher counts as trained to a plateau when its mean training loss over the "
+             f"last tenth of its epochs is less than {PLATEAU_DROP * 100:g} % below that of the "
+             f"tenth before (`kd.metrics.PLATEAU_DROP` = {PLATEAU_DROP:g}; the relative drop "
+             f"is `train_loss_plateau` in its row, shown in the regime tables). Earlier readings "
+             f"of these results, with the numbers of their time and the commits they came from, "
+             f"are in [history](history.md).", 96), "",
+             "## Claims (`studies/claims.csv`)", "", claims_list(claims, study), ""]
+    for profile in present:
+        lines += profile_section(study, profile, results, scorecard)
+    lines += ["## Figures", "", *figures(study, repo / "figures"), ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything
+
+def generate(repo: Path, out: Path, results: Path, claims_path: Path | None = None) -> list[Path]:
+    """Write ``<out>/docs/<study>.md`` and ``<out>/README.md`` (``<repo>/README.md`` with its
+    verdict block regenerated); return the paths written."""
+    claims = read_claims(claims_path)
+    scorecard_path = results / SCORECARD
+    if not scorecard_path.exists():
+        raise ConfigError(f"no {scorecard_path}: run `make scorecard` first")
+    scorecard = pd.read_csv(scorecard_path, dtype={"planned_in": str})
+    texts = {out / "docs" / f"{study}.md": study_page(study, repo, results, scorecard, claims)
+             for study in STUDIES}
+    texts[out / "README.md"] = replace_block((repo / "README.md").read_text(),
+                                             readme_block(scorecard, claims))
+    (out / "docs").mkdir(parents=True, exist_ok=True)  # only once every text is made
+    for path, content in texts.items():
+        path.write_text(content)
+    return list(texts)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", default=".", help="where docs/ and README.md are written")
+    parser.add_argument("--repo", default=".", help="the checkout: README.md, docs/intro, figures")
+    parser.add_argument("--results", default="results", help="results root")
+    parser.add_argument("--claims", default=None, help="the claims table (default "
+                                                       "studies/claims.csv)")
+    args = parser.parse_args(argv)
+    written = generate(Path(args.repo), Path(args.out), Path(args.results), args.claims)
+    print("\n".join(str(p) for p in written))
+    return written
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

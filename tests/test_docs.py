@@ -1,0 +1,166 @@
+"""The generated documentation (studies/docs.py): the committed study pages and the README's
+verdict block are exactly what the committed CSVs give, and the verdict table renders hand-made
+scorecards, with and without the columns a later scorecard adds, as worked out by hand."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from kd.cli import run_main
+from kd.errors import ConfigError
+from studies import docs
+from tests.conftest import REPO
+
+
+def test_committed_docs_are_what_the_csvs_give(tmp_path):
+    """`make docs` into a temporary folder writes, byte for byte, the committed docs/<study>.md
+    and README.md: regenerating them changes nothing."""
+    written = docs.generate(REPO, tmp_path, REPO / "results", REPO / "studies" / "claims.csv")
+    assert sorted(p.name for p in written) == sorted([*(f"{s}.md" for s in docs.STUDIES),
+                                                      "README.md"])
+    for path in written:
+        committed = REPO / path.relative_to(tmp_path)
+        assert path.read_bytes() == committed.read_bytes(), (
+            f"{committed} is not what `make docs` writes from the CSVs: run `make docs`")
+    again = docs.generate(REPO, tmp_path / "again", REPO / "results",
+                          REPO / "studies" / "claims.csv")
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in written]
+
+
+def test_readme_keeps_its_markers_and_stays_short():
+    readme = (REPO / "README.md").read_text()
+    for marker in (docs.BEGIN, docs.END, "<!-- example:begin -->", "<!-- example:end -->"):
+        assert readme.count(marker) == 1, marker
+    assert readme.index("## Two commands") < readme.index("## Use the library") \
+        < readme.index(docs.BEGIN)
+    assert len(readme.splitlines()) <= 300
+
+
+# ----------------------------------------------------------------------------------------------
+# The verdict table on hand-made scorecards
+
+CLAIMS = pd.DataFrame({
+    "id": ["a-gain", "a-null", "b-level"],
+    "study": ["alpha", "alpha", "beta"],
+    "claim": ["A gains.", "Nothing happens here.",
+              "A very long claim whose text runs on well past the width the table allows for it."],
+})
+
+
+def scorecard(**extra) -> pd.DataFrame:
+    rows = pd.DataFrame({
+        "claim": ["a-gain", "a-gain", "a-null", "b-level", "b-level"],
+        "study": ["alpha", "alpha", "alpha", "beta", "beta"],
+        "profile": ["quick", "full", "full", "full", "paper"],
+        "verdict": ["inconclusive", "reproduced", "absent", "contradicted", "not planned"],
+    })
+    return rows.assign(**extra)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    lines = text.splitlines()[2:]  # below the header and its rule
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+
+
+def test_verdict_table_without_the_new_columns():
+    rows = table_rows(docs.verdict_table(scorecard(), CLAIMS))
+    assert [r[0] for r in rows] == ["`a-gain`", "`a-null`", "`b-level`"]  # claims.csv's order
+    assert rows[0][1] == "[alpha](docs/alpha.md)"
+    # sign verdict, then size and regime: "–" while the scorecard lacks those columns
+    assert rows[0][3:] == ["✔ – –", "·", "·"]  # full, large (no rows), paper (no row)
+    assert rows[1][3:] == ["~ – –", "·", "·"]
+    assert rows[2][3:] == ["✘ – –", "·", "○"]  # not planned: the sign alone
+    assert rows[0][2] == "A gains"  # the final full stop dropped
+
+
+def test_verdict_table_with_the_new_columns():
+    card = scorecard(size_verdict=["", "agrees", "", "other data set", ""],
+                     regime=["reduced", "paper regime", "reduced", "reduced", ""],
+                     p_value=[0.3, 0.001, 0.6, 0.01, float("nan")])
+    rows = table_rows(docs.verdict_table(card, CLAIMS))
+    assert rows[0][3] == "✔ = P"
+    assert rows[1][3] == "~ – R"  # no paper value: no size verdict
+    assert rows[2][3] == "✘ d R"
+    assert [docs.size_symbol(v) for v in ("differs", "disagrees", "does not agree", "agrees")] \
+        == ["≠", "≠", "≠", "="]
+    assert docs.size_symbol(float("nan")) == docs.DASH
+
+
+def test_shortened_claims_fit_and_end_at_a_word():
+    short = docs.shorten(CLAIMS["claim"][2], width=40)
+    assert len(short) <= 40 and short.endswith("…")
+    assert short == "A very long claim whose text runs on…"
+    assert docs.shorten("Short.", width=40) == "Short"
+
+
+def test_counts_per_profile_in_a_fixed_order():
+    lines = docs.status_counts(scorecard(), ["quick", "full", "large", "paper"])
+    assert lines == ["- `quick`: 1 inconclusive.",
+                     "- `full`: 1 reproduced, 1 contradicted, 1 absent.",
+                     "- `large`: not run.",
+                     "- `paper`: 1 not planned."]
+    sized = docs.status_counts(scorecard(size_verdict=["", "agrees", "", "differs", ""]), ["full"])
+    assert sized == ["- `full`: 1 reproduced, 1 contradicted, 1 absent; size: 1 agrees, "
+                     "1 differs."]
+
+
+def test_wrong_calls_expected_by_chance():
+    assert docs.DASH in docs.chance_lines(scorecard(), ["full"])[0]  # no p_value column yet
+    card = pd.concat([scorecard()] * 8, ignore_index=True)  # 24 full rows, 8 quick rows
+    card["p_value"] = 0.01
+    card["verdict_adjusted"] = card["verdict"].where(card.index != 1, "inconclusive")
+    lines = docs.chance_lines(card, ["quick", "full", "paper"])
+    # 0.05 x 24 = 1.2 at full; 0.05 x 8 = 0.4 at quick and paper; one full verdict changed
+    assert lines[1] == ("- `full`: 24 claims with a p-value, each tested at 95 %: up to 1.2 wrong "
+                        "calls expected by chance alone; 1 verdict(s) change under the "
+                        "family-wise correction (`verdict_adjusted`).")
+    assert "up to 0.4 wrong calls" in lines[0] and "0 verdict(s)" in lines[0]
+
+
+def test_the_block_replaces_only_what_is_between_the_markers():
+    readme = f"intro\n{docs.BEGIN}\nold table\n{docs.END}\noutro\n"
+    block = f"{docs.BEGIN}\nnew\n{docs.END}"
+    assert docs.replace_block(readme, block) == f"intro\n{block}\noutro\n"
+    with pytest.raises(ConfigError):
+        docs.replace_block("no markers here", block)
+    with pytest.raises(ConfigError):
+        docs.replace_block(f"{docs.END}\n{docs.BEGIN}\n", block)
+
+
+def test_absent_verdicts_state_the_claims_own_margin():
+    rows = pd.DataFrame({"claim": ["m"], "verdict": ["absent"], "ci_low": [-0.43],
+                         "ci_high": [0.75], "reference": [0.0], "margin": [0.84],
+                         "unit": ["points"]})
+    assert docs.absent_lines(rows)[0] == ("- `m` is absent: its interval [-0.43, 0.75] lies "
+                                          "inside 0.00 ± 0.84 points, the claim's margin "
+                                          "(`studies/claims.csv`).")
+
+
+def test_regime_table_reads_images_epochs_and_the_plateau_check_from_the_rows():
+    rows = pd.DataFrame({
+        "cell": ["teacher", "scratch", "kd"], "role": ["teacher", "student", "student"],
+        "model": ["resnet8", "cnn2", "cnn2"], "train_n": [50000, 8000, 8000],
+        "epochs": [40, 15, 15], "train_loss_plateau": [0.0685, math.nan, math.nan]})
+    lines = docs.model_table(rows, "alpha_temperature").splitlines()[2:]
+    assert lines == ["| student | cnn2 | 2 | cifar10 | 8,000 | 15 | – |",
+                     "| teacher | resnet8 | 1 | cifar10 | 50,000 | 40 | 0.0685; plateaued "
+                     "(< 0.05): 0 of 1 |"]
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    """No scorecard, or a README without the markers: one line naming the file, exit code 2,
+    nothing written."""
+    out = tmp_path / "out"
+    code = run_main(docs.main, ["--results", str(tmp_path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "scorecard.csv" in err
+    assert not out.exists()
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    (repo / "docs" / "intro").symlink_to(REPO / "docs" / "intro")
+    (repo / "README.md").write_text("# no markers\n")
+    code = run_main(docs.main, ["--repo", str(repo), "--results", str(REPO / "results"),
+                                "--out", str(out)])
+    assert code == 2 and "README.md needs one" in capsys.readouterr().err
+    assert not out.exists()
