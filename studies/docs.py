@@ -28,7 +28,7 @@ from kd.cli import OneLineErrorParser, report_text, run_main
 from kd.errors import ConfigError
 from kd.metrics import PLATEAU_DROP
 from kd.results import ResultsTable, markdown_table
-from studies.scorecard import NOT_PLANNED, SCORECARD, read_claims
+from studies.scorecard import NOT_PLANNED, SCORECARD, expected_false_calls, read_claims
 
 STUDIES = ("hinton_mnist", "alpha_temperature", "capacity_gap", "early_stopping", "fidelity",
            "method_zoo")
@@ -41,7 +41,7 @@ DASH = "–"
 NEW_COLUMNS = ("size_verdict", "regime", "regime_reason", "dataset", "paper_dataset",
                "student_train_n", "paper_student_train_n", "teacher_train_n",
                "paper_teacher_train_n", "epochs", "paper_epochs", "teacher_acc",
-               "paper_teacher_acc", "scratch_acc", "paper_scratch_acc", "p_value", "p_adjusted",
+               "paper_teacher_acc", "scratch_acc", "paper_scratch_acc", "p_value", "p_two_sided", "p_adjusted",
                "verdict_adjusted")
 SIGN = {"reproduced": "✔", "contradicted": "✘", "absent": "~", "inconclusive": "?",
         "precondition not met": "!", "not run": "·", NOT_PLANNED: "○", "report": "r"}
@@ -121,7 +121,8 @@ def size_symbol(value) -> str:
 
 
 def regime_symbol(value) -> str:
-    """``P`` the paper's regime, ``R`` a reduced one, ``d`` another data set."""
+    """``P`` the paper's regime, ``R`` a reduced one, ``d`` another data set, ``u`` unknown (a
+    value the regime rule needs is missing)."""
     if missing(value):
         return DASH
     value = str(value).lower()
@@ -131,6 +132,8 @@ def regime_symbol(value) -> str:
         return "P"
     if value.startswith("reduced"):
         return "R"
+    if value.startswith("unknown"):
+        return "u"
     return DASH if value == "not run" else "?"
 
 
@@ -150,7 +153,8 @@ LEGEND = ("Each cell: the sign verdict, the size verdict and the regime. Sign: �
           "met, r reported without a claim, · not run, ○ not planned at that profile. Size: = "
           "the paper's value lies inside our interval (or its stated tolerance), ≠ it does not, "
           "d the paper used another data set. Regime: P the paper's, R reduced, d another data "
-          f"set. {DASH}: no value (no paper value, or not in `results/scorecard.csv` yet).")
+          "set, u unknown (a value the rule needs is missing; docs/scorecard_rules.md). "
+          f"{DASH}: no value (no paper value, or not in `results/scorecard.csv` yet).")
 
 
 def verdict_table(scorecard: pd.DataFrame, claims: pd.DataFrame,
@@ -189,25 +193,18 @@ def status_counts(scorecard: pd.DataFrame, profiles) -> list[str]:
 
 
 def chance_lines(scorecard: pd.DataFrame, profiles) -> list[str]:
-    """How many wrong calls chance alone would give at the rule's level, per profile, from the
-    claims with a p-value; and how many verdicts the family-wise correction changes."""
-    if "p_value" not in scorecard.columns:
+    """How many wrong calls chance alone would give at the rule's level, per profile, over the
+    claims the scorecard's correction treats as one family (:func:`studies.scorecard.
+    expected_false_calls`), and how many verdicts the correction changes."""
+    if "p_two_sided" not in scorecard.columns:
         return [f"Wrong calls expected by chance: {DASH} (`results/scorecard.csv` has no "
-                f"`p_value` column yet)."]
-    scorecard = with_new_columns(scorecard)
-    alpha = 1 - rule.LEVEL
-    lines = []
-    for profile in profiles:
-        rows = scorecard[scorecard["profile"] == profile]
-        tested = pd.to_numeric(rows["p_value"], errors="coerce").notna()
-        if not tested.any():
-            continue
-        changed = (rows["verdict_adjusted"].notna() & rows["verdict_adjusted"].ne("")
-                   & rows["verdict_adjusted"].ne(rows["verdict"]))
-        lines.append(f"- `{profile}`: {tested.sum()} claims with a p-value, each tested at "
-                     f"{rule.LEVEL * 100:g} %: up to {alpha * tested.sum():.1f} wrong calls expected "
-                     f"by chance alone; {changed.sum()} verdict(s) change under the family-wise "
-                     f"correction (`verdict_adjusted`).")
+                f"p-values yet)."]
+    counts = expected_false_calls(with_new_columns(scorecard))
+    lines = [f"- `{profile}`: {row.decided:.0f} claims decided on 3 or more seeds, each at "
+             f"{rule.LEVEL * 100:g} %: {row.expected_false_calls:.1f} wrong calls expected by "
+             f"chance alone; {row.changed_by_correction:.0f} verdict(s) change under the "
+             f"Benjamini-Hochberg correction (`verdict_adjusted`)."
+             for profile, row in counts.iterrows() if profile in profiles]
     return lines or [f"Wrong calls expected by chance: {DASH} (no claim has a p-value yet)."]
 
 

@@ -12,7 +12,7 @@ Run ``python -m studies.scorecard`` (or ``make scorecard``): it reads
 full, quick, then the rest) and writes ``<results>/scorecard.csv`` and
 ``<figures>/scorecard_matrix.png`` (the verdict matrix) and ``<figures>/scorecard_<study>.png``
 (one forest plot per study; :mod:`studies.scorecard_figures`); ``--markdown`` also prints the
-README's table. :func:`study_verdicts` gives a study's verdicts to its notebook.
+table of every verdict (the README's is made by :mod:`studies.docs`). :func:`study_verdicts` gives a study's verdicts to its notebook.
 
 Beside the sign verdict (``verdict``, :mod:`kd.verdict`), by rules fixed in
 ``docs/scorecard_rules.md`` before any of them was computed:
@@ -598,7 +598,7 @@ def fmt(value: float, digits: int = 2) -> str:
 
 
 def summary_cell(row) -> str:
-    """``verdict, n seeds: mean [low, high]`` for the README table."""
+    """``verdict, n seeds: mean [low, high]`` for the ``--markdown`` table."""
     if row.verdict == NOT_PLANNED:
         return f"{NOT_PLANNED} (only at {', '.join(row.planned_in.split())})"
     if row.n_seeds == 0:
@@ -609,7 +609,7 @@ def summary_cell(row) -> str:
 
 
 def markdown(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
-    """The README's table: one line per claim, the paper's value, one column per profile (the
+    """The ``--markdown`` table (the README's compact one is studies.docs'): one line per claim, the paper's value, one column per profile (the
     `paper` profile among them), and the counts."""
     profiles = list(dict.fromkeys(scorecard["profile"]))
     text = claims.set_index("id")
@@ -684,7 +684,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                                                         "or figures/)")
     parser.add_argument("--claims", default=None,
                         help=f"the claims table (default $KD_CLAIMS or {CLAIMS})")
-    parser.add_argument("--markdown", action="store_true", help="also print the README table")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table of every verdict")
     args = parser.parse_args(argv)
     import matplotlib
 

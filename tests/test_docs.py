@@ -106,16 +106,18 @@ def test_counts_per_profile_in_a_fixed_order():
 
 
 def test_wrong_calls_expected_by_chance():
-    assert docs.DASH in docs.chance_lines(scorecard(), ["full"])[0]  # no p_value column yet
+    assert docs.DASH in docs.chance_lines(scorecard(), ["full"])[0]  # no p-values yet
     card = pd.concat([scorecard()] * 8, ignore_index=True)  # 24 full rows, 8 quick rows
-    card["p_value"] = 0.01
+    card["p_two_sided"] = 0.01  # the corrected family: the claims with this p
+    card.loc[card["profile"] == "quick", "p_two_sided"] = [0.01] * 6 + [float("nan")] * 2
     card["verdict_adjusted"] = card["verdict"].where(card.index != 1, "inconclusive")
-    lines = docs.chance_lines(card, ["quick", "full", "paper"])
-    # 0.05 x 24 = 1.2 at full; 0.05 x 8 = 0.4 at quick and paper; one full verdict changed
-    assert lines[1] == ("- `full`: 24 claims with a p-value, each tested at 95 %: up to 1.2 wrong "
-                        "calls expected by chance alone; 1 verdict(s) change under the "
-                        "family-wise correction (`verdict_adjusted`).")
-    assert "up to 0.4 wrong calls" in lines[0] and "0 verdict(s)" in lines[0]
+    lines = {line.split("`")[1]: line for line in docs.chance_lines(card, ["quick", "full"])}
+    # 0.05 x 24 = 1.2 at full; 0.05 x 6 = 0.3 at quick; one full verdict changed
+    assert lines["full"] == ("- `full`: 24 claims decided on 3 or more seeds, each at 95 %: 1.2 "
+                             "wrong calls expected by chance alone; 1 verdict(s) change under "
+                             "the Benjamini-Hochberg correction (`verdict_adjusted`).")
+    assert "6 claims decided" in lines["quick"] and ": 0.3 wrong calls" in lines["quick"]
+    assert "0 verdict(s)" in lines["quick"] and len(lines) == 2
 
 
 def test_the_block_replaces_only_what_is_between_the_markers():
