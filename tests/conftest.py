@@ -86,7 +86,7 @@ def mnist_root(tmp_path, monkeypatch) -> Path:
 
 def write_pickled_layout(root: Path, name: str, n_train: int = 20, n_test: int = 10) -> Path:
     """A tiny data set in torchvision's pickled CIFAR layout."""
-    from kd import cifar
+    from kd.data import cifar
 
     folder_name, train_files, test_files, label_key, classes, *_ = cifar.LAYOUTS[name]
     folder = root / folder_name

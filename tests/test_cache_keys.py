@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd.cache import CACHE_VERSION, SHIPPED_ROOT, ModelCache, spec_key
-from kd.engine import TrainConfig
+from kd.experiment.cache import CACHE_VERSION, SHIPPED_ROOT, ModelCache, spec_key
+from kd.train.engine import TrainConfig
 from kd.models import build_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from kd.cifar_models import CifarResNet, PlainCNN, WideResNet, flops_per_image
+from kd.models.cifar import CifarResNet, PlainCNN, WideResNet, flops_per_image
 from kd.errors import ConfigError
 from kd.models import MODELS, build_model, parameter_count
 

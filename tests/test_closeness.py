@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from kd import engine
+from kd.train import engine
 from kd.methods import build_method
 from tests.closeness import assert_errors_close, assert_states_close, relative_distance
 from tests.test_methods import CONFIG, student, tiny_cifar

@@ -6,10 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from kd import data, engine
-from kd.cli import with_compile
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
+from kd import data
+
+from kd.train import engine
+from kd.experiment.cli import with_compile
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.models import MLP
 from tests.closeness import assert_states_close

@@ -1,4 +1,4 @@
-"""kd.estimate: the counts against hand-worked numbers, the estimate's arithmetic, and the
+"""kd.experiment.estimate: the counts against hand-worked numbers, the estimate's arithmetic, and the
 command on every study's smoke profile."""
 
 import math
@@ -9,13 +9,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import kd.cifar_models  # noqa: F401  (registers the CIFAR models)
-from kd import bench, data, distill, engine, estimate
-from kd.batched import StackedModels
-from kd.cifar import RandomCropFlip
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig, torch_threads
-from kd.estimate import Job, Phase, StepCost, Target, Tracer
+import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
+from kd.experiment import bench, estimate
+from kd import data
+from kd.train import distill, engine
+from kd.train.batched import StackedModels
+from kd.data.cifar import RandomCropFlip
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig, torch_threads
+from kd.experiment.estimate import Job, Phase, StepCost, Target, Tracer
 from kd.models import MLP, build_model
 
 

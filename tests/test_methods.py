@@ -4,10 +4,12 @@ import pytest
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from kd import data, engine
-from kd.cifar_models import CifarResNet, PlainCNN
+from kd import data
+
+from kd.train import engine
+from kd.models.cifar import CifarResNet, PlainCNN
 from kd.data import Batch
-from kd.engine import TrainConfig
+from kd.train.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.losses import attention_loss, fsp_loss, hint_loss, rkd_loss, similarity_loss
 from kd.methods import (METHODS, FeatureDistiller, StudentWithHeads, build_method, default_taps,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd.cifar_models import CifarResNet
+from kd.models.cifar import CifarResNet
 from kd.methods import build_method
 from kd.methods.mutual import reinitialized
 from tests.closeness import assert_states_close
@@ -142,7 +142,7 @@ def test_mutual_default_peer_is_a_seeded_reinitialization_and_the_student_comes_
 
 
 def test_mutual_learning_looped_and_vectorized_give_the_same_losses_and_weights():
-    from kd import engine
+    from kd.train import engine
     from tests.test_methods import CONFIG
 
     results = []

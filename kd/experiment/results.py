@@ -218,7 +218,7 @@ def _ragged_line(text: str) -> str | None:
     return None
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_FOLDERS = ("results", "figures")  # what studies write: rewriting them is not a code change
 
 
@@ -372,11 +372,11 @@ def run_footer(rows: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kd.results merge STUDY PROFILE ROOT [ROOT ...]`` adds the STUDY/PROFILE rows
+    """``python -m kd.experiment.results merge STUDY PROFILE ROOT [ROOT ...]`` adds the STUDY/PROFILE rows
     found under each results ROOT (e.g. the folders of processes that ran ``--seeds 0:1``,
     ``--seeds 1:2``, ...) to the table under ``--results`` (default ``$KD_RESULTS`` or
     ``results/``), rows unchanged."""
-    from kd.cli import OneLineErrorParser
+    from kd.experiment.cli import OneLineErrorParser
 
     parser = OneLineErrorParser(description=main.__doc__.split(" adds")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -396,6 +396,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kd.cli import run_main
+    from kd.experiment.cli import run_main
 
     raise SystemExit(run_main(main))

@@ -65,9 +65,9 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
 
 def with_training(profile, **settings):
     """The profile with ``settings`` (e.g. ``compile=True``, ``precision="bf16"``) in every
-    :class:`~kd.engine.TrainConfig` it holds, directly or as the values of a dict (named
+    :class:`~kd.train.engine.TrainConfig` it holds, directly or as the values of a dict (named
     candidates); the same object when nothing changes."""
-    from kd.engine import TrainConfig
+    from kd.train.engine import TrainConfig
 
     def changed(value):
         if isinstance(value, TrainConfig):
@@ -82,14 +82,14 @@ def with_training(profile, **settings):
 
 
 def with_compile(profile, enabled: bool):
-    """The profile with ``compile=True`` in every :class:`~kd.engine.TrainConfig` it holds."""
+    """The profile with ``compile=True`` in every :class:`~kd.train.engine.TrainConfig` it holds."""
     return with_training(profile, compile=True) if enabled else profile
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyCommand:
     """A parsed study command line, ready to run: the arguments, the profile (``--compile`` and
-    the precision applied), its results table (a :class:`kd.results.ResultsTable`), the device
+    the precision applied), its results table (a :class:`kd.experiment.results.ResultsTable`), the device
     and the resolved precision (``fp32`` or ``bf16``)."""
 
     args: argparse.Namespace
@@ -97,7 +97,7 @@ class StudyCommand:
     table: object
     device: object
     precision: str = "fp32"
-    executor: str = "local"  # --executor: local, or ray (kd.executor)
+    executor: str = "local"  # --executor: local, or ray (kd.experiment.executor)
 
 
 def open_study(argv: list[str] | None, *, study: str, description: str, profiles: dict,
@@ -107,8 +107,8 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     ``report(rows)`` for the profile's results and return None; otherwise return what the study
     runs with. ``datasets`` adds ``--dataset`` (default the first); the rows of another data
     set go to ``<profile>_<dataset>.csv``."""
-    from kd.engine import native_bf16, resolve_device, resolve_precision
-    from kd.results import ResultsTable, failure_lines
+    from kd.train.engine import native_bf16, resolve_device, resolve_precision
+    from kd.experiment.results import ResultsTable, failure_lines
 
     parser = study_parser(description, profiles)
     if datasets:
@@ -128,7 +128,7 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
               file=sys.stderr)
     table.check_writable()  # a foreign table or a read-only folder: say so before training
     if args.executor == "ray":
-        from kd.executor import require_ray
+        from kd.experiment.executor import require_ray
 
         require_ray()  # not installed: say so before training
     profile = with_training(with_compile(profiles[args.profile], args.compile),

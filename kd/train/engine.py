@@ -1,7 +1,7 @@
 """One training engine for teachers and students.
 
 ``fit`` trains a model on a :class:`~kd.data.Split` that already lives on the device, minimizing
-an :class:`~kd.distill.Objective`, with the optimizer and learning-rate schedule named in a
+an :class:`~kd.train.distill.Objective`, with the optimizer and learning-rate schedule named in a
 :class:`TrainConfig`. It evaluates every epoch, keeps copies of the weights at chosen epochs,
 and repeats exactly on one CPU for a given seed. It trains in bf16 autocast when the config
 says so (``--precision auto`` picks it where the hardware has native bf16), conv nets in
@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kd.data import Augment, Split, iterate_batches, iterate_member_batches
+from kd.data.core import Augment, Split, iterate_batches, iterate_member_batches
 from kd.errors import ConfigError, NonFiniteLossError
-from kd.teacher_pass import sharing
+from kd.train.teacher_pass import sharing
 from kd import metrics
 
 PRECISIONS = ("fp32", "bf16")  # what a TrainConfig trains in; "auto" is resolved before
@@ -296,7 +296,7 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *,
     and ``start_epoch(epoch)`` before each epoch (epochs count from 1).
     eval_sets: splits on the same device, evaluated after every epoch (accuracy and errors).
     seed: the seed of the batch order and augmentation; K seeds train a
-    :class:`kd.batched.StackedModels` of K members (built with ``input_ndim``) each on its own
+    :class:`kd.train.batched.StackedModels` of K members (built with ``input_ndim``) each on its own
     batches, exactly those a run of its seed would see (their initialization is the caller's).
     """
     device = train.device
@@ -332,7 +332,7 @@ def fit_lockstep(models: Sequence[nn.Module], train: Split, objectives: Sequence
     """Train several models on one batch stream, one step of each per batch: model i as
     ``fit(models[i], train, objectives[i], config, seed=seed, augment=augment)`` would, on the
     same batches (those of ``seed``), but each teacher they distil from runs once per batch for
-    all of them (:func:`kd.teacher_pass.sharing`). Each result's ``wall_s`` is the lockstep's
+    all of them (:func:`kd.train.teacher_pass.sharing`). Each result's ``wall_s`` is the lockstep's
     time divided by the models. Only the teachers' passes are shared, so each model's weights
     are those of its own run, up to rounding."""
     if len(models) != len(objectives) or not models:
