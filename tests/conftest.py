@@ -30,6 +30,10 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KD_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("KD_FIGURES", str(tmp_path / "figures"))
+    yield
+    from kd.experiment.results import release_locks
+
+    release_locks()  # studies run in-process (not through run_main) keep their tables locked
 
 
 def real_mnist_root() -> Path | None:

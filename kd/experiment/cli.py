@@ -133,6 +133,7 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
         require_ray()  # not installed: say so before training
     profile = with_training(with_compile(profiles[args.profile], args.compile),
                             precision=precision)
+    table.lock()  # one writer per table: a second run of this study and profile stops here
     return StudyCommand(args, profile, table, device, precision, args.executor)
 
 
@@ -189,6 +190,8 @@ def importable(function: Callable) -> Callable:
 
 def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run a study's ``main``; a :class:`KDError` becomes one line on stderr and exit code 2."""
+    from kd.experiment.results import release_locks
+
     main = importable(main)
     try:
         main(argv)
@@ -200,4 +203,6 @@ def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None 
         print("interrupted: finished rows are saved; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    finally:
+        release_locks()  # the tables it wrote (the OS would, when the process ends)
     return 0

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import datetime
 import io
+import json
 import os
 import platform
 import subprocess
@@ -22,9 +23,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 
 from kd.errors import (ConfigError, CorruptFileError, NonFiniteLossError, NotWritableError,
-                       check_writable_folder, reason)
+                       TableInUseError, check_writable_folder, reason)
 
 PROVENANCE_COLUMNS = ("wall_s", "device", "precision", "hardware", "torch", "git_commit",
                       "finished_at")
@@ -119,6 +121,35 @@ class ResultsTable:
         check_writable_folder(self.path.parent, f"{self.study} results",
                               "pass --results (or set KD_RESULTS) with a writable folder")
 
+    def lock(self) -> None:
+        """Become the one writer of this study and profile's table (its failures table too), for
+        as long as this process runs or until :func:`release_locks`: a ``flock`` on
+        ``.<profile>.lock`` beside the table, which the OS releases when the process ends,
+        killed or not (a stale lock never blocks a resume). Taken again by the same process, it
+        is a no-op (a study resumed in-process). Held by another process: a
+        :class:`TableInUseError` naming it, from ``.<profile>.lock.json`` (its pid and command,
+        written once the lock is ours)."""
+        path = self.path.parent / f".{self.profile}.lock"
+        if path in _HELD:
+            return
+        lock = FileLock(path, thread_local=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise TableInUseError(f"{self.path} is being written by {_holder(path)}: wait for it "
+                                  f"to finish, or stop it and rerun to resume, or pass --results "
+                                  f"with another folder") from None
+        except OSError as error:
+            raise NotWritableError(f"cannot lock results table {self.path} ({reason(error)}): "
+                                   f"pass --results (or set KD_RESULTS) with a writable "
+                                   f"folder") from None
+        _HELD[path] = lock
+        holder = {"pid": os.getpid(), "argv": [Path(sys.executable).name, *sys.argv],
+                  "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        with contextlib.suppress(OSError):  # only the message of a second writer needs it
+            _holder_path(path).write_text(json.dumps(holder) + "\n")
+
     def read_or_fail(self) -> pd.DataFrame:
         """The rows, or a :class:`ConfigError` saying the profile has not been run."""
         frame = self.read()
@@ -205,6 +236,33 @@ class ResultsTable:
         finally:
             with contextlib.suppress(OSError):  # a parent that is a file: no tmp to remove
                 tmp.unlink(missing_ok=True)
+
+
+_HELD: dict[Path, FileLock] = {}  # lock file -> its lock, held by this process
+
+
+def _holder_path(lock_path: Path) -> Path:
+    return lock_path.with_name(lock_path.name + ".json")
+
+
+def _holder(lock_path: Path) -> str:
+    """Who holds ``lock_path``, as its holder wrote it: "process PID (COMMAND), started T"."""
+    try:
+        holder = json.loads(_holder_path(lock_path).read_text())
+        return (f"process {holder['pid']} ({' '.join(holder['argv'])}), started "
+                f"{holder['started']}")
+    except (OSError, ValueError, KeyError, TypeError):  # it is being written, or was removed
+        return "another process"
+
+
+def release_locks() -> None:
+    """Release the tables this process locked (:meth:`ResultsTable.lock`); a study's command
+    (:func:`kd.experiment.cli.run_main`) does when it ends."""
+    while _HELD:
+        path, lock = _HELD.popitem()
+        with contextlib.suppress(OSError):
+            _holder_path(path).unlink(missing_ok=True)
+        lock.release()
 
 
 def _ragged_line(text: str) -> str | None:
