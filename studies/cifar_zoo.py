@@ -321,8 +321,8 @@ class ZooProfile:
     # before the cells are scored (:func:`train_in_stacks`), when there are at least this many
     # (None: never). A stack pays on a GPU only when it is large: vmap runs a stacked step with
     # about 4 times the operators of one model's (views, permutes, copies around the grouped
-    # convolutions: 290 against 73 for a plain CNN-4, counted by kd.experiment.estimate's OpCounter), so
-    # 3 seeds of one model cost more as a stack than one after another.
+    # convolutions: 290 against 73 for a plain CNN-4, counted by kd.experiment.estimate's
+    # OpCounter), so 3 seeds of one model cost more as a stack than one after another.
     stack_at_least: int | None = None
 
 

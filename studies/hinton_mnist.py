@@ -69,8 +69,8 @@ class Profile:
     test_limit: int | None = None
     shared_teacher: bool = False  # one teacher (seed 0) for every seed's students
     # The students of one width on the whole training set (hard labels and every temperature)
-    # train as one kd.train.batched.StackedModels: they share their seed's initialization and batches
-    # anyway, and on a GPU one step for all of them costs about what one student's does.
+    # train as one kd.train.batched.StackedModels: they share their seed's initialization and
+    # batches anyway, and on a GPU one step for all of them costs about what one student's does.
     stack_students: bool = False
 
 

@@ -31,7 +31,7 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("KD_FIGURES", str(tmp_path / "figures"))
     yield
-    from kd.experiment.results import release_locks
+    from kd.experiment.lock import release_locks
 
     release_locks()  # studies run in-process (not through run_main) keep their tables locked
 

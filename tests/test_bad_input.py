@@ -1,8 +1,8 @@
 """Corrupt and foreign files, and bad arguments: one line on stderr naming the file and what to
 do, exit code 2, and every file that was there before left byte for byte as it was.
 
-Studies run in-process through :func:`kd.experiment.cli.run_main` with the smoke profile; every case fails
-before any training starts, so the file stays fast.
+Studies run in-process through :func:`kd.experiment.cli.run_main` with the smoke profile; every case
+fails before any training starts, so the file stays fast.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ RATE = re.compile(r"^  (ours|textbook|stacked|sequential) *: +([\d,]+) (samples|
 
 @pytest.fixture
 def one_thread():
-    """One intra-op thread keeps these tiny steps at about a second (see kd.train.engine.torch_threads)."""
+    """One intra-op thread keeps these tiny steps at about a second (see
+    kd.train.engine.torch_threads)."""
     with torch_threads(1):
         yield
 
@@ -81,7 +82,8 @@ def test_bad_arguments_of_the_benchmarks_are_one_line_and_exit_2(module):
 
     from tests.conftest import REPO
 
-    done = subprocess.run([sys.executable, "-m", module, "--task" if module == "kd.experiment.bench" else
-                           "--profile", "nonsense"], cwd=REPO, capture_output=True, text=True)
+    option = "--task" if module == "kd.experiment.bench" else "--profile"
+    done = subprocess.run([sys.executable, "-m", module, option, "nonsense"], cwd=REPO,
+                          capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "invalid choice" in done.stderr

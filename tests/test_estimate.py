@@ -1,5 +1,5 @@
-"""kd.experiment.estimate: the counts against hand-worked numbers, the estimate's arithmetic, and the
-command on every study's smoke profile."""
+"""kd.experiment.estimate: the counts against hand-worked numbers, the estimate's arithmetic, and
+the command on every study's smoke profile."""
 
 import math
 import os

@@ -1,7 +1,7 @@
 """One writer per results table: a second run of the same study and profile into the same
 results folder stops with one line naming the running process, exit code 2, before it trains
-anything (under ``--executor ray`` too: the driver holds the lock); a lock left by a killed run
-does not block a resume."""
+anything (under ``--executor ray`` too: the driver holds the lock; ``results merge`` is refused
+the same way); a lock left by a killed run does not block a resume."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import pytest
 
 from kd.errors import TableInUseError
 from kd.experiment.cli import run_main
-from kd.experiment.results import ResultsTable, release_locks
+from kd.experiment.lock import release_locks
+from kd.experiment import results
+from kd.experiment.results import ResultsTable
 from studies import hinton_mnist
 from tests.conftest import REPO
 
@@ -58,6 +60,14 @@ def test_the_ray_driver_holds_the_same_lock(tmp_path, holder, capsys):
                                         "--executor", "ray"])
     assert code == 2  # refused in the driver, before a Ray instance is started
     assert f"process {holder.pid} (" in capsys.readouterr().err
+
+
+def test_merging_into_a_table_being_written_is_refused(tmp_path, holder, capsys):
+    ResultsTable("hinton_mnist", "smoke", tmp_path / "r1").append({"cell": "a", "seed": 1})
+    code = run_main(results.main, ["merge", "hinton_mnist", "smoke", str(tmp_path / "r1"),
+                                   "--results", str(tmp_path / "results")])
+    assert code == 2 and f"process {holder.pid} (" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "hinton_mnist" / "smoke.csv").exists()
 
 
 def test_a_lock_left_by_a_killed_run_does_not_block_a_resume(tmp_path, holder):

@@ -11,8 +11,9 @@ mnist: one epoch of 800-800 student distillation from a 1200-1200 teacher (T = 2
 cifar: CIFAR-10 distillation of ``plain_cnn2`` from a ``resnet18_cifar`` teacher (random weights:
   speed does not depend on them; T = 4, α = 0.9) with random crop + flip, so both loops run the
   teacher live on every augmented batch.
-  Ours: the uint8 split on the device, crop + flip batched there (:class:`kd.data.cifar.RandomCropFlip`),
-  ``kd.train.engine.fit`` with :class:`kd.train.distill.Distill` (bf16 autocast and channels_last on CUDA).
+  Ours: the uint8 split on the device, crop + flip batched there
+  (:class:`kd.data.cifar.RandomCropFlip`), ``kd.train.engine.fit`` with
+  :class:`kd.train.distill.Distill` (bf16 autocast and channels_last on CUDA).
   Textbook: a ``Dataset`` handing out one PIL image per sample as torchvision's ``CIFAR10`` does,
   v2 ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToImage``, ``ToDtype``,
   ``Normalize``, a ``DataLoader``, and a live fp32 teacher under ``no_grad``.
@@ -32,16 +33,16 @@ roofline: the machine's own limit, measured in the same run: the FLOP/s of an n 
   and the bf16/fp32 ratio. ``--batches`` timed steps (default 3) after one untimed.
 
 estimate: no timing; how long each study's profile would take on a GPU, from its FLOPs and
-  operators per step counted on this machine (:mod:`kd.experiment.estimate`; ``--study``, ``--profile``,
-  ``--peak-tflops``, ``--mfu``, ``--op-overhead-us``; ``--precision auto`` means the GPU's
-  bf16 there). Not part of ``all``.
+  operators per step counted on this machine (:mod:`kd.experiment.estimate`; ``--study``,
+  ``--profile``, ``--peak-tflops``, ``--mfu``, ``--op-overhead-us``; ``--precision auto`` means
+  the GPU's bf16 there). Not part of ``all``.
 
 ``--precision`` (auto, fp32, bf16) is what our loop trains in (auto: bf16 where the hardware
 computes it natively, see :func:`kd.train.engine.resolve_precision`); the textbook loops stay fp32.
 
-    python -m kd.experiment.bench [--task mnist|cifar|batched|roofline|estimate|all] [--device auto]
-                       [--precision auto] [--batch-size 128] [--workers 0] [--repeats 1]
-                       [--batches N] [--students 45]
+    python -m kd.experiment.bench [--task mnist|cifar|batched|roofline|estimate|all]
+                       [--device auto] [--precision auto] [--batch-size 128] [--workers 0]
+                       [--repeats 1] [--batches N] [--students 45]
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from kd import data
 from kd.train import engine
 
 from kd.experiment import estimate
-from kd.experiment.cli import OneLineErrorParser, positive_int, run_main
+from kd.experiment.command import OneLineErrorParser, positive_int, run_main
 from kd.train.batched import StackedModels
 from kd.train.distill import Distill
 from kd.train.engine import TrainConfig
@@ -99,7 +100,8 @@ def image_count(split_size: int, batch_size: int, batches: int | None) -> int:
 def ours(device: torch.device, train: data.Split, teacher: nn.Module, student: nn.Module,
          temperature: float, batch_size: int, augment: data.Augment | None = None,
          precision: str = "fp32") -> float:
-    """Images per second of one epoch of ``kd.train.engine.fit`` (teacher-logit caching included)."""
+    """Images per second of one epoch of ``kd.train.engine.fit`` (teacher-logit caching
+    included)."""
     config = TrainConfig(epochs=1, batch_size=batch_size, lr=LR, momentum=MOMENTUM,
                          schedule="constant", precision=precision)
     objective = Distill(teacher, temperature, ALPHA)
@@ -368,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=[*TASKS, "estimate", "all"], default="mnist",
                         help="which benchmark: mnist (default), cifar, ..., or all in turn; "
-                             "estimate: the studies' GPU time, from counts (kd.experiment.estimate)")
+                             "estimate: the studies' GPU time, from counts "
+                             "(kd.experiment.estimate)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="what our loop trains in (the textbook loops stay fp32)")

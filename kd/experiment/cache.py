@@ -99,8 +99,8 @@ class ModelCache:
 
     def fit(self, spec: dict, model: nn.Module, train, objective, config, *, seed: int,
             augment=None, desc: str = "train") -> tuple[nn.Module, dict, dict[int, dict]]:
-        """Load ``model``'s weights for ``spec``, or train it with :func:`kd.train.engine.fit` and store
-        them; either way return ``(model in eval mode, meta, checkpoints)``.
+        """Load ``model``'s weights for ``spec``, or train it with :func:`kd.train.engine.fit` and
+        store them; either way return ``(model in eval mode, meta, checkpoints)``.
 
         ``spec`` must name everything that decides the weights (architecture, data, seed, the
         training config with its checkpoint epochs). meta holds ``train_s``, the training time
@@ -125,8 +125,8 @@ class ModelCache:
                   augment=None, desc: str = "train") -> list[int]:
         """Train the models of ``specs`` that the cache lacks as one
         :class:`kd.train.batched.StackedModels` (member k on the batches of ``seeds[k]``, see
-        :func:`kd.train.engine.fit`) and store each under its own spec, as :meth:`fit` would have one
-        at a time; return the indices trained. ``new_model(i)`` builds model i untrained (its
+        :func:`kd.train.engine.fit`) and store each under its own spec, as :meth:`fit` would have
+        one at a time; return the indices trained. ``new_model(i)`` builds model i untrained (its
         seeded initialization); ``objective_for(indices)`` the objective of a stack of those
         (a live teacher per member is a stack too). meta also holds ``stacked_with``, and
         ``train_s`` is the stack's time divided by its members."""
@@ -205,10 +205,10 @@ def entries(cache: ModelCache | None = None) -> list[tuple[str, dict, int]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kd.experiment.cache list`` shows the trained models in the cache; ``python -m kd.experiment.cache
-    ship KEY [KEY ...]`` copies them (final weights; ``--checkpoints`` adds the earlier ones)
-    into ``results/models`` to be committed."""
-    from kd.experiment.cli import OneLineErrorParser
+    """``python -m kd.experiment.cache list`` shows the trained models in the cache; ``python -m
+    kd.experiment.cache ship KEY [KEY ...]`` copies them (final weights; ``--checkpoints`` adds the
+    earlier ones) into ``results/models`` to be committed."""
+    from kd.experiment.command import OneLineErrorParser
     from kd.errors import ConfigError
 
     parser = OneLineErrorParser(description=main.__doc__.split(";")[0])
@@ -237,6 +237,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kd.experiment.cli import run_main
+    from kd.experiment.command import run_main
 
     raise SystemExit(run_main(main))

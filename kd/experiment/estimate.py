@@ -1,7 +1,7 @@
 """How long a study's profile would take on one GPU, estimated on the CPU without training it.
 
-    python -m kd.experiment.bench --task estimate [--study NAME ...] [--profile paper] [--peak-tflops 989]
-                       [--mfu 0.4] [--op-overhead-us 5] [--precision bf16]
+    python -m kd.experiment.bench --task estimate [--study NAME ...] [--profile paper]
+                       [--peak-tflops 989] [--mfu 0.4] [--op-overhead-us 5] [--precision bf16]
     python -m kd.experiment.estimate ...            (the same arguments)
 
 Small CIFAR networks do not keep a GPU busy: every operator a training step dispatches costs
@@ -79,7 +79,7 @@ from torch.utils.flop_counter import conv_flop_count, flop_registry
 from kd import data
 
 from kd.train import distill, engine
-from kd.experiment.cli import OneLineErrorParser, positive_int
+from kd.experiment.command import OneLineErrorParser, positive_int
 from kd.train.distill import Objective
 from kd.train.engine import FitResult, TrainConfig
 from kd.errors import ConfigError
@@ -229,8 +229,8 @@ def grouped_conv_backward_flops(grad_out, x, weight, _bias_sizes, _stride, _padd
                                 transposed, _output_padding, _groups, output_mask) -> int:
     """FLOPs of a grouped convolution's backward: the forward's for each gradient computed
     (input, weight). torch 2.14's formula counts the weight gradient of a grouped convolution as
-    an ungrouped one, G times too many: the stacked students of :class:`kd.train.batched.StackedModels`
-    run as convolutions of G = K groups under vmap."""
+    an ungrouped one, G times too many: the stacked students of
+    :class:`kd.train.batched.StackedModels` run as convolutions of G = K groups under vmap."""
     forward = conv_flop_count(list(x.shape), list(weight.shape), list(grad_out.shape),
                               transposed=transposed)
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
@@ -390,8 +390,8 @@ _REAL_FIT, _REAL_FIT_LOCKSTEP, _REAL_PREDICT = engine.fit, engine.fit_lockstep, 
 
 
 class Tracer:
-    """The stand-ins of :func:`kd.train.engine.fit` and :func:`kd.train.engine.predict` that record what a
-    study trains and evaluates, and measure each kind of step once (``batch`` images)."""
+    """The stand-ins of :func:`kd.train.engine.fit` and :func:`kd.train.engine.predict` that record
+    what a study trains and evaluates, and measure each kind of step once (``batch`` images)."""
 
     def __init__(self, batch: int = 2, data_scale: float = 1.0):
         """data_scale < 1 makes the fake data sets smaller: the same code runs faster, with
@@ -410,7 +410,7 @@ class Tracer:
         self.failures: list[str] = []
         self._measuring = False
 
-    # -- kd.train.engine.fit ---------------------------------------------------------------------------
+    # -- kd.train.engine.fit -------------------------------------------------------------------
     def fit(self, model: nn.Module, train: data.Split, objective, config: TrainConfig, *,
             seed: int, eval_sets: dict | None = None, augment=None, desc: str = "train",
             **_) -> FitResult:
@@ -502,7 +502,7 @@ class Tracer:
             self._measuring, counter.active = False, False
         return StepCost(counter.ops, counter.flops / self.batch, finite and probe.finite())
 
-    # -- kd.train.engine.predict -----------------------------------------------------------------------
+    # -- kd.train.engine.predict ---------------------------------------------------------------
     def predict(self, model: nn.Module, split: data.Split, batch_size: int | None = None,
                 precision: str = "fp32") -> torch.Tensor:
         """The model's logits for ``batch`` images of the split, repeated for all of it."""
@@ -745,6 +745,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kd.experiment.cli import run_main
+    from kd.experiment.command import run_main
 
     raise SystemExit(run_main(main))

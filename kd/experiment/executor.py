@@ -17,8 +17,8 @@ the other studies and with later runs), so ``KD_CACHE`` must be a folder every w
 and writes (one machine: any local folder; a cluster: a shared file system).
 
 A task returns its rows; only the driver writes the results table, appending each row as it
-arrives (:meth:`kd.experiment.results.ResultsTable.append`), so resuming, provenance and ``--report`` work
-as under ``local``. A cell that raises gets a row in ``<profile>_failures.csv``
+arrives (:meth:`kd.experiment.results.ResultsTable.append`), so resuming, provenance and
+``--report`` work as under ``local``. A cell that raises gets a row in ``<profile>_failures.csv``
 (:func:`kd.experiment.results.record_failure`) and the other cells go on; bad input (a
 :class:`~kd.errors.KDError` other than a non-finite loss, e.g. missing data) stops the run with
 one line, as under ``local``. When every cell has run, the table is rewritten once in run order
@@ -103,8 +103,8 @@ def require_ray():
 def run_cells_on_ray(command, order: Sequence[tuple[int, object]], runner: Callable,
                      summary: Callable[[dict], str],
                      models_used: Callable[[int, object], Iterable[Hashable]]) -> int:
-    """:func:`kd.experiment.results.run_cells` on Ray: every pending cell of ``order`` a task that calls
-    ``runner(command)(seed, cell)`` on a worker. Returns the number of cells that failed."""
+    """:func:`kd.experiment.results.run_cells` on Ray: every pending cell of ``order`` a task that
+    calls ``runner(command)(seed, cell)`` on a worker. Returns the number of cells that failed."""
     units = cell_units(order, command.table.done(), models_used)
     return run_units_on_ray(command, units, runner, summary, grouped=False,
                             order=[(cell.name, seed) for seed, cell in order])
@@ -283,7 +283,7 @@ def _threads(cpus: float) -> int:
 def worker_command(job: Job):
     """The driver's command on this worker: its own device (the GPU Ray gave the task, or the
     CPU) and the precision that device resolves to."""
-    from kd.experiment.cli import with_training
+    from kd.experiment.command import with_training
     from kd.train.engine import resolve_device, resolve_precision
 
     command = job.command

@@ -11,7 +11,6 @@ import contextlib
 import csv
 import datetime
 import io
-import json
 import os
 import platform
 import subprocess
@@ -23,10 +22,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import pandas as pd
 import torch
-from filelock import FileLock, Timeout
 
 from kd.errors import (ConfigError, CorruptFileError, NonFiniteLossError, NotWritableError,
-                       TableInUseError, check_writable_folder, reason)
+                       check_writable_folder, reason)
+from kd.experiment.lock import hold
 
 PROVENANCE_COLUMNS = ("wall_s", "device", "precision", "hardware", "torch", "git_commit",
                       "finished_at")
@@ -122,33 +121,9 @@ class ResultsTable:
                               "pass --results (or set KD_RESULTS) with a writable folder")
 
     def lock(self) -> None:
-        """Become the one writer of this study and profile's table (its failures table too), for
-        as long as this process runs or until :func:`release_locks`: a ``flock`` on
-        ``.<profile>.lock`` beside the table, which the OS releases when the process ends,
-        killed or not (a stale lock never blocks a resume). Taken again by the same process, it
-        is a no-op (a study resumed in-process). Held by another process: a
-        :class:`TableInUseError` naming it, from ``.<profile>.lock.json`` (its pid and command,
-        written once the lock is ours)."""
-        path = self.path.parent / f".{self.profile}.lock"
-        if path in _HELD:
-            return
-        lock = FileLock(path, thread_local=False)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise TableInUseError(f"{self.path} is being written by {_holder(path)}: wait for it "
-                                  f"to finish, or stop it and rerun to resume, or pass --results "
-                                  f"with another folder") from None
-        except OSError as error:
-            raise NotWritableError(f"cannot lock results table {self.path} ({reason(error)}): "
-                                   f"pass --results (or set KD_RESULTS) with a writable "
-                                   f"folder") from None
-        _HELD[path] = lock
-        holder = {"pid": os.getpid(), "argv": [Path(sys.executable).name, *sys.argv],
-                  "started": datetime.datetime.now().isoformat(timespec="seconds")}
-        with contextlib.suppress(OSError):  # only the message of a second writer needs it
-            _holder_path(path).write_text(json.dumps(holder) + "\n")
+        """Become the one writer of this study and profile's table (its failures table too):
+        :func:`kd.experiment.lock.hold` on ``.<profile>.lock`` beside it."""
+        hold(self.path.parent / f".{self.profile}.lock", self.path)
 
     def read_or_fail(self) -> pd.DataFrame:
         """The rows, or a :class:`ConfigError` saying the profile has not been run."""
@@ -236,33 +211,6 @@ class ResultsTable:
         finally:
             with contextlib.suppress(OSError):  # a parent that is a file: no tmp to remove
                 tmp.unlink(missing_ok=True)
-
-
-_HELD: dict[Path, FileLock] = {}  # lock file -> its lock, held by this process
-
-
-def _holder_path(lock_path: Path) -> Path:
-    return lock_path.with_name(lock_path.name + ".json")
-
-
-def _holder(lock_path: Path) -> str:
-    """Who holds ``lock_path``, as its holder wrote it: "process PID (COMMAND), started T"."""
-    try:
-        holder = json.loads(_holder_path(lock_path).read_text())
-        return (f"process {holder['pid']} ({' '.join(holder['argv'])}), started "
-                f"{holder['started']}")
-    except (OSError, ValueError, KeyError, TypeError):  # it is being written, or was removed
-        return "another process"
-
-
-def release_locks() -> None:
-    """Release the tables this process locked (:meth:`ResultsTable.lock`); a study's command
-    (:func:`kd.experiment.cli.run_main`) does when it ends."""
-    while _HELD:
-        path, lock = _HELD.popitem()
-        with contextlib.suppress(OSError):
-            _holder_path(path).unlink(missing_ok=True)
-        lock.release()
 
 
 def _ragged_line(text: str) -> str | None:
@@ -430,11 +378,11 @@ def run_footer(rows: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kd.experiment.results merge STUDY PROFILE ROOT [ROOT ...]`` adds the STUDY/PROFILE rows
-    found under each results ROOT (e.g. the folders of processes that ran ``--seeds 0:1``,
-    ``--seeds 1:2``, ...) to the table under ``--results`` (default ``$KD_RESULTS`` or
-    ``results/``), rows unchanged."""
-    from kd.experiment.cli import OneLineErrorParser
+    """``python -m kd.experiment.results merge STUDY PROFILE ROOT [ROOT ...]`` adds the
+    STUDY/PROFILE rows found under each results ROOT (e.g. the folders of processes that ran
+    ``--seeds 0:1``, ``--seeds 1:2``, ...) to the table under ``--results`` (default
+    ``$KD_RESULTS`` or ``results/``), rows unchanged."""
+    from kd.experiment.command import OneLineErrorParser
 
     parser = OneLineErrorParser(description=main.__doc__.split(" adds")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -449,11 +397,12 @@ def main(argv: list[str] | None = None) -> None:
         if not table.path.exists():
             raise ConfigError(f"no table {table.path} to merge: nothing merged")
     target = ResultsTable(args.study, args.profile, args.results)
+    target.lock()  # not while a study writes it
     added = target.merge(sources)
     print(f"{target.path}: {added} rows added")
 
 
 if __name__ == "__main__":
-    from kd.experiment.cli import run_main
+    from kd.experiment.command import run_main
 
     raise SystemExit(run_main(main))

@@ -32,9 +32,9 @@ class DeepMutualLearning(MutualLearning):
 
         L_k = CE(s_k, y) + (1/(K − 1)) Σ_{j ≠ k} KL(softmax_T(s_j) ‖ softmax_T(s_k))
 
-    (see :class:`kd.methods.schemes.MutualLearning`). ``method.model`` holds the student and its peers
-    (one optimizer step updates all): a :class:`kd.train.batched.LoopedModels` (one model after
-    another; the faster on a CPU) or, with ``vectorized=True``, a
+    (see :class:`kd.methods.schemes.MutualLearning`). ``method.model`` holds the student and its
+    peers (one optimizer step updates all): a :class:`kd.train.batched.LoopedModels` (one model
+    after another; the faster on a CPU) or, with ``vectorized=True``, a
     :class:`kd.train.batched.StackedModels` (vmap; peers of the student's architecture).
     :meth:`trained_student` takes the student, the first of the group, back out.
     peers: models with the student's classes (default: one copy of the student

@@ -7,8 +7,8 @@ random per step from several, and self-distillation over born-again generations.
       L_k = CE(s_k, y) + (1/(K − 1)) Σ_{j ≠ k} KL(softmax(s_j) ‖ softmax(s_k)),
 
   the peers' predictions held fixed (detached) in student k's term. The K students are one
-  :class:`kd.train.batched.StackedModels` or :class:`kd.train.batched.LoopedModels`, so one step updates
-  all of them.
+  :class:`kd.train.batched.StackedModels` or :class:`kd.train.batched.LoopedModels`, so one step
+  updates all of them.
 * :class:`RandomTeacher` (one of the multi-teacher schemes in Gou et al. 2021's survey): each
   forward pass asks one teacher, drawn uniformly from its generator; an average teacher is
   :class:`kd.models.Ensemble` (the log of the mean of the softmaxes).

@@ -70,8 +70,8 @@ class Distill(Objective):
     runs under ``torch.no_grad()``. When the transfer set is
     not augmented, its logits for the whole set are computed once in :meth:`bind` and looked up
     by example index every epoch instead of running the teacher again. The teacher may be a
-    :class:`kd.train.batched.StackedModels` of K teachers, student k's own (logits ``[K, N, C]``), for a
-    stack of K students that each distil from their own.
+    :class:`kd.train.batched.StackedModels` of K teachers, student k's own (logits ``[K, N, C]``),
+    for a stack of K students that each distil from their own.
     """
 
     def __init__(self, teacher: nn.Module, temperature: float | Sequence[float],

@@ -10,8 +10,8 @@ grows during the first step (a new path costs one more pass then); a path that n
 another (``layer1`` and ``layer1.0``) cannot share a graph and is served by its objective's own.
 
 Outside :func:`sharing` nothing is kept: each call is the objective's own pass, as before. A
-teacher whose answer changes from call to call (:class:`kd.methods.schemes.RandomTeacher`, which draws
-a teacher per call) sets ``stateful_forward = True`` and is always called; its members, plain
+teacher whose answer changes from call to call (:class:`kd.methods.schemes.RandomTeacher`, which
+draws a teacher per call) sets ``stateful_forward = True`` and is always called; its members, plain
 teachers, are shared.
 """
 
