@@ -35,19 +35,19 @@ from torch import nn
 
 import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
 from kd import data, metrics
-from kd.train import engine
-from kd.train.batched import StackedModels
-from kd.experiment.cache import ModelCache
 from kd.data.cifar import RandomCropFlip
-from kd.models.cifar import flops_per_image
-from kd.experiment.cli import open_study, run_main
-from kd.train.distill import CrossEntropy, Distill
-from kd.train.engine import TrainConfig
-from kd.models import build_model, parameter_count
 from kd.errors import NonFiniteLossError
+from kd.experiment.cache import ModelCache
+from kd.experiment.cli import open_study, run_main
 from kd.experiment.executor import Unit, every, run_units_on_ray
 from kd.experiment.results import (ResultsTable, markdown_table, mean_std, pending, provenance,
-                        record_failure, run_footer)
+                                   record_failure, run_footer)
+from kd.models import build_model, parameter_count
+from kd.models.cifar import flops_per_image
+from kd.train import engine
+from kd.train.batched import StackedModels
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 
 STUDY = "alpha_temperature"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"

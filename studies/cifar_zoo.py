@@ -21,18 +21,18 @@ from torch import nn
 
 import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
 from kd import data, metrics
+from kd.data.cifar import RandomCropFlip
+from kd.errors import ConfigError
+from kd.experiment.cache import ModelCache, spec_key
+from kd.experiment.cli import open_study
+from kd.experiment.executor import every, run_cells_on_ray
+from kd.experiment.results import pending, run_cells
+from kd.models import build_model, parameter_count
+from kd.models.cifar import flops_per_image
 from kd.train import engine
 from kd.train.batched import GroupedModels
-from kd.experiment.cache import ModelCache, spec_key
-from kd.data.cifar import RandomCropFlip
-from kd.models.cifar import flops_per_image
-from kd.experiment.cli import open_study
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import NonFiniteLossError, TrainConfig
-from kd.errors import ConfigError
-from kd.experiment.executor import every, run_cells_on_ray
-from kd.models import build_model, parameter_count
-from kd.experiment.results import pending, run_cells
 
 # Mirzadeh et al. 2020: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at epochs 80
 # and 120 of 150. The 1-epoch warm-up is ours: lr 0.1 from the first step kills the 2-layer CNN.

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd.experiment.cli import run_main
 from kd.errors import ConfigError
+from kd.experiment.cli import run_main
 from kd.experiment.executor import every
 from kd.experiment.results import markdown_table, mean_std, run_footer
 from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, Training, Zoo, zoo_cell_runner,

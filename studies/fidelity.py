@@ -53,17 +53,17 @@ from torch import nn
 
 import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
 from kd import data, metrics
-from kd.train import engine
-from kd.data.augment import ColorJitter, Compose, Mixup, RandomRotation, RandomVerticalFlip
-from kd.experiment.cache import ModelCache, spec_key
-from kd.data.cifar import RandomCropFlip
-from kd.experiment.cli import open_study, run_main
 from kd.data import Augment, Split
+from kd.data.augment import ColorJitter, Compose, Mixup, RandomRotation, RandomVerticalFlip
+from kd.data.cifar import RandomCropFlip
+from kd.experiment.cache import ModelCache, spec_key
+from kd.experiment.cli import open_study, run_main
+from kd.experiment.executor import run_cells_on_ray
+from kd.experiment.results import ResultsTable, markdown_table, mean_std, run_cells, seed_range
+from kd.models import Ensemble, build_model, interpolate_state, parameter_count
+from kd.train import engine
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import TrainConfig
-from kd.experiment.executor import run_cells_on_ray
-from kd.models import Ensemble, build_model, interpolate_state, parameter_count
-from kd.experiment.results import ResultsTable, markdown_table, mean_std, run_cells, seed_range
 from studies.cifar_zoo import CIFAR_DATASETS
 
 STUDY = "fidelity"

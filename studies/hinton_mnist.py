@@ -34,17 +34,16 @@ import torch
 from torch import nn
 
 from kd import data, metrics
-
-from kd.train import engine
-from kd.train.batched import StackedModels
 from kd.experiment.cache import ModelCache
 from kd.experiment.cli import open_study, run_main
+from kd.experiment.executor import every, run_cells_on_ray
+from kd.experiment.results import (markdown_table, mean_std, one_per_teacher, pending, run_cells,
+                                   run_footer)
+from kd.models import MLP, parameter_count
+from kd.train import engine
+from kd.train.batched import StackedModels
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import TrainConfig
-from kd.experiment.executor import every, run_cells_on_ray
-from kd.models import MLP, parameter_count
-from kd.experiment.results import (markdown_table, mean_std, one_per_teacher, pending, run_cells,
-                        run_footer)
 
 STUDY = "hinton_mnist"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"

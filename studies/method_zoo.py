@@ -44,18 +44,17 @@ from typing import Callable
 import pandas as pd
 
 from kd import data, metrics
-
-from kd.train import engine
-from kd.experiment.cache import spec_key
 from kd.data.cifar import RandomCropFlip
+from kd.errors import NonFiniteLossError
+from kd.experiment.cache import spec_key
 from kd.experiment.cli import open_study, run_main
+from kd.experiment.executor import every, run_cells_on_ray
+from kd.experiment.results import (ResultsTable, markdown_table, mean_std, pending, run_cells,
+                                   run_footer)
+from kd.methods import METHODS, accepted_options, build_method, method_settings
+from kd.train import engine
 from kd.train.distill import CrossEntropy
 from kd.train.engine import TrainConfig
-from kd.errors import NonFiniteLossError
-from kd.experiment.executor import every, run_cells_on_ray
-from kd.methods import METHODS, accepted_options, build_method, method_settings
-from kd.experiment.results import (ResultsTable, markdown_table, mean_std, pending, run_cells,
-                        run_footer)
 from studies.cifar_zoo import CIFAR_DATASETS, MIRZADEH_SGD, Teacher, Zoo
 
 STUDY = "method_zoo"

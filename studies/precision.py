@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd.experiment.cli import OneLineErrorParser, run_main
 from kd.errors import ConfigError, CorruptFileError, reason
+from kd.experiment.cli import OneLineErrorParser, run_main
 from kd.experiment.results import markdown_table
 from kd.experiment.verdict import t_interval
 

@@ -25,9 +25,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from kd.errors import ConfigError
 from kd.experiment import verdict as rule
 from kd.experiment.cli import OneLineErrorParser, run_main
-from kd.errors import ConfigError
 from kd.experiment.results import markdown_table, results_root
 
 CLAIMS = Path(__file__).with_name("claims.csv")

@@ -19,14 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from kd.data import cifar
-
 from kd import data
+from kd.data import cifar
 from kd.experiment.cache import ModelCache
 from kd.experiment.cli import run_main
+from kd.models import MLP
 from kd.train.distill import CrossEntropy
 from kd.train.engine import TrainConfig
-from kd.models import MLP
 from studies import capacity_gap, hinton_mnist
 from tests.conftest import REPO, write_fake_mnist, write_pickled_layout
 from tests.test_cifar import write_offline_npz

@@ -6,15 +6,14 @@ import torch
 import torch.nn.functional as F
 
 from kd import data
-
-from kd.train import engine
-from kd.train.batched import GroupedModels, StackedModels
 from kd.data.cifar import RandomCropFlip
-from kd.models.cifar import PlainCNN
-from kd.train.distill import CrossEntropy, Distill
-from kd.train.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.models import MLP
+from kd.models.cifar import PlainCNN
+from kd.train import engine
+from kd.train.batched import GroupedModels, StackedModels
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 from tests.closeness import assert_errors_close, assert_states_close
 
 CONFIG = TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9,

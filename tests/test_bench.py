@@ -4,9 +4,8 @@ import pytest
 import torch
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from kd.experiment import bench
-
 from kd import data
+from kd.experiment import bench
 from kd.train.engine import torch_threads
 from tests.conftest import write_fake_mnist, write_pickled_layout
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from kd.experiment.cache import CACHE_VERSION, SHIPPED_ROOT, ModelCache, spec_key
-from kd.train.engine import TrainConfig
 from kd.models import build_model
+from kd.train.engine import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 # cifar_zoo's resnet14 teacher (seed 0, full training set): shipped in results/models

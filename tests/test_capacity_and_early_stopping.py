@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import kd.experiment.cache
+from kd.errors import ConfigError
 from kd.train import engine
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import TrainConfig
-from kd.errors import ConfigError
 from studies import capacity_gap, early_stopping
 from studies.cifar_zoo import ZOO_PROFILES, make_zoo
 from tests.test_batched import student, teacher, tiny_cifar

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from kd.models.cifar import CifarResNet, PlainCNN
 from kd.errors import ConfigError
 from kd.methods import METHODS
 from kd.methods.base import TappedForward
 from kd.methods.quantize import quantize_student
+from kd.models.cifar import CifarResNet, PlainCNN
 from studies import method_zoo as study
 from studies.cifar_zoo import Zoo
 

@@ -7,13 +7,12 @@ import torch
 from torch import nn
 
 from kd import data
-
-from kd.train import engine
+from kd.errors import ConfigError
 from kd.experiment.cli import with_compile
+from kd.models import MLP
+from kd.train import engine
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import TrainConfig
-from kd.errors import ConfigError
-from kd.models import MLP
 from tests.closeness import assert_states_close
 
 

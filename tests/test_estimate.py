@@ -10,15 +10,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
-from kd.experiment import bench, estimate
 from kd import data
-from kd.train import distill, engine
-from kd.train.batched import StackedModels
 from kd.data.cifar import RandomCropFlip
-from kd.train.distill import CrossEntropy, Distill
-from kd.train.engine import TrainConfig, torch_threads
+from kd.experiment import bench, estimate
 from kd.experiment.estimate import Job, Phase, StepCost, Target, Tracer
 from kd.models import MLP, build_model
+from kd.train import distill, engine
+from kd.train.batched import StackedModels
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig, torch_threads
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import torch
 
 from kd import metrics
 from kd.data.augment import (ColorJitter, Compose, Mixup, RandomRotation, RandomVerticalFlip, mix,
-                        mix_labels, mixup_with_partners)
+                             mix_labels, mixup_with_partners)
 from kd.data.cifar import RandomCropFlip
 from kd.experiment.cli import run_main
 from kd.models import Ensemble, LeNet5, build_model, interpolate_state, parameter_count

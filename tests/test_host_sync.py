@@ -25,14 +25,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kd.train import engine
-from kd.train.batched import StackedModels
-from kd.data.cifar import RandomCropFlip
-from kd.models.cifar import CifarResNet, PlainCNN
 from kd.data import iterate_batches
-from kd.train.distill import Distill
+from kd.data.cifar import RandomCropFlip
 from kd.methods import METHODS, build_method
 from kd.methods.quantized import QuantizedKD
+from kd.models.cifar import CifarResNet, PlainCNN
+from kd.train import engine
+from kd.train.batched import StackedModels
+from kd.train.distill import Distill
 from tests.test_methods import CONFIG, student, teacher_argument, tiny_cifar
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from kd.train import engine
 from kd.data.cifar import RandomCropFlip
-from kd.models.cifar import CifarResNet
-from kd.train.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.methods import build_method
 from kd.methods.schemes import RandomTeacher
+from kd.models.cifar import CifarResNet
+from kd.train import engine
+from kd.train.engine import TrainConfig
 from kd.train.taps import TappedForward
 from kd.train.teacher_pass import sharing, teacher_forward
 from studies import method_zoo

@@ -2,11 +2,11 @@ import pytest
 import torch
 from torch import nn
 
+from kd.errors import ConfigError
+from kd.methods.quantize import fake_quantize_activation, quantize_student
 from kd.train import engine
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import TrainConfig
-from kd.errors import ConfigError
-from kd.methods.quantize import fake_quantize_activation, quantize_student
 from tests.test_batched import student, teacher, tiny_cifar
 
 

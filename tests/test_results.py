@@ -2,10 +2,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kd.experiment.executor import every
 from kd.experiment.cache import ModelCache, spec_key
-from kd.experiment.results import (ResultsTable, pending, seed_range, git_commit, markdown_table, mean_std, one_per_teacher,
-                        provenance)
+from kd.experiment.executor import every
+from kd.experiment.results import (ResultsTable, pending, seed_range, git_commit, markdown_table,
+                                   mean_std, one_per_teacher, provenance)
 
 
 def test_rows_append_with_key_first_and_provenance_last(tmp_path):

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from kd.errors import TableInUseError
+from kd.experiment import results
 from kd.experiment.cli import run_main
 from kd.experiment.lock import release_locks
-from kd.experiment import results
 from kd.experiment.results import ResultsTable
 from studies import hinton_mnist
 from tests.conftest import REPO

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd.models.cifar import CifarResNet
 from kd.methods import build_method
 from kd.methods.mutual import reinitialized
+from kd.models.cifar import CifarResNet
 from tests.closeness import assert_states_close
 from tests.test_methods import one_batch, student, teacher, tiny_cifar
 

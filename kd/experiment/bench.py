@@ -58,20 +58,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
-from kd.data import cifar
-
 from kd import data
-
-from kd.train import engine
-
+from kd.data import cifar
 from kd.experiment import estimate
 from kd.experiment.command import OneLineErrorParser, positive_int, run_main
+from kd.experiment.results import hardware
+from kd.losses import distillation_loss
+from kd.models import MLP, build_model
+from kd.train import engine
 from kd.train.batched import StackedModels
 from kd.train.distill import Distill
 from kd.train.engine import TrainConfig
-from kd.losses import distillation_loss
-from kd.models import MLP, build_model
-from kd.experiment.results import hardware
 
 TEMPERATURE, ALPHA = 20.0, 0.9  # MNIST, as in Hinton et al. (2015)
 CIFAR_TEMPERATURE = 4.0  # the usual CIFAR choice (Tian et al. 2020 and most KD papers since)

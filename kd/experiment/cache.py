@@ -18,10 +18,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kd.train.batched import StackedModels
 from kd.data import cache_root
-from kd.train.engine import fit, fit_lockstep, prepare_model
 from kd.errors import NotWritableError, check_writable_folder, reason
+from kd.train.batched import StackedModels
+from kd.train.engine import fit, fit_lockstep, prepare_model
 
 CACHE_VERSION = 2  # 2: fused Adam
 # Trained teachers committed with the results they produced (weights only, named by their key):

@@ -77,12 +77,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import conv_flop_count, flop_registry
 
 from kd import data
-
-from kd.train import distill, engine
+from kd.errors import ConfigError
 from kd.experiment.command import OneLineErrorParser, positive_int
+from kd.train import distill, engine
 from kd.train.distill import Objective
 from kd.train.engine import FitResult, TrainConfig
-from kd.errors import ConfigError
 
 STUDIES = ("hinton_mnist", "alpha_temperature", "capacity_gap", "early_stopping", "fidelity",
            "method_zoo")

@@ -48,9 +48,9 @@ import torch
 from torch import Tensor, nn
 
 from kd.data.core import Batch, Split
-from kd.train.distill import Objective
 from kd.errors import ConfigError
 from kd.losses import check_hyperparameters, kd_loss, label_cross_entropy
+from kd.train.distill import Objective
 from kd.train.taps import TappedForward, submodule, trace_taps
 from kd.train.teacher_pass import teacher_forward
 

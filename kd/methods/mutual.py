@@ -8,9 +8,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kd.train.batched import LoopedModels, StackedModels
 from kd.errors import ConfigError
 from kd.methods.schemes import MutualLearning
+from kd.train.batched import LoopedModels, StackedModels
 
 
 def reinitialized(model: nn.Module, seed: int) -> nn.Module:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kd.data.core import Batch, Split
+from kd.methods.quantize import quantize_student
 from kd.train.distill import Distill, Objective
 from kd.train.taps import TappedForward
-from kd.methods.quantize import quantize_student
 
 
 class QuantizedKD(Objective):

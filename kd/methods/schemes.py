@@ -23,12 +23,12 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from kd.train import engine
 from kd.data.core import Batch, Split
-from kd.train.distill import Distill, Objective
-from kd.train.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.losses import label_cross_entropy, soft_target_kl
+from kd.train import engine
+from kd.train.distill import Distill, Objective
+from kd.train.engine import TrainConfig
 from kd.train.teacher_pass import teacher_forward
 
 

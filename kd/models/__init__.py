@@ -4,9 +4,9 @@
 - :mod:`kd.models.cifar`: CIFAR ResNets, wide ResNets and plain CNNs (registered here).
 """
 
+from kd.models import cifar  # noqa: F401  (registers the CIFAR architectures in MODELS)
 from kd.models.core import (MODELS, MLP, Ensemble, LeNet5, build_model, interpolate_state,
                             parameter_count, state_shapes)
-from kd.models import cifar  # noqa: F401  (registers the CIFAR architectures in MODELS)
 
 __all__ = ["MODELS", "MLP", "Ensemble", "LeNet5", "build_model", "cifar", "interpolate_state",
            "parameter_count", "state_shapes"]

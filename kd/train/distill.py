@@ -12,9 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from kd.data.core import Batch, Split
-from kd.train.engine import predict
 from kd.errors import ConfigError
 from kd.losses import check_hyperparameters, label_cross_entropy, soft_target_kl
+from kd.train.engine import predict
 from kd.train.teacher_pass import teacher_forward
 
 

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kd import metrics
 from kd.data.core import Augment, Split, iterate_batches, iterate_member_batches
 from kd.errors import ConfigError, NonFiniteLossError
 from kd.train.teacher_pass import sharing
-from kd import metrics
 
 PRECISIONS = ("fp32", "bf16")  # what a TrainConfig trains in; "auto" is resolved before
 
