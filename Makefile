@@ -35,7 +35,7 @@ figures: $(STAMP)
 	done
 
 bench: $(STAMP)
-	$(PY) -m kd.bench $(ARGS)
+	$(PY) -m kd.experiment.bench $(ARGS)
 
 # One verdict per claim (studies/claims.csv) and profile: results/scorecard.csv,
 # figures/scorecard_matrix.png and figures/scorecard_<study>.png.

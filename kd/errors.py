@@ -28,6 +28,11 @@ class NotWritableError(KDError):
     """A folder that a run must write into cannot be written (it is a file, or read-only)."""
 
 
+class TableInUseError(KDError):
+    """Another running process writes the results table (one writer per table and profile);
+    the message names it (pid and command) and says what to do."""
+
+
 def blocking_file(folder: Path) -> Path | None:
     """The file that stands where ``folder`` or one of its parents should be, if any."""
     for path in (Path(folder), *Path(folder).parents):

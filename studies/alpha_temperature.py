@@ -12,7 +12,7 @@ Without T² the soft term's gradient shrinks like 1/T, so at high T a cell train
 
 Within a seed every cell starts from the same initial weights and sees the same batches, so the
 differences between cells come from α, T and w alone. One teacher (seed 0) serves all seeds.
-On a GPU the cells of a seed train together as one :class:`kd.batched.StackedModels` (one
+On a GPU the cells of a seed train together as one :class:`kd.train.batched.StackedModels` (one
 teacher pass per batch for all of them); on a CPU one at a time, which is faster there.
 
 Run ``python -m studies.alpha_temperature --help``. The seed study's numbers live in
@@ -33,20 +33,21 @@ import pandas as pd
 import torch
 from torch import nn
 
-import kd.cifar_models  # noqa: F401  (registers the CIFAR models)
-from kd import data, engine, metrics
-from kd.batched import StackedModels
-from kd.cache import ModelCache
-from kd.cifar import RandomCropFlip
-from kd.cifar_models import flops_per_image
-from kd.cli import open_study, run_main
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
-from kd.models import build_model, parameter_count
+import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
+from kd import data, metrics
+from kd.data.cifar import RandomCropFlip
 from kd.errors import NonFiniteLossError
-from kd.executor import Unit, every, run_units_on_ray
-from kd.results import (ResultsTable, markdown_table, mean_std, pending, provenance,
-                        record_failure, run_footer)
+from kd.experiment.cache import ModelCache
+from kd.experiment.cli import open_study, run_main
+from kd.experiment.executor import Unit, every, run_units_on_ray
+from kd.experiment.results import (ResultsTable, markdown_table, mean_std, pending, provenance,
+                                   record_failure, run_footer)
+from kd.models import build_model, parameter_count
+from kd.models.cifar import flops_per_image
+from kd.train import engine
+from kd.train.batched import StackedModels
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 
 STUDY = "alpha_temperature"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"

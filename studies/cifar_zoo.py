@@ -19,19 +19,20 @@ import pandas as pd
 import torch
 from torch import nn
 
-import kd.cifar_models  # noqa: F401  (registers the CIFAR models)
-from kd import data, engine, metrics
-from kd.batched import GroupedModels
-from kd.cache import ModelCache, spec_key
-from kd.cifar import RandomCropFlip
-from kd.cifar_models import flops_per_image
-from kd.cli import open_study
-from kd.distill import CrossEntropy, Distill
-from kd.engine import NonFiniteLossError, TrainConfig
+import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
+from kd import data, metrics
+from kd.data.cifar import RandomCropFlip
 from kd.errors import ConfigError
-from kd.executor import every, run_cells_on_ray
+from kd.experiment.cache import ModelCache, spec_key
+from kd.experiment.cli import open_study
+from kd.experiment.executor import every, run_cells_on_ray
+from kd.experiment.results import pending, run_cells
 from kd.models import build_model, parameter_count
-from kd.results import pending, run_cells
+from kd.models.cifar import flops_per_image
+from kd.train import engine
+from kd.train.batched import GroupedModels
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import NonFiniteLossError, TrainConfig
 
 # Mirzadeh et al. 2020: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at epochs 80
 # and 120 of 150. The 1-epoch warm-up is ours: lr 0.1 from the first step kills the 2-layer CNN.
@@ -274,9 +275,9 @@ class Zoo:
                 "lr": self.config.lr, "weight_decay": self.config.weight_decay,
                 "final_train_loss": meta.get("final_train_loss"),
                 "train_loss_plateau": metrics.loss_plateau(meta.get("train_loss_history", [])),
-                # trained in a stack of that many models (kd.cache.ModelCache.fit_stack)
+                # trained in a stack of that many models (kd.experiment.cache.ModelCache.fit_stack)
                 **({"stacked_with": meta["stacked_with"]} if "stacked_with" in meta else {}),
-                # trained in lockstep with that many (kd.cache.ModelCache.fit_lockstep)
+                # trained in lockstep with that many (kd.experiment.cache.ModelCache.fit_lockstep)
                 **({"lockstep_with": meta["lockstep_with"]} if "lockstep_with" in meta else {})}
 
     def agreement(self, student: Teacher, teacher: Teacher) -> dict:
@@ -320,8 +321,8 @@ class ZooProfile:
     # before the cells are scored (:func:`train_in_stacks`), when there are at least this many
     # (None: never). A stack pays on a GPU only when it is large: vmap runs a stacked step with
     # about 4 times the operators of one model's (views, permutes, copies around the grouped
-    # convolutions: 290 against 73 for a plain CNN-4, counted by kd.estimate's OpCounter), so
-    # 3 seeds of one model cost more as a stack than one after another.
+    # convolutions: 290 against 73 for a plain CNN-4, counted by kd.experiment.estimate's
+    # OpCounter), so 3 seeds of one model cost more as a stack than one after another.
     stack_at_least: int | None = None
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd import verdict as rule
-from kd.cli import OneLineErrorParser, report_text, run_main
 from kd.errors import ConfigError
+from kd.experiment import verdict as rule
+from kd.experiment.cli import OneLineErrorParser, report_text, run_main
+from kd.experiment.results import ResultsTable, markdown_table
 from kd.metrics import PLATEAU_DROP
-from kd.results import ResultsTable, markdown_table
 from studies.scorecard import NOT_PLANNED, SCORECARD, expected_false_calls, read_claims
 
 STUDIES = ("hinton_mnist", "alpha_temperature", "capacity_gap", "early_stopping", "fidelity",

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd.cli import run_main
 from kd.errors import ConfigError
-from kd.executor import every
-from kd.results import markdown_table, mean_std, run_footer
+from kd.experiment.cli import run_main
+from kd.experiment.executor import every
+from kd.experiment.results import markdown_table, mean_std, run_footer
 from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, Training, Zoo, zoo_cell_runner,
                                zoo_study_main)
 

@@ -3,7 +3,7 @@ data, and matching them better does not always generalize better (Stanton et al.
 Knowledge Distillation Really Work?").
 
 Every student is distilled with the KD term alone at T = 4, L = T² · KL(softmax_T(t) ‖
-softmax_T(s)) (α = 1 in :class:`kd.distill.Distill`: Stanton et al.'s "no label term"), from
+softmax_T(s)) (α = 1 in :class:`kd.train.distill.Distill`: Stanton et al.'s "no label term"), from
 teachers of its own architecture. An ensemble teacher of m members gives the log of the mean of
 their softmaxes (:class:`kd.models.Ensemble`). Fidelity is measured as top-1 agreement,
 (1/n) Σ 1[argmax t = argmax s], and predictive KL, (1/n) Σ KL(p_t ‖ p_s), on the unaugmented
@@ -34,7 +34,7 @@ one model) train it once; each still gets its row.
 
 Differences from the paper: CIFAR-10 by default (``--dataset cifar100`` when its files are
 present; the paper used CIFAR-100), the post-activation CIFAR ResNets of He et al. from
-:mod:`kd.cifar_models` (the paper: preactivation ResNet-56), far shorter training (the paper: 300
+:mod:`kd.models.cifar` (the paper: preactivation ResNet-56), far shorter training (the paper: 300
 epochs), and our own choices of augmentation strengths. The paper's numbers live in
 ``studies/reference/fidelity.csv`` and are never written into a result row.
 """
@@ -51,18 +51,19 @@ import pandas as pd
 import torch
 from torch import nn
 
-import kd.cifar_models  # noqa: F401  (registers the CIFAR models)
-from kd import data, engine, metrics
-from kd.augment import ColorJitter, Compose, Mixup, RandomRotation, RandomVerticalFlip
-from kd.cache import ModelCache, spec_key
-from kd.cifar import RandomCropFlip
-from kd.cli import open_study, run_main
+import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
+from kd import data, metrics
 from kd.data import Augment, Split
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
-from kd.executor import run_cells_on_ray
+from kd.data.augment import ColorJitter, Compose, Mixup, RandomRotation, RandomVerticalFlip
+from kd.data.cifar import RandomCropFlip
+from kd.experiment.cache import ModelCache, spec_key
+from kd.experiment.cli import open_study, run_main
+from kd.experiment.executor import run_cells_on_ray
+from kd.experiment.results import ResultsTable, markdown_table, mean_std, run_cells, seed_range
 from kd.models import Ensemble, build_model, interpolate_state, parameter_count
-from kd.results import ResultsTable, markdown_table, mean_std, run_cells, seed_range
+from kd.train import engine
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 from studies.cifar_zoo import CIFAR_DATASETS
 
 STUDY = "fidelity"

@@ -33,16 +33,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kd import data, engine, metrics
-from kd.batched import StackedModels
-from kd.cache import ModelCache
-from kd.cli import open_study, run_main
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
-from kd.executor import every, run_cells_on_ray
+from kd import data, metrics
+from kd.experiment.cache import ModelCache
+from kd.experiment.cli import open_study, run_main
+from kd.experiment.executor import every, run_cells_on_ray
+from kd.experiment.results import (markdown_table, mean_std, one_per_teacher, pending, run_cells,
+                                   run_footer)
 from kd.models import MLP, parameter_count
-from kd.results import (markdown_table, mean_std, one_per_teacher, pending, run_cells,
-                        run_footer)
+from kd.train import engine
+from kd.train.batched import StackedModels
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 
 STUDY = "hinton_mnist"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -67,8 +68,8 @@ class Profile:
     test_limit: int | None = None
     shared_teacher: bool = False  # one teacher (seed 0) for every seed's students
     # The students of one width on the whole training set (hard labels and every temperature)
-    # train as one kd.batched.StackedModels: they share their seed's initialization and batches
-    # anyway, and on a GPU one step for all of them costs about what one student's does.
+    # train as one kd.train.batched.StackedModels: they share their seed's initialization and
+    # batches anyway, and on a GPU one step for all of them costs about what one student's does.
     stack_students: bool = False
 
 

@@ -43,17 +43,18 @@ from typing import Callable
 
 import pandas as pd
 
-from kd import data, engine, metrics
-from kd.cache import spec_key
-from kd.cifar import RandomCropFlip
-from kd.cli import open_study, run_main
-from kd.distill import CrossEntropy
-from kd.engine import TrainConfig
+from kd import data, metrics
+from kd.data.cifar import RandomCropFlip
 from kd.errors import NonFiniteLossError
-from kd.executor import every, run_cells_on_ray
+from kd.experiment.cache import spec_key
+from kd.experiment.cli import open_study, run_main
+from kd.experiment.executor import every, run_cells_on_ray
+from kd.experiment.results import (ResultsTable, markdown_table, mean_std, pending, run_cells,
+                                   run_footer)
 from kd.methods import METHODS, accepted_options, build_method, method_settings
-from kd.results import (ResultsTable, markdown_table, mean_std, pending, run_cells,
-                        run_footer)
+from kd.train import engine
+from kd.train.distill import CrossEntropy
+from kd.train.engine import TrainConfig
 from studies.cifar_zoo import CIFAR_DATASETS, MIRZADEH_SGD, Teacher, Zoo
 
 STUDY = "method_zoo"
@@ -96,7 +97,7 @@ class Profile:
     student_candidates: dict[str, TrainConfig] = dataclasses.field(default_factory=dict)
     validation_n: int = 0  # students' training images held out to choose among the candidates
     # train a seed's students of a pair's teacher(s) in lockstep, each teacher pass shared
-    # (kd.engine.fit_lockstep); the same students as one at a time, up to rounding
+    # (kd.train.engine.fit_lockstep); the same students as one at a time, up to rounding
     lockstep: bool = True
     # a second chain per assistant pair, its assistant distilled on the teacher's images and
     # schedule (the teacher's seed, shared by every seed like the teacher): the cells

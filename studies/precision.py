@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd.cli import OneLineErrorParser, run_main
 from kd.errors import ConfigError, CorruptFileError, reason
-from kd.results import markdown_table
-from kd.verdict import t_interval
+from kd.experiment.cli import OneLineErrorParser, run_main
+from kd.experiment.results import markdown_table
+from kd.experiment.verdict import t_interval
 
 METRICS = ("test_accuracy", "test_errors", "test_error_pct", "test_agreement",
            "test_kl_teacher_student", "test_ece", "train_accuracy", "train_agreement")

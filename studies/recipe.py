@@ -29,13 +29,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from kd import data, engine, metrics
-from kd.cifar import RandomCropFlip
-from kd.cli import open_study, run_main
-from kd.distill import CrossEntropy
-from kd.engine import TrainConfig
+from kd import data, metrics
+from kd.data.cifar import RandomCropFlip
+from kd.experiment.cli import open_study, run_main
+from kd.experiment.results import markdown_table, run_cells
 from kd.models import build_model
-from kd.results import markdown_table, run_cells
+from kd.train import engine
+from kd.train.distill import CrossEntropy
+from kd.train.engine import TrainConfig
 
 STUDY = "recipe"
 SELECTION_SEED = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kd.estimate import DATASET_SIZES
+from kd.experiment.estimate import DATASET_SIZES
 
 REGIMES = Path(__file__).with_name("reference") / "regimes.csv"
 ACCURACY_POINTS = 2.0  # within this many points of the paper's accuracy

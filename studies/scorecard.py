@@ -4,8 +4,8 @@ The claims are data, in ``studies/claims.csv`` (one row per claim: the study, th
 claim in one sentence, the quantity that tests it, its ``measure`` here, the claimed direction,
 the reference and margin or tolerance, the paper's value, and an optional precondition). This
 module only turns a study's rows into one number per seed for each ``measure`` (the functions
-registered below, one per kind of quantity) and hands them to :mod:`kd.verdict`, whose rule
-decides. A measure spec is ``name`` or ``name:arg1,arg2``; the arguments are strings.
+registered below, one per kind of quantity) and hands them to :mod:`kd.experiment.verdict`, whose
+rule decides. A measure spec is ``name`` or ``name:arg1,arg2``; the arguments are strings.
 
 Run ``python -m studies.scorecard`` (or ``make scorecard``): it reads
 ``<results>/<study>/<profile>.csv`` for every study and profile found (profiles ordered paper,
@@ -14,7 +14,7 @@ full, quick, then the rest) and writes ``<results>/scorecard.csv`` and
 (one forest plot per study; :mod:`studies.scorecard_figures`); ``--markdown`` also prints the
 table of every verdict (the README's is made by :mod:`studies.docs`). :func:`study_verdicts` gives a study's verdicts to its notebook.
 
-Beside the sign verdict (``verdict``, :mod:`kd.verdict`), by rules fixed in
+Beside the sign verdict (``verdict``, :mod:`kd.experiment.verdict`), by rules fixed in
 ``docs/scorecard_rules.md`` before any of them was computed:
 
 * **size** (``size_verdict``): *not tested* (no sign verdict was reached on 3+ seeds, or
@@ -48,10 +48,10 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from kd import verdict as rule
-from kd.cli import OneLineErrorParser, run_main
 from kd.errors import ConfigError
-from kd.results import markdown_table, results_root
+from kd.experiment import verdict as rule
+from kd.experiment.cli import OneLineErrorParser, run_main
+from kd.experiment.results import markdown_table, results_root
 from studies import regime
 from studies import scorecard_figures as figures
 
@@ -260,8 +260,8 @@ def family_student(rows: Rows, family: str) -> str | None:
 def cg_teacher_rise(rows: Rows, family: str) -> pd.Series | rule.Interval:
     """The smallest step in test accuracy % between consecutive teachers by size: per seed, or,
     when every seed shares one teacher per architecture, once, with the test set's sampling
-    interval (:func:`kd.verdict.accuracy_step`): the same teacher counted once per seed would
-    give an interval of width zero."""
+    interval (:func:`kd.experiment.verdict.accuracy_step`): the same teacher counted once per seed
+    would give an interval of width zero."""
     teachers = family_teachers(rows, family)
     if len(teachers) < 2:
         return pd.Series(dtype=float)

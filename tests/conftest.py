@@ -30,6 +30,10 @@ def isolated_env(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("KD_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("KD_FIGURES", str(tmp_path / "figures"))
+    yield
+    from kd.experiment.lock import release_locks
+
+    release_locks()  # studies run in-process (not through run_main) keep their tables locked
 
 
 def real_mnist_root() -> Path | None:
@@ -86,7 +90,7 @@ def mnist_root(tmp_path, monkeypatch) -> Path:
 
 def write_pickled_layout(root: Path, name: str, n_train: int = 20, n_test: int = 10) -> Path:
     """A tiny data set in torchvision's pickled CIFAR layout."""
-    from kd import cifar
+    from kd.data import cifar
 
     folder_name, train_files, test_files, label_key, classes, *_ = cifar.LAYOUTS[name]
     folder = root / folder_name
@@ -150,8 +154,8 @@ def kill_after_rows(command: list[str], results: Path, rows: int, timeout: float
 
 def pytest_configure(config):
     """The test session is a kd process too: beside a running study it takes its share of the
-    cores, and the study gives one up at its next cell (kd.threads), so that neither
+    cores, and the study gives one up at its next cell (kd.experiment.threads), so that neither
     oversubscribes them."""
-    from kd.threads import claim_threads
+    from kd.experiment.threads import claim_threads
 
     claim_threads()

@@ -1,8 +1,8 @@
 """Corrupt and foreign files, and bad arguments: one line on stderr naming the file and what to
 do, exit code 2, and every file that was there before left byte for byte as it was.
 
-Studies run in-process through :func:`kd.cli.run_main` with the smoke profile; every case fails
-before any training starts, so the file stays fast.
+Studies run in-process through :func:`kd.experiment.cli.run_main` with the smoke profile; every case
+fails before any training starts, so the file stays fast.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from kd import cifar, data
-from kd.cache import ModelCache
-from kd.cli import run_main
-from kd.distill import CrossEntropy
-from kd.engine import TrainConfig
+from kd import data
+from kd.data import cifar
+from kd.experiment.cache import ModelCache
+from kd.experiment.cli import run_main
 from kd.models import MLP
+from kd.train.distill import CrossEntropy
+from kd.train.engine import TrainConfig
 from studies import capacity_gap, hinton_mnist
 from tests.conftest import REPO, write_fake_mnist, write_pickled_layout
 from tests.test_cifar import write_offline_npz

@@ -5,14 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd import data, engine
-from kd.batched import GroupedModels, StackedModels
-from kd.cifar import RandomCropFlip
-from kd.cifar_models import PlainCNN
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
+from kd import data
+from kd.data.cifar import RandomCropFlip
 from kd.errors import ConfigError
 from kd.models import MLP
+from kd.models.cifar import PlainCNN
+from kd.train import engine
+from kd.train.batched import GroupedModels, StackedModels
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 from tests.closeness import assert_errors_close, assert_states_close
 
 CONFIG = TrainConfig(epochs=2, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9,
@@ -251,7 +252,7 @@ def test_grouped_models_answer_in_member_order_whatever_their_architectures():
 def test_stacked_batch_norm_inputs_go_to_fp32_on_cuda_only():
     """The CUDA work-around (PyTorch issue 184890) leaves CPU inputs as they are, so CPU runs are
     unchanged; on a GPU a stack with batch norm trains under bf16 autocast."""
-    from kd.batched import batch_norm_input_in_fp32_on_cuda
+    from kd.train.batched import batch_norm_input_in_fp32_on_cuda
     bn, x = torch.nn.BatchNorm2d(3), torch.ones(2, 3, 4, 4, dtype=torch.bfloat16)
     assert batch_norm_input_in_fp32_on_cuda(bn, (x,)) is None
     if not torch.cuda.is_available():

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from kd import bench, data
-from kd.engine import torch_threads
+from kd import data
+from kd.experiment import bench
+from kd.train.engine import torch_threads
 from tests.conftest import write_fake_mnist, write_pickled_layout
 
 RATE = re.compile(r"^  (ours|textbook|stacked|sequential) *: +([\d,]+) (samples|images|student-images)/s")
@@ -13,7 +14,8 @@ RATE = re.compile(r"^  (ours|textbook|stacked|sequential) *: +([\d,]+) (samples|
 
 @pytest.fixture
 def one_thread():
-    """One intra-op thread keeps these tiny steps at about a second (see kd.engine.torch_threads)."""
+    """One intra-op thread keeps these tiny steps at about a second (see
+    kd.train.engine.torch_threads)."""
     with torch_threads(1):
         yield
 
@@ -67,7 +69,7 @@ def test_pil_dataset_serves_what_torchvision_cifar10_would(tmp_path, monkeypatch
 
 def test_roofline_prints_each_model_in_both_precisions_against_the_matmul(capsys, one_thread,
                                                                           monkeypatch):
-    from kd import bench as module
+    from kd.experiment import bench as module
 
     monkeypatch.setattr(module, "matmul_flops", lambda device, dtype, **kw: 1e9)  # no 2048³ here
     monkeypatch.setattr(module.precision_lib, "native_bf16", lambda device: True)
@@ -103,14 +105,15 @@ def test_roofline_prints_each_model_in_both_precisions_against_the_matmul(capsys
     assert first["matmul_gflops_per_s"] == 1.0 and first["threads"] == torch.get_num_threads()
 
 
-@pytest.mark.parametrize("module", ["kd.bench", "kd.estimate"])
+@pytest.mark.parametrize("module", ["kd.experiment.bench", "kd.experiment.estimate"])
 def test_bad_arguments_of_the_benchmarks_are_one_line_and_exit_2(module):
     import subprocess
     import sys
 
     from tests.conftest import REPO
 
-    done = subprocess.run([sys.executable, "-m", module, "--task" if module == "kd.bench" else
-                           "--profile", "nonsense"], cwd=REPO, capture_output=True, text=True)
+    option = "--task" if module == "kd.experiment.bench" else "--profile"
+    done = subprocess.run([sys.executable, "-m", module, option, "nonsense"], cwd=REPO,
+                          capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "invalid choice" in done.stderr

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-import kd.cache
-from kd import engine
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
+import kd.experiment.cache
 from kd.errors import ConfigError
+from kd.train import engine
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 from studies import capacity_gap, early_stopping
 from studies.cifar_zoo import ZOO_PROFILES, make_zoo
 from tests.test_batched import student, teacher, tiny_cifar
@@ -22,13 +22,13 @@ CPU = torch.device("cpu")
 def fits(monkeypatch):
     """Counts the trainings the model cache starts (a hit starts none)."""
     calls = []
-    real_fit = kd.cache.fit
+    real_fit = kd.experiment.cache.fit
 
     def counting_fit(model, train, objective, config, **kwargs):
         calls.append(kwargs.get("desc"))
         return real_fit(model, train, objective, config, **kwargs)
 
-    monkeypatch.setattr(kd.cache, "fit", counting_fit)
+    monkeypatch.setattr(kd.experiment.cache, "fit", counting_fit)
     return calls
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kd import cifar, data
+from kd import data
+from kd.data import cifar
 from kd.errors import DataNotFoundError
 from tests.conftest import REPO, write_pickled_layout
 

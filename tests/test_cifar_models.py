@@ -2,9 +2,9 @@ import pytest
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from kd.cifar_models import CifarResNet, PlainCNN, WideResNet, flops_per_image
 from kd.errors import ConfigError
 from kd.models import MODELS, build_model, parameter_count
+from kd.models.cifar import CifarResNet, PlainCNN, WideResNet, flops_per_image
 
 
 @pytest.mark.parametrize("name", ["resnet18_cifar", "resnet8", "resnet20", "plain_cnn2",

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from kd import engine
 from kd.methods import build_method
+from kd.train import engine
 from tests.closeness import assert_errors_close, assert_states_close, relative_distance
 from tests.test_methods import CONFIG, student, tiny_cifar
 

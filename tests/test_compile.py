@@ -2,7 +2,7 @@
 (kd-repro issue 12, section 3).
 
 The compiler is dynamo with the ``aot_eager`` backend (``KD_COMPILE_BACKEND``, read by
-:func:`kd.engine.compile_backend`): it captures the same graphs as inductor and differentiates
+:func:`kd.train.engine.compile_backend`): it captures the same graphs as inductor and differentiates
 them with AOT autograd, but generates no C++, which would take minutes per graph on 2 cores.
 """
 
@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from kd.cifar_models import CifarResNet, PlainCNN
 from kd.errors import ConfigError
 from kd.methods import METHODS
 from kd.methods.base import TappedForward
-from kd.quantize import quantize_student
+from kd.methods.quantize import quantize_student
+from kd.models.cifar import CifarResNet, PlainCNN
 from studies import method_zoo as study
 from studies.cifar_zoo import Zoo
 

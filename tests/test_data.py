@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ def test_fake_gz_only_is_gunzipped_and_loaded(fake_mnist):
 def test_read_only_gz_folder_gunzips_into_the_cache(tmp_path, monkeypatch):
     root = write_fake_mnist(tmp_path / "ro")
     # The shared offline copy is read-only; root could write anyway, so pretend it cannot.
-    monkeypatch.setattr(data.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
     monkeypatch.setenv("KD_DATA", str(root))
     assert len(data.load_mnist(train=True)) == 600
     assert (data.cache_root() / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()

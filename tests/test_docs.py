@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from kd.cli import run_main
+from kd.experiment.cli import run_main
 from kd.errors import ConfigError
 from studies import docs
 from tests.conftest import REPO

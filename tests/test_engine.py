@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from kd import data, engine
-from kd.cli import with_compile
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
+from kd import data
 from kd.errors import ConfigError
+from kd.experiment.cli import with_compile
 from kd.models import MLP
+from kd.train import engine
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 from tests.closeness import assert_states_close
 
 
@@ -233,7 +234,7 @@ def test_precision_auto_follows_the_hardware_and_unknown_names_are_refused(monke
     cpu = torch.device("cpu")
     assert engine.resolve_precision("fp32", cpu) == "fp32"
     assert engine.resolve_precision("bf16", cpu) == "bf16"
-    # native bf16: measured per model when it trains (kd.precision); emulated: fp32 at once
+    # native bf16: measured per model when it trains (kd.train.precision); emulated: fp32 at once
     for native, expected in ((True, "auto"), (False, "fp32")):
         monkeypatch.setattr(engine, "native_bf16", lambda device: native)
         assert engine.resolve_precision("auto", cpu) == expected

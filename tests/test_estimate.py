@@ -1,5 +1,5 @@
-"""kd.estimate: the counts against hand-worked numbers, the estimate's arithmetic, and the
-command on every study's smoke profile."""
+"""kd.experiment.estimate: the counts against hand-worked numbers, the estimate's arithmetic, and
+the command on every study's smoke profile."""
 
 import math
 import os
@@ -9,14 +9,16 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import kd.cifar_models  # noqa: F401  (registers the CIFAR models)
-from kd import bench, data, distill, engine, estimate
-from kd.batched import StackedModels
-from kd.cifar import RandomCropFlip
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig, torch_threads
-from kd.estimate import Job, Phase, StepCost, Target, Tracer
+import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
+from kd import data
+from kd.data.cifar import RandomCropFlip
+from kd.experiment import bench, estimate
+from kd.experiment.estimate import Job, Phase, StepCost, Target, Tracer
 from kd.models import MLP, build_model
+from kd.train import distill, engine
+from kd.train.batched import StackedModels
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig, torch_threads
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from kd import metrics
-from kd.augment import (ColorJitter, Compose, Mixup, RandomRotation, RandomVerticalFlip, mix,
-                        mix_labels, mixup_with_partners)
-from kd.cifar import RandomCropFlip
-from kd.cli import run_main
+from kd.data.augment import (ColorJitter, Compose, Mixup, RandomRotation, RandomVerticalFlip, mix,
+                             mix_labels, mixup_with_partners)
+from kd.data.cifar import RandomCropFlip
+from kd.experiment.cli import run_main
 from kd.models import Ensemble, LeNet5, build_model, interpolate_state, parameter_count
 from studies import fidelity as study
 from tests.conftest import REPO

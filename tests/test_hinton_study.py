@@ -148,13 +148,14 @@ def test_diverging_cells_are_recorded_as_failed_and_retried_by_a_rerun(fake_mnis
 
 
 def run_main_code(argv):
-    from kd.cli import run_main
+    from kd.experiment.cli import run_main
 
     return run_main(hinton_mnist.main, argv)
 
 
 def test_precision_reaches_every_training_config_and_every_row(monkeypatch):
-    from kd import cli, engine
+    from kd.experiment import cli
+    from kd.train import engine
 
     seen = []
     monkeypatch.setattr(hinton_mnist, "run_cells", lambda *args, **kw: seen.append(kw))
@@ -177,7 +178,7 @@ def test_full_profile_shares_one_teacher_and_records_its_plateau(fake_mnist, tmp
     training loss and the plateau measure of kd.metrics.loss_plateau."""
     import dataclasses
 
-    from kd.cache import ModelCache
+    from kd.experiment.cache import ModelCache
 
     full = hinton_mnist.PROFILES["full"]
     assert full.shared_teacher and full.seeds >= 5 and full.widths == (800, 300, 30)

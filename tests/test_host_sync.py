@@ -25,14 +25,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kd import engine
-from kd.batched import StackedModels
-from kd.cifar import RandomCropFlip
-from kd.cifar_models import CifarResNet, PlainCNN
 from kd.data import iterate_batches
-from kd.distill import Distill
+from kd.data.cifar import RandomCropFlip
 from kd.methods import METHODS, build_method
 from kd.methods.quantized import QuantizedKD
+from kd.models.cifar import CifarResNet, PlainCNN
+from kd.train import engine
+from kd.train.batched import StackedModels
+from kd.train.distill import Distill
 from tests.test_methods import CONFIG, student, teacher_argument, tiny_cifar
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,7 +66,7 @@ class StepOps(TorchDispatchMode):
 
 
 def step_counts(objective, model, train, steps=3, augment=None) -> list[int]:
-    """Train ``steps`` steps on :data:`DEVICE` as :func:`kd.engine.fit` does, each under
+    """Train ``steps`` steps on :data:`DEVICE` as :func:`kd.train.engine.fit` does, each under
     :class:`StepOps`; fail on a forbidden op and return the op count of each step."""
     model, train = engine.prepare_model(model, DEVICE).train(), train.to(DEVICE)
     optimizer = engine.OPTIMIZERS[CONFIG.optimizer](

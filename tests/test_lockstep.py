@@ -1,5 +1,5 @@
-"""Students trained in lockstep (kd.engine.fit_lockstep) share each teacher's pass
-(kd.teacher_pass) and end where their one-at-a-time runs end."""
+"""Students trained in lockstep (kd.train.engine.fit_lockstep) share each teacher's pass
+(kd.train.teacher_pass) and end where their one-at-a-time runs end."""
 
 import dataclasses
 
@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from kd import engine
-from kd.cifar import RandomCropFlip
-from kd.cifar_models import CifarResNet
-from kd.engine import TrainConfig
+from kd.data.cifar import RandomCropFlip
 from kd.errors import ConfigError
 from kd.methods import build_method
-from kd.schemes import RandomTeacher
-from kd.taps import TappedForward
-from kd.teacher_pass import sharing, teacher_forward
+from kd.methods.schemes import RandomTeacher
+from kd.models.cifar import CifarResNet
+from kd.train import engine
+from kd.train.engine import TrainConfig
+from kd.train.taps import TappedForward
+from kd.train.teacher_pass import sharing, teacher_forward
 from studies import method_zoo
 from tests.closeness import assert_states_close
 from tests.test_batched import tiny_cifar
@@ -142,7 +142,7 @@ def test_method_zoo_rows_are_the_same_in_lockstep_and_one_at_a_time(fake_cifar10
 def test_the_estimate_counts_a_lockstep_step_with_one_teacher_pass(monkeypatch):
     """The smoke profile (no augmentation): KD-like cells read cached logits, while the five
     feature and relation methods run the ResNet-8 teacher live; in lockstep it runs once."""
-    from kd import estimate
+    from kd.experiment import estimate
 
     jobs = {}
     for lockstep in (False, True):
@@ -167,13 +167,13 @@ def test_the_estimate_counts_a_lockstep_step_with_one_teacher_pass(monkeypatch):
 
 def test_a_diverged_lockstep_falls_back_to_one_student_at_a_time(fake_cifar10, tmp_path,
                                                                    monkeypatch, capsys):
-    import kd.cache
+    import kd.experiment.cache
     from kd.errors import NonFiniteLossError
 
     def diverge(*args, **kwargs):
         raise NonFiniteLossError("at: training loss term 'loss' is not finite at epoch 1")
 
-    monkeypatch.setattr(kd.cache, "fit_lockstep", diverge)
+    monkeypatch.setattr(kd.experiment.cache, "fit_lockstep", diverge)
     pair = method_zoo.Pair("resnet8", "resnet8", ("kd", "at"))
     monkeypatch.setitem(method_zoo.PROFILES, "smoke", dataclasses.replace(
         method_zoo.PROFILES["smoke"], pairs=(pair,), student_candidates={}))

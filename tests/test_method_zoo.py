@@ -88,7 +88,7 @@ def test_a_chain_is_taught_by_the_assistant_distilled_from_the_teacher(fake_cifa
 
 def test_a_changed_method_default_changes_the_cells_cache_key(monkeypatch):
     """FitNets' beta and FSP's lambda once changed without changing any key."""
-    from kd.cache import spec_key
+    from kd.experiment.cache import spec_key
     from kd.methods.fitnets import FitNets
 
     profile = study.PROFILES["smoke"]

@@ -4,14 +4,15 @@ import pytest
 import torch
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from kd import data, engine
-from kd.cifar_models import CifarResNet, PlainCNN
+from kd import data
 from kd.data import Batch
-from kd.engine import TrainConfig
 from kd.errors import ConfigError
 from kd.losses import attention_loss, fsp_loss, hint_loss, rkd_loss, similarity_loss
 from kd.methods import (METHODS, FeatureDistiller, StudentWithHeads, build_method, default_taps,
                         resnet_taps)
+from kd.models.cifar import CifarResNet, PlainCNN
+from kd.train import engine
+from kd.train.engine import TrainConfig
 
 CONFIG = TrainConfig(epochs=1, batch_size=16, optimizer="sgd", lr=0.05, momentum=0.9,
                      schedule="constant")

@@ -2,20 +2,20 @@
 
 Each study's ``main`` runs its paper profile, every cell of the first seed, with the models of
 the profile (ResNet-110 and its family, the 91 stacked students, ensembles of five ResNet-56
-teachers, teacher-assistant chains, every method of the zoo), through :mod:`kd.estimate`'s
-stand-ins: fake data (a fiftieth of the real sizes), and each distinct kind of training run
-trained for two real steps of :func:`kd.engine.fit` on two images (the others of its kind reuse
-the count), each evaluation a real forward pass on two images. Everything else of the profile
-(plans, teachers and their checkpoints, the model cache, method construction, scoring, result
-rows) runs as it would on a GPU. No ``--compile``.
+teachers, teacher-assistant chains, every method of the zoo), through
+:mod:`kd.experiment.estimate`'s stand-ins: fake data (a fiftieth of the real sizes), and each
+distinct kind of training run trained for two real steps of :func:`kd.train.engine.fit` on two
+images (the others of its kind reuse the count), each evaluation a real forward pass on two
+images. Everything else of the profile (plans, teachers and their checkpoints, the model cache,
+method construction, scoring, result rows) runs as it would on a GPU. No ``--compile``.
 """
 
 import re
 
 import pytest
 
-from kd import estimate
-from kd.engine import torch_threads
+from kd.experiment import estimate
+from kd.train.engine import torch_threads
 
 # what each paper profile must have trained, in the labels of its runs
 EXPECTED = {

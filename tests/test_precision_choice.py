@@ -1,4 +1,4 @@
-"""Precision by measurement (kd.precision) and threads on purpose (kd.threads)."""
+"""Precision by measurement (kd.train.precision) and threads on purpose (kd.experiment.threads)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from kd import engine, precision, threads
-from kd.cache import ModelCache, spec_key
+from kd.experiment import threads
+from kd.train import engine, precision
+from kd.experiment.cache import ModelCache, spec_key
 from kd.data import Split
-from kd.distill import CrossEntropy
+from kd.train.distill import CrossEntropy
 from kd.errors import ConfigError
 from kd.models import MLP
-from kd.results import provenance
+from kd.experiment.results import provenance
 
 
 def tiny_split(n: int = 64) -> Split:

@@ -2,11 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from kd import engine
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
 from kd.errors import ConfigError
-from kd.quantize import fake_quantize_activation, quantize_student
+from kd.methods.quantize import fake_quantize_activation, quantize_student
+from kd.train import engine
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 from tests.test_batched import student, teacher, tiny_cifar
 
 
@@ -55,7 +55,7 @@ def test_bad_bit_widths_and_models_fail_clearly():
 
 
 def test_activation_range_follows_a_running_max_in_training_and_is_frozen_for_eval():
-    from kd.quantize import RANGE_MOMENTUM, FakeQuantizedReLU
+    from kd.methods.quantize import RANGE_MOMENTUM, FakeQuantizedReLU
 
     relu = FakeQuantizedReLU(bits=8)
     relu(torch.tensor([0.0, 2.0]))  # the first batch sets the range
@@ -73,7 +73,7 @@ def test_a_trained_quantized_students_prediction_does_not_depend_on_its_batch(mo
     prediction would depend on which images share its batch. In eval mode every activation
     range is the frozen running one, whatever the batch (checked on the ranges themselves, not
     on logits, whose rounding may differ with the batch size on some CPUs)."""
-    from kd import quantize
+    from kd.methods import quantize
 
     model = quantize_student(student(0), weight_bits=4)
     engine.fit(model, tiny_cifar(), CrossEntropy(), TrainConfig(epochs=1, batch_size=16, lr=0.05),

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from kd.cli import run_main
-from kd.engine import torch_threads
-from kd.executor import Unit, cell_units, every
-from kd.results import PROVENANCE_COLUMNS
+from kd.experiment.cli import run_main
+from kd.experiment.executor import Unit, cell_units, every
+from kd.experiment.results import PROVENANCE_COLUMNS
+from kd.train.engine import torch_threads
 from studies import capacity_gap, hinton_mnist
 from tests.conftest import REPO, kill_after_rows
 

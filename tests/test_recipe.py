@@ -7,7 +7,7 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from kd.engine import TrainConfig
+from kd.train.engine import TrainConfig
 from studies import recipe
 
 SHORT, LONG = TrainConfig(epochs=30), TrainConfig(epochs=60)

@@ -2,10 +2,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kd.executor import every
-from kd.cache import ModelCache, spec_key
-from kd.results import (ResultsTable, pending, seed_range, git_commit, markdown_table, mean_std, one_per_teacher,
-                        provenance)
+from kd.experiment.cache import ModelCache, spec_key
+from kd.experiment.executor import every
+from kd.experiment.results import (ResultsTable, pending, seed_range, git_commit, markdown_table,
+                                   mean_std, one_per_teacher, provenance)
 
 
 def test_rows_append_with_key_first_and_provenance_last(tmp_path):
@@ -105,7 +105,7 @@ def test_model_cache_treats_a_corrupt_file_as_a_miss(tmp_path):
 
 
 def test_shipped_teachers_are_found_without_checkpoints_and_the_cache_comes_first(tmp_path):
-    from kd.cache import ship
+    from kd.experiment.cache import ship
 
     trained = ModelCache(tmp_path / "trained", shipped=None)
     spec = {"arch": "mlp", "seed": 0}
@@ -158,8 +158,8 @@ def test_markdown_table_formats_floats_only_with_the_given_format():
 
 
 def test_cache_command_lists_and_ships_entries(tmp_path, monkeypatch, capsys):
-    from kd import cache as module
-    from kd.cli import run_main
+    from kd.experiment import cache as module
+    from kd.experiment.cli import run_main
 
     monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(module, "SHIPPED_ROOT", tmp_path / "shipped")
@@ -209,7 +209,7 @@ def test_a_copy_without_git_takes_its_commit_from_the_environment(tmp_path, monk
 
 
 def test_notebooks_show_the_first_complete_table(tmp_path):
-    from kd.results import profile_to_show
+    from kd.experiment.results import profile_to_show
     planned = lambda profile: [("teacher", 0), ("student", 0), ("student", 1)]
     write = lambda profile, pairs: pd.DataFrame(pairs, columns=["cell", "seed"]).to_csv(
         tmp_path / f"{profile}.csv", index=False)
@@ -224,7 +224,7 @@ def test_notebooks_show_the_first_complete_table(tmp_path):
 
 
 def test_tables_of_split_seeds_merge_unchanged_and_refuse_duplicates(tmp_path, capsys):
-    from kd.results import main
+    from kd.experiment.results import main
     for seed in (0, 1):
         table = ResultsTable("study", "paper", tmp_path / f"r{seed}")
         table.append({"cell": "teacher", "seed": seed, "test_errors": 60 + seed,
@@ -242,7 +242,7 @@ def test_tables_of_split_seeds_merge_unchanged_and_refuse_duplicates(tmp_path, c
     assert list(merged.columns[:4]) == ["study", "profile", "cell", "seed"]
     before = (target / "study" / "paper.csv").read_bytes()
     # merging seed 1 again: one line, exit 2, the table as it was
-    from kd.cli import run_main
+    from kd.experiment.cli import run_main
     assert run_main(main, ["merge", "study", "paper", str(tmp_path / "r1"),
                            "--results", str(target)]) == 2
     assert "is in both" in capsys.readouterr().err

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd.cifar_models import CifarResNet
 from kd.methods import build_method
 from kd.methods.mutual import reinitialized
+from kd.models.cifar import CifarResNet
 from tests.closeness import assert_states_close
 from tests.test_methods import one_batch, student, teacher, tiny_cifar
 
@@ -142,7 +142,7 @@ def test_mutual_default_peer_is_a_seeded_reinitialization_and_the_student_comes_
 
 
 def test_mutual_learning_looped_and_vectorized_give_the_same_losses_and_weights():
-    from kd import engine
+    from kd.train import engine
     from tests.test_methods import CONFIG
 
     results = []

@@ -2,12 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd import data, engine
-from kd.batched import StackedModels
-from kd.distill import Distill
-from kd.engine import TrainConfig
+from kd import data
 from kd.errors import ConfigError
-from kd.schemes import MutualLearning, RandomTeacher, born_again
+from kd.methods.schemes import MutualLearning, RandomTeacher, born_again
+from kd.train import engine
+from kd.train.batched import StackedModels
+from kd.train.distill import Distill
+from kd.train.engine import TrainConfig
 from tests.test_batched import student, teacher, tiny_cifar
 
 CONFIG = TrainConfig(epochs=1, batch_size=16, lr=0.05)

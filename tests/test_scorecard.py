@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kd import verdict as v
+from kd.experiment import verdict as v
 from studies import scorecard as sc
 from tests.conftest import REPO
 
@@ -21,7 +21,7 @@ def interval(mean, low, high, n=5):
 
 
 # ----------------------------------------------------------------------------------------------
-# kd.verdict
+# kd.experiment.verdict
 
 def test_t_interval_by_hand():
     got = v.t_interval([1.0, 2.0, 3.0])  # mean 2, sd 1

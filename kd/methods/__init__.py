@@ -8,7 +8,7 @@ docstring); :data:`METHODS` maps names to classes and :func:`build_method` build
     fit(model, train, method, config, seed=0)
     student = method.trained_student(model)
 
-Every method is an :class:`~kd.distill.Objective` whose ``method.model`` is what to train: the
+Every method is an :class:`~kd.train.distill.Objective` whose ``method.model`` is what to train: the
 student, the student with the method's learnable heads (see :mod:`kd.methods.base`), or the
 student stacked with its peers (mutual learning). Each class says what it is:
 

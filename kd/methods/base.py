@@ -1,7 +1,7 @@
 """The one contract of distillation methods: a student, a teacher, named feature taps, and
 weighted loss terms, each logged separately.
 
-A :class:`FeatureDistiller` is an :class:`~kd.distill.Objective`:
+A :class:`FeatureDistiller` is an :class:`~kd.train.distill.Objective`:
 
     L = w_ce · CE(s, y) + w_kd · T² · KL(softmax_T(t) ‖ softmax_T(s)) + Σ_k w_k · term_k
 
@@ -19,7 +19,7 @@ pass gives its last output. The teacher runs in eval mode under ``torch.no_grad(
 its parameters requires grad.
 
 Learnable parts of a method (FitNets' regressor) are ``heads``: modules owned by the distiller.
-Since :func:`kd.engine.fit` optimizes ``model.parameters()``, a method with heads trains
+Since :func:`kd.train.engine.fit` optimizes ``model.parameters()``, a method with heads trains
 ``method.model``, a :class:`StudentWithHeads` whose forward is the student's forward and whose
 parameters are the student's plus the heads'. A method without heads has ``method.model`` =
 the student. Always train ``method.model``::
@@ -47,12 +47,12 @@ from typing import ClassVar, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from kd.data import Batch, Split
-from kd.distill import Objective
+from kd.data.core import Batch, Split
 from kd.errors import ConfigError
 from kd.losses import check_hyperparameters, kd_loss, label_cross_entropy
-from kd.taps import TappedForward, submodule, trace_taps
-from kd.teacher_pass import teacher_forward
+from kd.train.distill import Objective
+from kd.train.taps import TappedForward, submodule, trace_taps
+from kd.train.teacher_pass import teacher_forward
 
 
 class StudentWithHeads(nn.Module):

@@ -6,7 +6,7 @@ from torch import nn
 
 from kd.errors import ConfigError
 from kd.methods.hinton import HintonKD
-from kd.models import state_shapes
+from kd.models.core import state_shapes
 
 
 class BornAgain(HintonKD):
@@ -17,7 +17,7 @@ class BornAgain(HintonKD):
 
     Defaults: T = 1 and α = 1 (the paper's): the teacher's predictions are the only target. A
     teacher of another architecture is a ConfigError. Chains of generations:
-    :func:`kd.schemes.born_again`.
+    :func:`kd.methods.schemes.born_again`.
     """
 
     name = "born_again"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from kd.distill import Distill
+from kd.train.distill import Distill
 
 
 class HintonKD(Distill):
     """Response-based KD of Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a
-    Neural Network": a thin wrapper over :class:`kd.distill.Distill`.
+    Neural Network": a thin wrapper over :class:`kd.train.distill.Distill`.
 
         L = (1 − α) · CE(s, y) + α · T² · KL(softmax_T(t) ‖ softmax_T(s))
 

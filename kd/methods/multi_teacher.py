@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from kd.methods.hinton import HintonKD
-from kd.models import Ensemble
-from kd.schemes import RandomTeacher
+from kd.methods.schemes import RandomTeacher
+from kd.models.core import Ensemble
 
 
 class MeanTeacherKD(HintonKD):

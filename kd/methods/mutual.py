@@ -8,9 +8,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from kd.batched import LoopedModels, StackedModels
 from kd.errors import ConfigError
-from kd.schemes import MutualLearning
+from kd.methods.schemes import MutualLearning
+from kd.train.batched import LoopedModels, StackedModels
 
 
 def reinitialized(model: nn.Module, seed: int) -> nn.Module:
@@ -32,10 +32,10 @@ class DeepMutualLearning(MutualLearning):
 
         L_k = CE(s_k, y) + (1/(K − 1)) Σ_{j ≠ k} KL(softmax_T(s_j) ‖ softmax_T(s_k))
 
-    (see :class:`kd.schemes.MutualLearning`). ``method.model`` holds the student and its peers
-    (one optimizer step updates all): a :class:`kd.batched.LoopedModels` (one model after
-    another; the faster on a CPU) or, with ``vectorized=True``, a
-    :class:`kd.batched.StackedModels` (vmap; peers of the student's architecture).
+    (see :class:`kd.methods.schemes.MutualLearning`). ``method.model`` holds the student and its
+    peers (one optimizer step updates all): a :class:`kd.train.batched.LoopedModels` (one model
+    after another; the faster on a CPU) or, with ``vectorized=True``, a
+    :class:`kd.train.batched.StackedModels` (vmap; peers of the student's architecture).
     :meth:`trained_student` takes the student, the first of the group, back out.
     peers: models with the student's classes (default: one copy of the student
     re-initialized with ``peer_seed``). Defaults: one peer, T = 1 (the paper's).

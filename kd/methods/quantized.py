@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from kd.data import Batch, Split
-from kd.distill import Distill, Objective
-from kd.taps import TappedForward
-from kd.quantize import quantize_student
+from kd.data.core import Batch, Split
+from kd.methods.quantize import quantize_student
+from kd.train.distill import Distill, Objective
+from kd.train.taps import TappedForward
 
 
 class QuantizedKD(Objective):
     """Quantized distillation after Polino et al. (2018): a student with fake-quantized weights
     (``weight_bits`` per output channel) and activations (``activation_bits``), see
-    :mod:`kd.quantize`, trained with the straight-through estimator on
+    :mod:`kd.methods.quantize`, trained with the straight-through estimator on
 
         L = (1 − α) · CE(s_q, y) + α · T² · KL(softmax_T(t) ‖ softmax_T(s_q))
 
@@ -23,7 +23,7 @@ class QuantizedKD(Objective):
 
     Given a ``torch.compile`` wrapper of ``method.model`` (``TrainConfig(compile=True)``), it
     compiles a ``torch.fx`` graph of the student's forward pass instead, with the wrapper's
-    settings (:class:`~kd.taps.TappedForward` without taps): parametrize gives each
+    settings (:class:`~kd.train.taps.TappedForward` without taps): parametrize gives each
     quantized layer a class of its own, so every quantized student would add a recompilation
     of the architecture's one forward function, and after 8 (dynamo's recompile limit) the
     student would train eagerly.

@@ -11,11 +11,11 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from kd.data import Batch, Split
-from kd.engine import predict
+from kd.data.core import Batch, Split
 from kd.errors import ConfigError
 from kd.losses import check_hyperparameters, label_cross_entropy, soft_target_kl
-from kd.teacher_pass import teacher_forward
+from kd.train.engine import predict
+from kd.train.teacher_pass import teacher_forward
 
 
 class Objective:
@@ -58,7 +58,7 @@ class Distill(Objective):
         L = (1 − α) · CE(s, y) + α · w · KL(softmax_T(t) ‖ softmax_T(s)),   w = T² (or 1)
 
     ``t_squared=False`` drops the T² (w = 1), as some papers and tutorials do; the KD term's
-    gradient then shrinks like 1/T. For a :class:`kd.batched.StackedModels` of K students pass
+    gradient then shrinks like 1/T. For a :class:`kd.train.batched.StackedModels` of K students pass
     ``temperature``, ``alpha`` and ``t_squared`` as sequences of length K (a number is shared
     by all): the loss is then the vector of the K students' losses.
 
@@ -70,8 +70,8 @@ class Distill(Objective):
     runs under ``torch.no_grad()``. When the transfer set is
     not augmented, its logits for the whole set are computed once in :meth:`bind` and looked up
     by example index every epoch instead of running the teacher again. The teacher may be a
-    :class:`kd.batched.StackedModels` of K teachers, student k's own (logits ``[K, N, C]``), for a
-    stack of K students that each distil from their own.
+    :class:`kd.train.batched.StackedModels` of K teachers, student k's own (logits ``[K, N, C]``),
+    for a stack of K students that each distil from their own.
     """
 
     def __init__(self, teacher: nn.Module, temperature: float | Sequence[float],

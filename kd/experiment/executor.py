@@ -1,5 +1,5 @@
 """Where a study's cells run: here, one after another (``--executor local``, the default: the
-loop of :func:`kd.results.run_cells`), or as tasks on a Ray cluster (``--executor ray``).
+loop of :func:`kd.experiment.results.run_cells`), or as tasks on a Ray cluster (``--executor ray``).
 
 Under Ray each pending cell is one task (``alpha_temperature``: one per stacked group of
 students, as it trains them). A task asks Ray for ``--ray-cpus`` CPUs (default 1; it also sets
@@ -17,9 +17,9 @@ the other studies and with later runs), so ``KD_CACHE`` must be a folder every w
 and writes (one machine: any local folder; a cluster: a shared file system).
 
 A task returns its rows; only the driver writes the results table, appending each row as it
-arrives (:meth:`kd.results.ResultsTable.append`), so resuming, provenance and ``--report`` work
-as under ``local``. A cell that raises gets a row in ``<profile>_failures.csv``
-(:func:`kd.results.record_failure`) and the other cells go on; bad input (a
+arrives (:meth:`kd.experiment.results.ResultsTable.append`), so resuming, provenance and
+``--report`` work as under ``local``. A cell that raises gets a row in ``<profile>_failures.csv``
+(:func:`kd.experiment.results.record_failure`) and the other cells go on; bad input (a
 :class:`~kd.errors.KDError` other than a non-finite loss, e.g. missing data) stops the run with
 one line, as under ``local``. When every cell has run, the table is rewritten once in run order
 (the rows arrive in the order they finish).
@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kd.errors import ConfigError, KDError, NonFiniteLossError
-from kd.results import git_commit, provenance, record_failure, seed_range
+from kd.experiment.results import git_commit, provenance, record_failure, seed_range
 
 EXECUTORS = ("local", "ray")
 RAY_HINT = "install it with pip install -e '.[ray]' (or pip install 'ray>=2.9'), or use --executor local"
@@ -103,8 +103,8 @@ def require_ray():
 def run_cells_on_ray(command, order: Sequence[tuple[int, object]], runner: Callable,
                      summary: Callable[[dict], str],
                      models_used: Callable[[int, object], Iterable[Hashable]]) -> int:
-    """:func:`kd.results.run_cells` on Ray: every pending cell of ``order`` a task that calls
-    ``runner(command)(seed, cell)`` on a worker. Returns the number of cells that failed."""
+    """:func:`kd.experiment.results.run_cells` on Ray: every pending cell of ``order`` a task that
+    calls ``runner(command)(seed, cell)`` on a worker. Returns the number of cells that failed."""
     units = cell_units(order, command.table.done(), models_used)
     return run_units_on_ray(command, units, runner, summary, grouped=False,
                             order=[(cell.name, seed) for seed, cell in order])
@@ -265,7 +265,7 @@ class Job:
 
     module: str  # the study's module, e.g. studies.hinton_mnist
     runner: str  # its function command -> run(seed, cell(s))
-    command: object  # kd.cli.StudyCommand, as the driver parsed it
+    command: object  # kd.experiment.cli.StudyCommand, as the driver parsed it
     grouped: bool
     cpus: float
     gpus: float
@@ -283,8 +283,8 @@ def _threads(cpus: float) -> int:
 def worker_command(job: Job):
     """The driver's command on this worker: its own device (the GPU Ray gave the task, or the
     CPU) and the precision that device resolves to."""
-    from kd.cli import with_training
-    from kd.engine import resolve_device, resolve_precision
+    from kd.experiment.command import with_training
+    from kd.train.engine import resolve_device, resolve_precision
 
     command = job.command
     device = resolve_device("cuda" if job.gpus > 0 else "cpu")

@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from kd.errors import ConfigError
-from kd.models import MODELS
+from kd.models.core import MODELS
 
 
 def resnet18_cifar(num_classes: int = 10) -> nn.Module:

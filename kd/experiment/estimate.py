@@ -1,8 +1,8 @@
 """How long a study's profile would take on one GPU, estimated on the CPU without training it.
 
-    python -m kd.bench --task estimate [--study NAME ...] [--profile paper] [--peak-tflops 989]
-                       [--mfu 0.4] [--op-overhead-us 5] [--precision bf16]
-    python -m kd.estimate ...            (the same arguments)
+    python -m kd.experiment.bench --task estimate [--study NAME ...] [--profile paper]
+                       [--peak-tflops 989] [--mfu 0.4] [--op-overhead-us 5] [--precision bf16]
+    python -m kd.experiment.estimate ...            (the same arguments)
 
 Small CIFAR networks do not keep a GPU busy: every operator a training step dispatches costs
 some microseconds of host time (Python, the dispatcher, the kernel launch) however little it
@@ -19,15 +19,15 @@ kind, each with
 * ``images seen``: runs x epochs x training images;
 * ``FLOP-bound`` = FLOPs / (peak x MFU), ``launch-bound`` = steps x ops/step x overhead per
   operator, and the estimate, the larger of the two. Runs add up; the evaluation passes of
-  :func:`kd.engine.predict` (teachers' logits, test and train scores) are one more row.
+  :func:`kd.train.engine.predict` (teachers' logits, test and train scores) are one more row.
 
 How: the study's own ``main`` runs the profile, every cell of every seed, on fake data of the
 real sizes (random images, balanced labels), its model cache and results in a temporary folder,
-with two stand-ins. :func:`kd.engine.fit` records the run (model, objective, training split,
+with two stand-ins. :func:`kd.train.engine.fit` records the run (model, objective, training split,
 config) and measures its kind: the real ``fit`` trains two steps in batches of ``batch`` images
 (default 2; the count of operators barely depends on it) and the second step is counted. A kind
 is the trained module's structure, the objective with its teachers, the augmentation, the
-optimizer and the precision; each is measured once and reused. :func:`kd.engine.predict` runs
+optimizer and the precision; each is measured once and reused. :func:`kd.train.engine.predict` runs
 the model on ``batch`` images and repeats their logits for the whole split, recording one
 evaluation. So the list is what the study trains, derived from its own plan rather than written
 by hand, and a model the study trains once (cached teachers) counts once. It takes seconds per
@@ -76,18 +76,19 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import conv_flop_count, flop_registry
 
-from kd import data, distill, engine
-from kd.cli import OneLineErrorParser, positive_int
-from kd.distill import Objective
-from kd.engine import FitResult, TrainConfig
+from kd import data
 from kd.errors import ConfigError
+from kd.experiment.command import OneLineErrorParser, positive_int
+from kd.train import distill, engine
+from kd.train.distill import Objective
+from kd.train.engine import FitResult, TrainConfig
 
 STUDIES = ("hinton_mnist", "alpha_temperature", "capacity_gap", "early_stopping", "fidelity",
            "method_zoo")
 H100_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100 SXM data sheet, dense (quoted from memory)
 DEFAULT_MFU = 0.4
 DEFAULT_OP_OVERHEAD_US = 5.0
-EVAL_BATCH = 1024  # kd.engine.predict's batch on CUDA
+EVAL_BATCH = 1024  # kd.train.engine.predict's batch on CUDA
 BUDGET_MINUTES = 45.0  # the time a paper profile should fit in on one GPU (issue 16)
 
 # The data sets' real sizes: name -> (train, test, image shape, classes)
@@ -227,8 +228,8 @@ def grouped_conv_backward_flops(grad_out, x, weight, _bias_sizes, _stride, _padd
                                 transposed, _output_padding, _groups, output_mask) -> int:
     """FLOPs of a grouped convolution's backward: the forward's for each gradient computed
     (input, weight). torch 2.14's formula counts the weight gradient of a grouped convolution as
-    an ungrouped one, G times too many: the stacked students of :class:`kd.batched.StackedModels`
-    run as convolutions of G = K groups under vmap."""
+    an ungrouped one, G times too many: the stacked students of
+    :class:`kd.train.batched.StackedModels` run as convolutions of G = K groups under vmap."""
     forward = conv_flop_count(list(x.shape), list(weight.shape), list(grad_out.shape),
                               transposed=transposed)
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
@@ -274,7 +275,7 @@ class _Probe:
 
 @contextlib.contextmanager
 def foreach_optimizers() -> Iterator[None]:
-    """Optimizers built by :data:`kd.engine.OPTIMIZERS` in torch's ``foreach`` form (one call
+    """Optimizers built by :data:`kd.train.engine.OPTIMIZERS` in torch's ``foreach`` form (one call
     for all parameters; the default on CUDA) unless fused, as they would run on the GPU."""
     originals = dict(engine.OPTIMIZERS)
 
@@ -337,7 +338,7 @@ def kd_until_epoch(objective, depth: int = 0) -> int | None:
 def describe_model(model: nn.Module) -> str:
     """What is trained, in a few words: ``PlainCNN 0.03M`` or ``91 x PlainCNN 0.03M``."""
     skeleton = getattr(model, "_skeleton", None)
-    if skeleton:  # a kd.batched.StackedModels: K models of one architecture
+    if skeleton:  # a kd.train.batched.StackedModels: K models of one architecture
         return f"{len(model)} x {describe_model(skeleton[0])}"
     if isinstance(model, nn.ModuleList) and len(model) > 1:  # LoopedModels
         return " + ".join(describe_model(m) for m in model)
@@ -388,8 +389,8 @@ _REAL_FIT, _REAL_FIT_LOCKSTEP, _REAL_PREDICT = engine.fit, engine.fit_lockstep, 
 
 
 class Tracer:
-    """The stand-ins of :func:`kd.engine.fit` and :func:`kd.engine.predict` that record what a
-    study trains and evaluates, and measure each kind of step once (``batch`` images)."""
+    """The stand-ins of :func:`kd.train.engine.fit` and :func:`kd.train.engine.predict` that record
+    what a study trains and evaluates, and measure each kind of step once (``batch`` images)."""
 
     def __init__(self, batch: int = 2, data_scale: float = 1.0):
         """data_scale < 1 makes the fake data sets smaller: the same code runs faster, with
@@ -408,7 +409,7 @@ class Tracer:
         self.failures: list[str] = []
         self._measuring = False
 
-    # -- kd.engine.fit ---------------------------------------------------------------------------
+    # -- kd.train.engine.fit -------------------------------------------------------------------
     def fit(self, model: nn.Module, train: data.Split, objective, config: TrainConfig, *,
             seed: int, eval_sets: dict | None = None, augment=None, desc: str = "train",
             **_) -> FitResult:
@@ -436,7 +437,7 @@ class Tracer:
 
     def fit_lockstep(self, models, train: data.Split, objectives, config: TrainConfig, *,
                      seed: int, augment=None, desc: str = "train") -> list[FitResult]:
-        """:func:`kd.engine.fit_lockstep`'s stand-in: one run of one kind, whose step is every
+        """:func:`kd.train.engine.fit_lockstep`'s stand-in: one run of one kind, whose step is every
         model's step on one batch, each teacher's pass shared (measured as it runs)."""
         kind = ("lockstep", tuple((module_signature(m), objective_signature(o))
                                   for m, o in zip(models, objectives)),
@@ -473,8 +474,8 @@ class Tracer:
         return self.steps[key]
 
     def measure(self, model, train, objective, config, seed, augment, shift) -> StepCost:
-        """The second step of the real :func:`kd.engine.fit` in batches of ``batch`` images
-        (of :func:`kd.engine.fit_lockstep` when ``model`` and ``objective`` are lists: the
+        """The second step of the real :func:`kd.train.engine.fit` in batches of ``batch`` images
+        (of :func:`kd.train.engine.fit_lockstep` when ``model`` and ``objective`` are lists: the
         first model's probe counts from its second step to its third, every model's step on
         that batch in between)."""
         counter = OpCounter(active=False)
@@ -500,7 +501,7 @@ class Tracer:
             self._measuring, counter.active = False, False
         return StepCost(counter.ops, counter.flops / self.batch, finite and probe.finite())
 
-    # -- kd.engine.predict -----------------------------------------------------------------------
+    # -- kd.train.engine.predict ---------------------------------------------------------------
     def predict(self, model: nn.Module, split: data.Split, batch_size: int | None = None,
                 precision: str = "fp32") -> torch.Tensor:
         """The model's logits for ``batch`` images of the split, repeated for all of it."""
@@ -556,11 +557,11 @@ class Tracer:
 def stand_ins(tracer: Tracer, cache_dir: str) -> Iterator[None]:
     """Within: ``fit`` and ``predict`` are the tracer's, data sets are :func:`fake_split`, and
     the model cache is ``cache_dir``."""
-    import kd.cache
+    import kd.experiment.cache
 
-    patches = [(engine, "fit", tracer.fit), (kd.cache, "fit", tracer.fit),
+    patches = [(engine, "fit", tracer.fit), (kd.experiment.cache, "fit", tracer.fit),
                (engine, "fit_lockstep", tracer.fit_lockstep),
-               (kd.cache, "fit_lockstep", tracer.fit_lockstep),
+               (kd.experiment.cache, "fit_lockstep", tracer.fit_lockstep),
                (engine, "predict", tracer.predict), (distill, "predict", tracer.predict),
                (data, "load", functools.partial(fake_load, scale=tracer.data_scale))]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
@@ -704,7 +705,7 @@ def report(results: Sequence[StudyEstimate], target: Target,
 
 
 def add_arguments(parser: argparse.ArgumentParser, precision: bool = True) -> None:
-    """The estimate's options (``kd.bench`` has its own ``--precision``)."""
+    """The estimate's options (``kd.experiment.bench`` has its own ``--precision``)."""
     parser.add_argument("--study", nargs="+", choices=STUDIES, default=list(STUDIES),
                         metavar="STUDY", help=f"studies to estimate: {', '.join(STUDIES)} "
                                               f"(default: all)")
@@ -743,6 +744,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from kd.cli import run_main
+    from kd.experiment.command import run_main
 
     raise SystemExit(run_main(main))

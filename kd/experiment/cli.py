@@ -1,26 +1,21 @@
-"""What every study's command line shares: its arguments and how errors end the process."""
+"""What every study's command line shares: its arguments (:func:`study_parser`) and what it
+runs with (:func:`open_study`: the profile, the results table, locked, the device and precision).
+How errors end the process is :mod:`kd.experiment.command`'s (re-exported here: a study's
+``main`` runs through :func:`run_main`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from kd.errors import ConfigError, KDError
-
-EXIT_BAD_INPUT = 2
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An argument error is a :class:`ConfigError`, so :func:`run_main` prints it as one line
-    and exits 2 (argparse itself prints the usage, several lines, before its message)."""
-
-    def error(self, message: str):
-        raise ConfigError(f"{message} (see --help)")
+from kd.experiment.command import (EXIT_BAD_INPUT, OneLineErrorParser, importable,  # noqa: F401
+                                   positive_int, run_main, with_compile, with_training)
+from kd.experiment.executor import require_ray
+from kd.experiment.results import ResultsTable, failure_lines
 
 
 def study_parser(description: str, profiles: Sequence[str]) -> argparse.ArgumentParser:
@@ -42,12 +37,12 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
                         help="training steps in fp32 or bf16 autocast; auto: per model, "
                              "whichever a short timed calibration finds faster on this machine "
                              "(bf16 only where the device computes it natively and it is at "
-                             "least 1.1x faster; kd.precision); the default comes from "
+                             "least 1.1x faster; kd.train.precision); the default comes from "
                              "$KD_PRECISION when set")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads (default $KD_THREADS, else every core this process "
                              "may use, shared with the other kd processes running: a study "
-                             "beside the tests takes one of two cores; kd.threads)")
+                             "beside the tests takes one of two cores; kd.experiment.threads)")
     parser.add_argument("--report", action="store_true",
                         help="print the study's paper-vs-ours tables for the profile's results "
                              "and exit")
@@ -69,48 +64,23 @@ def study_parser(description: str, profiles: Sequence[str]) -> argparse.Argument
     return parser
 
 
-def with_training(profile, **settings):
-    """The profile with ``settings`` (e.g. ``compile=True``, ``precision="bf16"``) in every
-    :class:`~kd.engine.TrainConfig` it holds, directly or as the values of a dict (named
-    candidates); the same object when nothing changes."""
-    from kd.engine import TrainConfig
-
-    def changed(value):
-        if isinstance(value, TrainConfig):
-            return dataclasses.replace(value, **settings)
-        if isinstance(value, dict) and any(isinstance(v, TrainConfig) for v in value.values()):
-            return {k: changed(v) for k, v in value.items()}
-        return value
-
-    changes = {f.name: changed(getattr(profile, f.name)) for f in dataclasses.fields(profile)}
-    same = all(changes[name] == getattr(profile, name) for name in changes)
-    return profile if same else dataclasses.replace(profile, **changes)
-
-
-def with_compile(profile, enabled: bool):
-    """The profile with ``compile=True`` in every :class:`~kd.engine.TrainConfig` it holds."""
-    return with_training(profile, compile=True) if enabled else profile
-
-
 @dataclasses.dataclass(frozen=True)
 class StudyCommand:
     """A parsed study command line, ready to run: the arguments, the profile (``--compile`` and
-    the precision applied), its results table (a :class:`kd.results.ResultsTable`), the device
-    and the resolved precision (``fp32`` or ``bf16``)."""
+    the precision applied), its results table (a :class:`kd.experiment.results.ResultsTable`), the
+    device and the resolved precision (``fp32`` or ``bf16``)."""
 
     args: argparse.Namespace
     profile: object
     table: object
     device: object
     precision: str = "fp32"
-    executor: str = "local"  # --executor: local, or ray (kd.executor)
+    executor: str = "local"  # --executor: local, or ray (kd.experiment.executor)
 
 
 def report_text(table, report: Callable) -> str:
     """What ``--report`` prints for a results table: ``report(rows)`` and a line per failed
     cell. ``studies.docs`` writes the same text into the study pages."""
-    from kd.results import failure_lines
-
     return "\n".join([report(table.read_or_fail()), *failure_lines(table)])
 
 
@@ -121,9 +91,8 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     ``report(rows)`` for the profile's results and return None; otherwise return what the study
     runs with. ``datasets`` adds ``--dataset`` (default the first); the rows of another data
     set go to ``<profile>_<dataset>.csv``."""
-    from kd.engine import native_bf16, resolve_device, resolve_precision
-    from kd.results import ResultsTable
-    from kd.threads import claim_threads
+    from kd.experiment.threads import claim_threads
+    from kd.train.engine import native_bf16, resolve_device, resolve_precision
 
     parser = study_parser(description, profiles)
     if datasets:
@@ -146,22 +115,11 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
               file=sys.stderr)
     table.check_writable()  # a foreign table or a read-only folder: say so before training
     if args.executor == "ray":
-        from kd.executor import require_ray
-
         require_ray()  # not installed: say so before training
     profile = with_training(with_compile(profiles[args.profile], args.compile),
                             precision=precision)
+    table.lock()  # one writer per table: a second run of this study and profile stops here
     return StudyCommand(args, profile, table, device, precision, args.executor)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def seed_selection(text: str) -> int | range:
@@ -193,29 +151,3 @@ def nonnegative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
-
-
-def importable(function: Callable) -> Callable:
-    """``function``, or where it was defined in ``__main__`` (``python -m studies.<name>``) the
-    same function of that module imported under its own name, so that what it creates (cells,
-    profiles) pickles by reference for the workers of ``--executor ray``."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if function.__module__ != "__main__" or spec is None or spec.name == "__main__":
-        return function
-    return getattr(importlib.import_module(spec.name), function.__name__)
-
-
-def run_main(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
-    """Run a study's ``main``; a :class:`KDError` becomes one line on stderr and exit code 2."""
-    main = importable(main)
-    try:
-        main(argv)
-    except KDError as error:
-        one_line = " ".join(str(error).splitlines())
-        print(f"error: {one_line}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted: finished rows are saved; rerun the same command to resume",
-              file=sys.stderr)
-        return 130
-    return 0

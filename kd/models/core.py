@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from kd.errors import ConfigError
-from kd.teacher_pass import teacher_forward
+from kd.train.teacher_pass import teacher_forward
 
 
 class MLP(nn.Module):
@@ -62,12 +62,11 @@ class MLP(nn.Module):
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
-"""Model constructors by name; later studies register their architectures here."""
+"""Model constructors by name; :mod:`kd.models.cifar` registers its architectures here
+(``kd/models/__init__.py`` imports it, so the registry is complete once ``kd.models`` is)."""
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    import kd.cifar_models  # noqa: F401  (registers the CIFAR architectures; imports this module)
-
     try:
         return MODELS[name](**kwargs)
     except KeyError:
@@ -109,7 +108,7 @@ class Ensemble(nn.Module):
 
         z̄ = τ · log p̄_τ,   p̄_τ = (1/m) Σ_k softmax(z_k / τ)   (:func:`kd.metrics.ensemble_log_probs`)
 
-    These are valid logits: softmax(z̄ / τ) = p̄_τ. So :class:`kd.distill.Distill` at
+    These are valid logits: softmax(z̄ / τ) = p̄_τ. So :class:`kd.train.distill.Distill` at
     temperature T = τ fits the student to the mean of the members' tempered softmaxes (You et
     al. 2017); with τ = 1 it fits softmax(log p̄ / T), the tempered predictive distribution of
     the ensemble.
@@ -128,7 +127,7 @@ class Ensemble(nn.Module):
         from kd.metrics import ensemble_log_probs  # kd.metrics does not import this module
 
         t = self.temperature
-        # each member's pass is shared with other students of it (kd.teacher_pass)
+        # each member's pass is shared with other students of it (kd.train.teacher_pass)
         return t * ensemble_log_probs([teacher_forward(member, x)[0] / t
                                        for member in self.members])
 

@@ -195,7 +195,7 @@ _LAST: list[Choice] = []  # the latest choice of this process (see last_choice)
 
 
 def resolve(config, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    """``config`` (a :class:`kd.engine.TrainConfig`) with ``precision="auto"`` replaced by the
+    """``config`` (a :class:`kd.train.engine.TrainConfig`) with ``precision="auto"`` replaced by the
     measured choice for ``model``; the choice is also kept for :func:`last_choice`."""
     choice = choose(config.precision, model, x, y)
     _LAST[:] = [choice]

@@ -18,15 +18,15 @@ from typing import Callable
 import torch
 from torch import nn
 
-from kd.batched import StackedModels
 from kd.data import cache_root
-from kd.engine import fit, fit_lockstep, prepare_model, resolve_auto
 from kd.errors import NotWritableError, check_writable_folder, reason
+from kd.train.batched import StackedModels
+from kd.train.engine import fit, fit_lockstep, prepare_model, resolve_auto
 
 CACHE_VERSION = 2  # 2: fused Adam
 # Trained teachers committed with the results they produced (weights only, named by their key):
 # a fresh checkout reruns any student cell without training the teacher again.
-SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "results" / "models"
+SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "results" / "models"
 
 
 def spec_key(spec: dict) -> str:
@@ -99,8 +99,8 @@ class ModelCache:
 
     def fit(self, spec: dict, model: nn.Module, train, objective, config, *, seed: int,
             augment=None, desc: str = "train") -> tuple[nn.Module, dict, dict[int, dict]]:
-        """Load ``model``'s weights for ``spec``, or train it with :func:`kd.engine.fit` and store
-        them; either way return ``(model in eval mode, meta, checkpoints)``.
+        """Load ``model``'s weights for ``spec``, or train it with :func:`kd.train.engine.fit` and
+        store them; either way return ``(model in eval mode, meta, checkpoints)``.
 
         ``spec`` must name everything that decides the weights (architecture, data, seed, the
         training config with its checkpoint epochs). meta holds ``train_s``, the training time
@@ -125,9 +125,9 @@ class ModelCache:
                   objective_for: Callable[[list[int]], object], config, *, seeds: list[int],
                   augment=None, desc: str = "train") -> list[int]:
         """Train the models of ``specs`` that the cache lacks as one
-        :class:`kd.batched.StackedModels` (member k on the batches of ``seeds[k]``, see
-        :func:`kd.engine.fit`) and store each under its own spec, as :meth:`fit` would have one
-        at a time; return the indices trained. ``new_model(i)`` builds model i untrained (its
+        :class:`kd.train.batched.StackedModels` (member k on the batches of ``seeds[k]``, see
+        :func:`kd.train.engine.fit`) and store each under its own spec, as :meth:`fit` would have
+        one at a time; return the indices trained. ``new_model(i)`` builds model i untrained (its
         seeded initialization); ``objective_for(indices)`` the objective of a stack of those
         (a live teacher per member is a stack too). meta also holds ``stacked_with``, and
         ``train_s`` is the stack's time divided by its members."""
@@ -154,7 +154,7 @@ class ModelCache:
     def fit_lockstep(self, specs: list[dict], new_run: Callable[[int], tuple[nn.Module, object]],
                      train, config, *, seed: int, augment=None, desc: str = "train") -> list[int]:
         """Train the models of ``specs`` that the cache lacks in lockstep on the batches of
-        ``seed`` (:func:`kd.engine.fit_lockstep`: each teacher's pass shared between them) and
+        ``seed`` (:func:`kd.train.engine.fit_lockstep`: each teacher's pass shared between them) and
         store each under its own spec, as :meth:`fit` would have one at a time; return the
         indices trained. ``new_run(i)`` gives model i untrained, prepared for the device, and its
         objective. meta also holds ``lockstep_with``, and ``train_s`` is the lockstep's time
@@ -230,10 +230,10 @@ def entries(cache: ModelCache | None = None) -> list[tuple[str, dict, int]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kd.cache list`` shows the trained models in the cache; ``python -m kd.cache
-    ship KEY [KEY ...]`` copies them (final weights; ``--checkpoints`` adds the earlier ones)
-    into ``results/models`` to be committed."""
-    from kd.cli import OneLineErrorParser
+    """``python -m kd.experiment.cache list`` shows the trained models in the cache; ``python -m
+    kd.experiment.cache ship KEY [KEY ...]`` copies them (final weights; ``--checkpoints`` adds the
+    earlier ones) into ``results/models`` to be committed."""
+    from kd.experiment.command import OneLineErrorParser
     from kd.errors import ConfigError
 
     parser = OneLineErrorParser(description=main.__doc__.split(";")[0])
@@ -256,12 +256,12 @@ def main(argv: list[str] | None = None) -> None:
                               weights_only=True)["spec"]
         except Exception:
             raise ConfigError(f"no readable entry {key} in {cache.root} "
-                              f"(python -m kd.cache list)") from None
+                              f"(python -m kd.experiment.cache list)") from None
         path = ship(spec, cache, shipped=SHIPPED_ROOT, checkpoints=args.checkpoints)
         print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":
-    from kd.cli import run_main
+    from kd.experiment.command import run_main
 
     raise SystemExit(run_main(main))

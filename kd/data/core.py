@@ -386,12 +386,11 @@ def load_mnist(train: bool, root: Path | None = None) -> Split:
 
 
 DATASETS: dict[str, Callable[..., Split]] = {"mnist": load_mnist}
-"""Loaders by name, each ``loader(train: bool, root=None) -> Split``; kd.cifar adds CIFAR."""
+"""Loaders by name, each ``loader(train: bool, root=None) -> Split``; :mod:`kd.data.cifar` adds
+CIFAR (``kd/data/__init__.py`` imports it, so the registry is complete once ``kd.data`` is)."""
 
 
 def load(name: str, train: bool, root: Path | None = None) -> Split:
-    import kd.cifar  # noqa: F401  (registers cifar10 and cifar100; it imports this module)
-
     try:
         loader = DATASETS[name]
     except KeyError:

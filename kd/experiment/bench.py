@@ -11,8 +11,9 @@ mnist: one epoch of 800-800 student distillation from a 1200-1200 teacher (T = 2
 cifar: CIFAR-10 distillation of ``plain_cnn2`` from a ``resnet18_cifar`` teacher (random weights:
   speed does not depend on them; T = 4, α = 0.9) with random crop + flip, so both loops run the
   teacher live on every augmented batch.
-  Ours: the uint8 split on the device, crop + flip batched there (:class:`kd.cifar.RandomCropFlip`),
-  ``kd.engine.fit`` with :class:`kd.distill.Distill` (bf16 autocast and channels_last on CUDA).
+  Ours: the uint8 split on the device, crop + flip batched there
+  (:class:`kd.data.cifar.RandomCropFlip`), ``kd.train.engine.fit`` with
+  :class:`kd.train.distill.Distill` (bf16 autocast and channels_last on CUDA).
   Textbook: a ``Dataset`` handing out one PIL image per sample as torchvision's ``CIFAR10`` does,
   v2 ``RandomCrop(32, padding=4)``, ``RandomHorizontalFlip``, ``ToImage``, ``ToDtype``,
   ``Normalize``, a ``DataLoader``, and a live fp32 teacher under ``no_grad``.
@@ -22,30 +23,30 @@ CPU); both loops then see the same first ``N * batch_size`` images of the traini
 
 batched: K students (``--students``, default 45) of ``plain_cnn2`` distilled from one
   ``resnet18_cifar`` with crop + flip, each with its own (α, T): one stacked model
-  (:class:`kd.batched.StackedModels`, one teacher pass per batch for all K) against the same K
+  (:class:`kd.train.batched.StackedModels`, one teacher pass per batch for all K) against the same K
   students trained one after another, in student-images per second.
 roofline: the machine's own limit, measured in the same run: the FLOP/s of an n x n matmul
   (n = 2048) in fp32 and in bf16, then for each model the studies train (the Hinton MLP
-  784-1200-1200-10, plain_cnn2, resnet8, -14, -20, -32) the engine (``kd.engine.fit`` on
+  784-1200-1200-10, plain_cnn2, resnet8, -14, -20, -32) the engine (``kd.train.engine.fit`` on
   random images, crop + flip for 32x32 ones) training on labels in fp32 and in bf16 autocast:
   images/s, achieved training FLOP/s (FLOPs of a forward and backward pass counted by torch's
   FlopCounterMode) as a share of the bf16 matmul's, the bf16/fp32 ratio, and what
-  ``--precision auto`` measures and picks for the model (:mod:`kd.precision`). Epochs of
+  ``--precision auto`` measures and picks for the model (:mod:`kd.train.precision`). Epochs of
   ``--batches`` batches (default 5), the best of two after a warm-up batch. Run it on an idle
   machine: beside another process the timings swing by up to 10x.
 
 estimate: no timing; how long each study's profile would take on a GPU, from its FLOPs and
-  operators per step counted on this machine (:mod:`kd.estimate`; ``--study``, ``--profile``,
-  ``--peak-tflops``, ``--mfu``, ``--op-overhead-us``; ``--precision auto`` means the GPU's
-  bf16 there). Not part of ``all``.
+  operators per step counted on this machine (:mod:`kd.experiment.estimate`; ``--study``,
+  ``--profile``, ``--peak-tflops``, ``--mfu``, ``--op-overhead-us``; ``--precision auto`` means
+  the GPU's bf16 there). Not part of ``all``.
 
 ``--precision`` (auto, fp32, bf16) is what our loop trains in (auto: per model, whichever
-precision a short timed calibration finds faster, :mod:`kd.precision`); the textbook loops stay
-fp32.
+precision a short timed calibration finds faster, :mod:`kd.train.precision`); the textbook loops
+stay fp32.
 
-    python -m kd.bench [--task mnist|cifar|batched|roofline|estimate|all] [--device auto]
-                       [--precision auto] [--batch-size 128] [--workers 0] [--repeats 1]
-                       [--batches N] [--students 45]
+    python -m kd.experiment.bench [--task mnist|cifar|batched|roofline|estimate|all]
+                       [--device auto] [--precision auto] [--batch-size 128] [--workers 0]
+                       [--repeats 1] [--batches N] [--students 45]
 """
 
 from __future__ import annotations
@@ -62,15 +63,18 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
-from kd import cifar, data, engine, estimate
-from kd import precision as precision_lib
-from kd.cli import OneLineErrorParser, positive_int, run_main
-from kd.batched import StackedModels
-from kd.distill import CrossEntropy, Distill
-from kd.engine import TrainConfig
+from kd import data
+from kd.data import cifar
+from kd.experiment import estimate
+from kd.experiment.command import OneLineErrorParser, positive_int, run_main
+from kd.experiment.results import ResultsTable, hardware, provenance
 from kd.losses import distillation_loss
 from kd.models import MLP, build_model
-from kd.results import ResultsTable, hardware, provenance
+from kd.train import engine
+from kd.train import precision as precision_lib
+from kd.train.batched import StackedModels
+from kd.train.distill import CrossEntropy, Distill
+from kd.train.engine import TrainConfig
 
 TEMPERATURE, ALPHA = 20.0, 0.9  # MNIST, as in Hinton et al. (2015)
 CIFAR_TEMPERATURE = 4.0  # the usual CIFAR choice (Tian et al. 2020 and most KD papers since)
@@ -99,7 +103,8 @@ def image_count(split_size: int, batch_size: int, batches: int | None) -> int:
 def ours(device: torch.device, train: data.Split, teacher: nn.Module, student: nn.Module,
          temperature: float, batch_size: int, augment: data.Augment | None = None,
          precision: str = "fp32") -> float:
-    """Images per second of one epoch of ``kd.engine.fit`` (teacher-logit caching included)."""
+    """Images per second of one epoch of ``kd.train.engine.fit`` (teacher-logit caching
+    included)."""
     config = TrainConfig(epochs=1, batch_size=batch_size, lr=LR, momentum=MOMENTUM,
                          schedule="constant", precision=precision)
     objective = Distill(teacher, temperature, ALPHA)
@@ -216,8 +221,8 @@ def cifar_bench(device: torch.device, args: argparse.Namespace) -> tuple[float, 
 
 def batched_bench(device: torch.device, args: argparse.Namespace) -> tuple[float, float]:
     """Student-images per second of K ``--student-arch`` students (default ``plain_cnn2``)
-    distilled from ``resnet18_cifar``
-    with crop + flip (a live teacher), as one :class:`kd.batched.StackedModels` and as K runs
+    distilled from ``resnet18_cifar`` with crop + flip (a live teacher), as one
+    :class:`kd.train.batched.StackedModels` and as K runs
     one after another. Each student has its own (α, T); all share the data order."""
     train = data.load("cifar10", train=True)
     train = train.head(image_count(len(train), args.batch_size, args.batches)).to(device)
@@ -290,7 +295,7 @@ def synthetic_split(shape: tuple[int, ...], n: int, device: torch.device) -> dat
 
 def engine_images_per_s(model: nn.Module, train: data.Split, precision: str, batch_size: int,
                         repeats: int = 2) -> float:
-    """images/s of ``kd.engine.fit`` training ``model`` on labels for one epoch of ``train``
+    """images/s of ``kd.train.engine.fit`` training ``model`` on labels for one epoch of ``train``
     (crop + flip for 32x32 images), the best of ``repeats`` epochs after a warm-up batch."""
     config = TrainConfig(epochs=1, batch_size=batch_size, lr=LR, momentum=MOMENTUM,
                          schedule="constant", precision=precision)
@@ -304,7 +309,7 @@ def engine_images_per_s(model: nn.Module, train: data.Split, precision: str, bat
 def roofline_rows(device: torch.device, args: argparse.Namespace) -> list[dict]:
     """One row per model and precision (fp32, bf16): the engine's images/s, its FLOP/s and the
     bf16 matmul's FLOP/s; each row also names the precision ``auto`` measures for the model
-    (:mod:`kd.precision`) and bf16's measured speed-up."""
+    (:mod:`kd.train.precision`) and bf16's measured speed-up."""
     peaks = {"fp32": matmul_flops(device, torch.float32),
              "bf16": matmul_flops(device, torch.bfloat16)}
     batches = args.batches or 5
@@ -420,7 +425,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=[*TASKS, "estimate", "all"], default="mnist",
                         help="which benchmark: mnist (default), cifar, ..., or all in turn; "
-                             "estimate: the studies' GPU time, from counts (kd.estimate)")
+                             "estimate: the studies' GPU time, from counts "
+                             "(kd.experiment.estimate)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="what our loop trains in (the textbook loops stay fp32)")

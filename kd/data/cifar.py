@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from kd.data import DATASETS, RandomTranslate, Split, cache_root, data_root, download_allowed
+from kd.data.core import DATASETS, RandomTranslate, Split, cache_root, data_root, download_allowed
 from kd.errors import CorruptFileError, DataNotFoundError, NotWritableError, reason
 
 # Channel statistics of the training splits, in [0, 1] units.

@@ -1,8 +1,8 @@
 """One forward pass of a frozen teacher for every objective that reads it on the same batch.
 
 Objectives that distil from one teacher and train in lockstep on one batch stream
-(:func:`kd.engine.fit_lockstep`) each ask the teacher for its logits, and the feature methods
-for the outputs of some of its modules (their taps, :mod:`kd.taps`). Inside :func:`sharing`,
+(:func:`kd.train.engine.fit_lockstep`) each ask the teacher for its logits, and the feature methods
+for the outputs of some of its modules (their taps, :mod:`kd.train.taps`). Inside :func:`sharing`,
 :func:`teacher_forward` answers them all from one pass per batch: the teacher runs once as a
 graph that taps the union of every path asked for so far, and its answer is kept for as long as
 the same input tensor (same object, unmodified, same autocast state) comes back. The union
@@ -10,8 +10,8 @@ grows during the first step (a new path costs one more pass then); a path that n
 another (``layer1`` and ``layer1.0``) cannot share a graph and is served by its objective's own.
 
 Outside :func:`sharing` nothing is kept: each call is the objective's own pass, as before. A
-teacher whose answer changes from call to call (:class:`kd.schemes.RandomTeacher`, which draws
-a teacher per call) sets ``stateful_forward = True`` and is always called; its members, plain
+teacher whose answer changes from call to call (:class:`kd.methods.schemes.RandomTeacher`, which
+draws a teacher per call) sets ``stateful_forward = True`` and is always called; its members, plain
 teachers, are shared.
 """
 
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from kd.errors import ConfigError
-from kd.taps import TappedForward
+from kd.train.taps import TappedForward
 
 _SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("kd_teacher_passes",
                                                                       default=None)
@@ -45,7 +45,7 @@ def sharing() -> Iterator[dict]:
 def teacher_forward(teacher: nn.Module, x: Tensor, tapped: TappedForward | None = None
                     ) -> tuple[Tensor, list[Tensor]]:
     """``(logits, [feature per tapped path])`` of ``teacher`` on ``x`` (no features without
-    ``tapped``, the caller's :class:`~kd.taps.TappedForward` of this teacher). Call it under
+    ``tapped``, the caller's :class:`~kd.train.taps.TappedForward` of this teacher). Call it under
     ``torch.no_grad()`` with the teacher in eval mode, as every distiller does."""
     passes = _SHARED.get()
     if passes is None or getattr(teacher, "stateful_forward", False):

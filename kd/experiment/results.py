@@ -23,10 +23,11 @@ from typing import Callable, Iterable, Iterator, Sequence
 import pandas as pd
 import torch
 
-from kd.precision import last_choice
-from kd.threads import claim_threads
 from kd.errors import (ConfigError, CorruptFileError, NonFiniteLossError, NotWritableError,
                        check_writable_folder, reason)
+from kd.experiment.lock import hold
+from kd.experiment.threads import claim_threads
+from kd.train.precision import last_choice
 
 PROVENANCE_COLUMNS = ("wall_s", "device", "precision", "hardware", "torch", "git_commit",
                       "finished_at")
@@ -120,6 +121,11 @@ class ResultsTable:
         self.read()
         check_writable_folder(self.path.parent, f"{self.study} results",
                               "pass --results (or set KD_RESULTS) with a writable folder")
+
+    def lock(self) -> None:
+        """Become the one writer of this study and profile's table (its failures table too):
+        :func:`kd.experiment.lock.hold` on ``.<profile>.lock`` beside it."""
+        hold(self.path.parent / f".{self.profile}.lock", self.path)
 
     def read_or_fail(self) -> pd.DataFrame:
         """The rows, or a :class:`ConfigError` saying the profile has not been run."""
@@ -220,7 +226,7 @@ def _ragged_line(text: str) -> str | None:
     return None
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 OUTPUT_FOLDERS = ("results", "figures")  # what studies write: rewriting them is not a code change
 
 
@@ -258,7 +264,7 @@ def provenance(device: torch.device, wall_s: float, precision: str = "fp32") -> 
     """The columns every row ends with: how long, where, in what precision, with what, from
     which commit. A study run with ``--precision auto`` records what its latest training was
     measured to train in, and bf16's measured speed-up over fp32 (``bf16_speedup``;
-    :func:`kd.precision.last_choice`)."""
+    :func:`kd.train.precision.last_choice`)."""
     measured = {}
     choice = last_choice() if precision == "auto" else None
     if choice is not None:
@@ -381,11 +387,11 @@ def run_footer(rows: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m kd.results merge STUDY PROFILE ROOT [ROOT ...]`` adds the STUDY/PROFILE rows
-    found under each results ROOT (e.g. the folders of processes that ran ``--seeds 0:1``,
-    ``--seeds 1:2``, ...) to the table under ``--results`` (default ``$KD_RESULTS`` or
-    ``results/``), rows unchanged."""
-    from kd.cli import OneLineErrorParser
+    """``python -m kd.experiment.results merge STUDY PROFILE ROOT [ROOT ...]`` adds the
+    STUDY/PROFILE rows found under each results ROOT (e.g. the folders of processes that ran
+    ``--seeds 0:1``, ``--seeds 1:2``, ...) to the table under ``--results`` (default
+    ``$KD_RESULTS`` or ``results/``), rows unchanged."""
+    from kd.experiment.command import OneLineErrorParser
 
     parser = OneLineErrorParser(description=main.__doc__.split(" adds")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -400,11 +406,12 @@ def main(argv: list[str] | None = None) -> None:
         if not table.path.exists():
             raise ConfigError(f"no table {table.path} to merge: nothing merged")
     target = ResultsTable(args.study, args.profile, args.results)
+    target.lock()  # not while a study writes it
     added = target.merge(sources)
     print(f"{target.path}: {added} rows added")
 
 
 if __name__ == "__main__":
-    from kd.cli import run_main
+    from kd.experiment.command import run_main
 
     raise SystemExit(run_main(main))

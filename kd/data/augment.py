@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms.v2.functional import rgb_to_grayscale
 
-from kd.cifar import RandomHorizontalFlip
-from kd.data import Augment
+from kd.data.cifar import RandomHorizontalFlip
+from kd.data.core import Augment
 from kd.errors import ConfigError
 
 

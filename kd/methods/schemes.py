@@ -7,8 +7,8 @@ random per step from several, and self-distillation over born-again generations.
       L_k = CE(s_k, y) + (1/(K − 1)) Σ_{j ≠ k} KL(softmax(s_j) ‖ softmax(s_k)),
 
   the peers' predictions held fixed (detached) in student k's term. The K students are one
-  :class:`kd.batched.StackedModels` or :class:`kd.batched.LoopedModels`, so one step updates
-  all of them.
+  :class:`kd.train.batched.StackedModels` or :class:`kd.train.batched.LoopedModels`, so one step
+  updates all of them.
 * :class:`RandomTeacher` (one of the multi-teacher schemes in Gou et al. 2021's survey): each
   forward pass asks one teacher, drawn uniformly from its generator; an average teacher is
   :class:`kd.models.Ensemble` (the log of the mean of the softmaxes).
@@ -23,13 +23,13 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from kd import engine
-from kd.data import Batch, Split
-from kd.distill import Distill, Objective
-from kd.engine import TrainConfig
+from kd.data.core import Batch, Split
 from kd.errors import ConfigError
 from kd.losses import label_cross_entropy, soft_target_kl
-from kd.teacher_pass import teacher_forward
+from kd.train import engine
+from kd.train.distill import Distill, Objective
+from kd.train.engine import TrainConfig
+from kd.train.teacher_pass import teacher_forward
 
 
 class MutualLearning(Objective):
@@ -69,7 +69,7 @@ class RandomTeacher(nn.Module):
     """
 
     DRAWS_AT_ONCE = 256
-    stateful_forward = True  # never shared by kd.teacher_pass: each call draws anew
+    stateful_forward = True  # never shared by kd.train.teacher_pass: each call draws anew
 
     def __init__(self, teachers: Sequence[nn.Module], generator: torch.Generator | None = None):
         super().__init__()

@@ -1,7 +1,7 @@
 """One training engine for teachers and students.
 
 ``fit`` trains a model on a :class:`~kd.data.Split` that already lives on the device, minimizing
-an :class:`~kd.distill.Objective`, with the optimizer and learning-rate schedule named in a
+an :class:`~kd.train.distill.Objective`, with the optimizer and learning-rate schedule named in a
 :class:`TrainConfig`. It evaluates every epoch, keeps copies of the weights at chosen epochs,
 and repeats exactly on one CPU for a given seed. It trains in bf16 autocast when the config
 says so (``--precision auto`` picks it where the hardware has native bf16), conv nets in
@@ -24,12 +24,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kd.data import Augment, Split, iterate_batches, iterate_member_batches
-from kd.errors import ConfigError, NonFiniteLossError
-from kd.teacher_pass import sharing
 from kd import metrics
-from kd import precision as precision_lib
-from kd.precision import native_bf16
+from kd.data.core import Augment, Split, iterate_batches, iterate_member_batches
+from kd.errors import ConfigError, NonFiniteLossError
+from kd.train import precision as precision_lib
+from kd.train.precision import native_bf16
+from kd.train.teacher_pass import sharing
 
 PRECISIONS = ("fp32", "bf16")  # what a model trains in
 # "auto": measured per model when it is trained (:func:`resolve_auto`)
@@ -47,7 +47,7 @@ class TrainConfig:
     the compilation; evaluation stays eager) with the backend of :func:`compile_backend`.
     precision: ``fp32``, or ``bf16`` autocast for the training steps (weights, optimizer state
     and every evaluation stay fp32), or ``auto``: whichever of the two trains this model faster
-    on this machine (:mod:`kd.precision`), decided when training starts.
+    on this machine (:mod:`kd.train.precision`), decided when training starts.
     """
 
     epochs: int = 10
@@ -127,7 +127,7 @@ def resolve_device(name: str | None = None) -> torch.device:
 
 def resolve_precision(name: str, device: torch.device) -> str:
     """What a study asks its trainings for: ``fp32``/``bf16`` as given; ``auto`` stays ``auto``
-    (each model's precision measured when it is trained, :mod:`kd.precision`) where the device
+    (each model's precision measured when it is trained, :mod:`kd.train.precision`) where the device
     computes bf16 natively, and is ``fp32`` elsewhere."""
     if name == "auto":
         return "auto" if native_bf16(device) else "fp32"
@@ -150,7 +150,7 @@ def sample_batch(model: nn.Module, train: Split, batch_size: int) -> tuple[torch
 
 def resolve_auto(config: "TrainConfig", model: nn.Module, train: Split):
     """``config`` with ``precision="auto"`` made concrete for ``model`` (measured once per
-    machine, :func:`kd.precision.resolve`), and the choice; other configs as they are."""
+    machine, :func:`kd.train.precision.resolve`), and the choice; other configs as they are."""
     if config.precision != "auto":
         return config, precision_lib.Choice(config.precision)
     return precision_lib.resolve(config, model, *sample_batch(model, train, config.batch_size))
@@ -316,7 +316,7 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *,
     and ``start_epoch(epoch)`` before each epoch (epochs count from 1).
     eval_sets: splits on the same device, evaluated after every epoch (accuracy and errors).
     seed: the seed of the batch order and augmentation; K seeds train a
-    :class:`kd.batched.StackedModels` of K members (built with ``input_ndim``) each on its own
+    :class:`kd.train.batched.StackedModels` of K members (built with ``input_ndim``) each on its own
     batches, exactly those a run of its seed would see (their initialization is the caller's).
     """
     device = train.device
@@ -352,7 +352,7 @@ def fit_lockstep(models: Sequence[nn.Module], train: Split, objectives: Sequence
     """Train several models on one batch stream, one step of each per batch: model i as
     ``fit(models[i], train, objectives[i], config, seed=seed, augment=augment)`` would, on the
     same batches (those of ``seed``), but each teacher they distil from runs once per batch for
-    all of them (:func:`kd.teacher_pass.sharing`). Each result's ``wall_s`` is the lockstep's
+    all of them (:func:`kd.train.teacher_pass.sharing`). Each result's ``wall_s`` is the lockstep's
     time divided by the models. Only the teachers' passes are shared, so each model's weights
     are those of its own run, up to rounding."""
     if len(models) != len(objectives) or not models:

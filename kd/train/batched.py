@@ -6,7 +6,7 @@ pass returns logits ``[K, N, C]``, one backward pass and one optimizer step upda
 convolutions vmap becomes a grouped convolution, so K small students keep a GPU busy where one
 cannot. The students share every batch (so a live teacher runs once per step for all of them)
 and may differ in initialization and in the loss's hyper-parameters (see
-:class:`kd.distill.Distill`, which takes one α, T per student).
+:class:`kd.train.distill.Distill`, which takes one α, T per student).
 
 Element-wise optimizers (SGD with momentum and weight decay, Adam) update each slice exactly as
 they would the separate model, so K stacked students train as K sequential runs would, up to
@@ -16,7 +16,7 @@ floating-point rounding: ``tests/test_batched.py`` checks it for K = 2.
 takes, 4 for images ``[N, C, H, W]``), the stack also takes one batch per member,
 ``[K, N, ...]``: vmap then maps over the inputs too. That is how K runs that differ in their
 seed (initialization, batch order, augmentation) or in their teacher train as one model
-(:func:`kd.engine.fit` with K seeds): member k sees exactly the batches a run of seed k would.
+(:func:`kd.train.engine.fit` with K seeds): member k sees exactly the batches a run of seed k would.
 A stack of K teachers, each its own member's, answers ``[K, N, C]`` the same way.
 """
 
@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kd.errors import ConfigError
-from kd.models import state_shapes
+from kd.models.core import state_shapes
 
 
 def batch_norm_input_in_fp32_on_cuda(module: nn.Module, args: tuple) -> tuple | None:

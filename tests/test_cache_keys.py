@@ -1,0 +1,56 @@
+"""Cache keys and shipped models outlive code moves: a trained model is found by the hash of its
+spec, so a key that changed would retrain every teacher and orphan ``results/models``.
+
+The golden keys were computed by the code before ``kd`` was split into subpackages (issue 29);
+they must stay equal unless ``CACHE_VERSION`` is bumped on purpose."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from kd.experiment.cache import CACHE_VERSION, SHIPPED_ROOT, ModelCache, spec_key
+from kd.models import build_model
+from kd.train.engine import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+# cifar_zoo's resnet14 teacher (seed 0, full training set): shipped in results/models
+RESNET14_TEACHER = {"data": "cifar10", "train_limit": None, "arch": "resnet14", "seed": 0,
+                    "augment": "crop4+flip", "role": "teacher",
+                    "train": dataclasses.asdict(TrainConfig(
+                        epochs=20, weight_decay=1e-4, schedule="step", milestones=(10, 15),
+                        warmup_epochs=1.0, precision="bf16"))}
+
+
+def test_the_key_of_a_fixed_teacher_is_the_one_computed_before_the_move():
+    assert CACHE_VERSION == 2
+    assert spec_key(RESNET14_TEACHER) == "70a52e03c0be4f67c68e"
+    mnist_teacher = {"data": "mnist", "train_limit": 1000, "arch": {"hidden": [64]}, "jitter": 2,
+                     "train": dataclasses.asdict(TrainConfig(epochs=2)), "seed": 3}
+    assert spec_key(mnist_teacher) == "61001b5e74829794a770"
+    # key order does not matter; any field does
+    assert spec_key(dict(reversed(RESNET14_TEACHER.items()))) == "70a52e03c0be4f67c68e"
+    assert spec_key({**RESNET14_TEACHER, "seed": 1}) != "70a52e03c0be4f67c68e"
+
+
+def test_every_shipped_model_is_named_by_the_key_of_its_spec():
+    assert SHIPPED_ROOT == REPO / "results" / "models"
+    paths = sorted(SHIPPED_ROOT.glob("*.pt"))
+    if not paths:
+        pytest.skip("no shipped models in this checkout")
+    for path in paths:
+        spec = torch.load(path, map_location="cpu", weights_only=True)["spec"]
+        assert spec_key(spec) == path.stem, path
+
+
+def test_a_shipped_teacher_loads_through_the_cache_into_its_architecture():
+    if not (SHIPPED_ROOT / "70a52e03c0be4f67c68e.pt").exists():
+        pytest.skip("the resnet14 teacher is not shipped in this checkout")
+    entry = ModelCache().load(RESNET14_TEACHER)  # an empty KD_CACHE (conftest): the shipped file
+    assert entry is not None and entry["spec"]["arch"] == "resnet14"
+    model = build_model("resnet14", num_classes=10)
+    model.load_state_dict(entry["state_dict"])  # strict: every name and shape matches
+    assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
