@@ -31,6 +31,7 @@ import pandas as pd
 
 from kd import data, metrics
 from kd.data.cifar import RandomCropFlip
+from kd.errors import ConfigError
 from kd.experiment.cli import open_study, run_main
 from kd.experiment.results import markdown_table, run_cells
 from kd.models import build_model
@@ -55,6 +56,25 @@ LARGE_CANDIDATES = {
     "cos-lr0.05-bs64-wd5e-4-e30": dataclasses.replace(BASE, batch_size=64, lr=0.05),
     "cos-lr0.1-bs128-wd5e-4-e60": dataclasses.replace(BASE, epochs=60),
 }
+
+
+# What the `large` profiles train with, pinned in a commit of its own once the rule above has
+# chosen on the held-out images (None until then: a large profile refuses to run without it).
+# "student": ResNet-8 and the other small students (profile "large"); "teacher": the ResNet
+# teachers, which need their own selection (a profile to add) before any large teacher trains.
+LARGE_RECIPES: dict[str, str | None] = {"student": None, "teacher": None}
+TEACHER_CANDIDATES: dict[str, TrainConfig] = {}  # filled with the teacher profile
+
+
+def large_config(role: str) -> TrainConfig:
+    """The chosen recipe of ``role`` ("student" or "teacher") for the `large` profiles; a
+    :class:`~kd.errors.ConfigError` naming what to run while it is not chosen yet."""
+    name = LARGE_RECIPES.get(role)
+    if name is None:
+        raise ConfigError(f"the large profiles' {role} recipe is not chosen yet: run "
+                          f"python -m studies.recipe --profile large (the rule in "
+                          f"studies/recipe.py chooses it), then pin it in LARGE_RECIPES")
+    return {**LARGE_CANDIDATES, **TEACHER_CANDIDATES}[name]
 
 
 @dataclass(frozen=True)

@@ -61,3 +61,13 @@ def test_large_candidates_change_one_thing_each_from_the_probe():
                    if getattr(config, f.name) != getattr(base, f.name)}
         assert changed <= {"batch_size", "lr", "weight_decay", "schedule", "epochs"}, name
         assert f"e{config.epochs}" in name and f"bs{config.batch_size}" in name
+
+
+def test_a_large_profile_refuses_to_run_before_its_recipe_is_chosen(monkeypatch):
+    from kd.errors import ConfigError
+
+    monkeypatch.setitem(recipe.LARGE_RECIPES, "student", None)
+    with pytest.raises(ConfigError, match="student recipe is not chosen yet"):
+        recipe.large_config("student")
+    monkeypatch.setitem(recipe.LARGE_RECIPES, "student", "cos-lr0.1-bs128-wd5e-4-e60")
+    assert recipe.large_config("student").epochs == 60
