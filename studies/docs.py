@@ -28,6 +28,7 @@ from kd.experiment import verdict as rule
 from kd.experiment.cli import OneLineErrorParser, report_text, run_main
 from kd.experiment.results import ResultsTable, markdown_table
 from kd.metrics import PLATEAU_DROP
+from studies import speed_docs
 from studies.scorecard import NOT_PLANNED, SCORECARD, expected_false_calls, read_claims
 
 STUDIES = ("hinton_mnist", "alpha_temperature", "capacity_gap", "early_stopping", "fidelity",
@@ -223,11 +224,12 @@ def readme_block(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
         END])
 
 
-def replace_block(readme: str, block: str) -> str:
-    if readme.count(BEGIN) != 1 or readme.count(END) != 1 or readme.index(BEGIN) > readme.index(END):
-        raise ConfigError(f"README.md needs one '{BEGIN}' line and, after it, one '{END}' line")
-    head, rest = readme.split(BEGIN)
-    return head + block + rest.split(END, 1)[1]
+def replace_block(readme: str, block: str, begin: str = BEGIN, end: str = END,
+                  name: str = "README.md") -> str:
+    if readme.count(begin) != 1 or readme.count(end) != 1 or readme.index(begin) > readme.index(end):
+        raise ConfigError(f"{name} needs one '{begin}' line and, after it, one '{end}' line")
+    head, rest = readme.split(begin)
+    return head + block + rest.split(end, 1)[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,8 +419,9 @@ def study_page(study: str, repo: Path, results: Path, scorecard: pd.DataFrame,
 # Everything
 
 def generate(repo: Path, out: Path, results: Path, claims_path: Path | None = None) -> list[Path]:
-    """Write ``<out>/docs/<study>.md`` and ``<out>/README.md`` (``<repo>/README.md`` with its
-    verdict block regenerated); return the paths written."""
+    """Write ``<out>/docs/<study>.md``, ``<out>/README.md`` (``<repo>/README.md`` with its
+    verdict block regenerated) and ``<out>/docs/speed.md`` (its roofline block regenerated,
+    :mod:`studies.speed_docs`); return the paths written."""
     claims = read_claims(claims_path)
     scorecard_path = results / SCORECARD
     if not scorecard_path.exists():
@@ -428,6 +431,9 @@ def generate(repo: Path, out: Path, results: Path, claims_path: Path | None = No
              for study in STUDIES}
     texts[out / "README.md"] = replace_block((repo / "README.md").read_text(),
                                              readme_block(scorecard, claims))
+    texts[out / "docs" / "speed.md"] = replace_block(
+        (repo / "docs" / "speed.md").read_text(), speed_docs.speed_block(results),
+        speed_docs.BEGIN, speed_docs.END, "docs/speed.md")
     (out / "docs").mkdir(parents=True, exist_ok=True)  # only once every text is made
     for path, content in texts.items():
         path.write_text(content)

@@ -14,11 +14,11 @@ from tests.conftest import REPO
 
 
 def test_committed_docs_are_what_the_csvs_give(tmp_path):
-    """`make docs` into a temporary folder writes, byte for byte, the committed docs/<study>.md
-    and README.md: regenerating them changes nothing."""
+    """`make docs` into a temporary folder writes, byte for byte, the committed docs/<study>.md,
+    docs/speed.md and README.md: regenerating them changes nothing."""
     written = docs.generate(REPO, tmp_path, REPO / "results", REPO / "studies" / "claims.csv")
     assert sorted(p.name for p in written) == sorted([*(f"{s}.md" for s in docs.STUDIES),
-                                                      "README.md"])
+                                                      "README.md", "speed.md"])
     for path in written:
         committed = REPO / path.relative_to(tmp_path)
         assert path.read_bytes() == committed.read_bytes(), (
@@ -166,3 +166,29 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
                                 "--out", str(out)])
     assert code == 2 and "README.md needs one" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_roofline_block_checks_issue_26s_targets_on_each_run(tmp_path):
+    from studies import speed_docs
+
+    assert "No roofline run" in speed_docs.speed_block(tmp_path)
+    rows = []
+    for model, fp32, bf16, auto, share in (("mlp 784-1200-1200-10", 100.0, 150.0, "bf16", 0.2),
+                                           ("resnet20", 600.0, 1000.0, "bf16", 0.59),
+                                           ("resnet32", 400.0, 300.0, "fp32", 0.30)):
+        for precision, rate in (("fp32", fp32), ("bf16", bf16)):
+            rows.append({"seed": 0, "model": model, "precision": precision, "images_per_s": rate,
+                         "share_of_bf16_matmul": share, "matmul_gflops_per_s": 100.0,
+                         "auto": auto, "bf16_speedup_measured": bf16 / fp32,
+                         "hardware": "CPU (2 cores, 2 threads)", "batch_size": 128, "batches": 6,
+                         "torch": "2.x", "git_commit": "abc", "finished_at": "2026-12-05T00",
+                         "amx": False})
+    (tmp_path / "bench").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "bench" / "roofline.csv", index=False)
+    block = speed_docs.speed_block(tmp_path)
+    assert "| resnet20 | 600 (59%) | 1,000 (59%) | 1.67x | bf16 (1.67x) | 1.00x |" in block
+    # auto picked fp32 for resnet32: 400 images/s against bf16's 300 = 1.33x the flags' choice
+    assert "| resnet32 | 400 (30%) | 300 (30%) | 0.75x | fp32 (0.75x) | 1.33x |" in block
+    assert "missed (resnet20 59%, resnet32 30%)" in block
+    assert "No model slower under `auto` than under fp32: met." in block
+    assert "resnet20 1.00x, resnet32 1.33x (missed)." in block
