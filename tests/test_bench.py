@@ -117,3 +117,35 @@ def test_bad_arguments_of_the_benchmarks_are_one_line_and_exit_2(module):
                           capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "invalid choice" in done.stderr
+
+
+@pytest.mark.parametrize("name, group", [
+    ("aten::convolution_backward", "convolution"), ("aten::mkldnn_convolution", "convolution"),
+    ("aten::native_batch_norm_backward", "batch norm"), ("aten::threshold_backward", "activation"),
+    ("aten::clamp_min_", "activation"), ("aten::copy_", "layout and casts"),
+    ("aten::_to_copy", "layout and casts"), ("aten::_foreach_add_", "optimizer"),
+    ("aten::add_", "optimizer"), ("aten::mm", "other")])
+def test_profile_groups_operators_by_kind(name, group):
+    from kd.experiment import op_profile
+
+    assert op_profile.group_of(name) == group
+
+
+def test_profile_task_prints_shares_that_sum_to_one(capsys, one_thread):
+    from collections import Counter
+
+    from kd.experiment import op_profile
+
+    shares = op_profile.shares(Counter({"aten::convolution_backward": 60.0,
+                                        "aten::native_batch_norm": 30.0, "aten::mm": 10.0}))
+    assert shares == {"convolution": 0.6, "batch norm": 0.3, "activation": 0.0,
+                      "layout and casts": 0.0, "optimizer": 0.0, "other": 0.1}
+    bench.main(["--task", "profile", "--device", "cpu", "--batch-size", "2",
+                "--profile-arch", "resnet8"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("  resnet8, batch 2")
+    for line, precision in ((out[2], "fp32"), (out[4], "bf16")):
+        assert line.startswith(f"  {precision}: convolution ")
+        assert sum(int(p.rsplit(" ", 1)[1].rstrip("%")) for p in line.split(": ", 1)[1]
+                   .split(", ")) == pytest.approx(100, abs=4)  # rounded shares
+    assert "top operators:" in out[3]

@@ -35,6 +35,9 @@ roofline: the machine's own limit, measured in the same run: the FLOP/s of an n 
   ``--batches`` batches (default 5), the best of two after a warm-up batch. Run it on an idle
   machine: beside another process the timings swing by up to 10x.
 
+profile: where a training step's time goes, grouped by operator kind, in fp32 and bf16
+  (:mod:`kd.experiment.op_profile`; ``--profile-arch``). Not part of ``all``.
+
 estimate: no timing; how long each study's profile would take on a GPU, from its FLOPs and
   operators per step counted on this machine (:mod:`kd.experiment.estimate`; ``--study``,
   ``--profile``, ``--peak-tflops``, ``--mfu``, ``--op-overhead-us``; ``--precision auto`` means
@@ -44,7 +47,7 @@ estimate: no timing; how long each study's profile would take on a GPU, from its
 precision a short timed calibration finds faster, :mod:`kd.train.precision`); the textbook loops
 stay fp32.
 
-    python -m kd.experiment.bench [--task mnist|cifar|batched|roofline|estimate|all]
+    python -m kd.experiment.bench [--task mnist|cifar|batched|roofline|profile|estimate|all]
                        [--device auto] [--precision auto] [--batch-size 128] [--workers 0]
                        [--repeats 1] [--batches N] [--students 45]
 """
@@ -65,7 +68,7 @@ from torchvision.transforms import v2
 
 from kd import data
 from kd.data import cifar
-from kd.experiment import estimate
+from kd.experiment import estimate, op_profile
 from kd.experiment.command import OneLineErrorParser, positive_int, run_main
 from kd.experiment.results import ResultsTable, hardware, provenance
 from kd.losses import distillation_loss
@@ -383,6 +386,7 @@ TASKS = {
                 "crop + flip", "student-images",
                 ("stacked", "sequential  (the same students one after another)")),
     "roofline": (roofline, "Training steps against this machine's matmul FLOP/s", None, None),
+    "profile": (op_profile.run, "Where a training step's time goes (torch.profiler)", None, None),
 }
 
 
@@ -436,6 +440,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="epochs timed per loop; best kept")
     parser.add_argument("--students", type=positive_int, default=45,
                         help="students trained together by the batched task")
+    parser.add_argument("--profile-arch", default="resnet20",
+                        help="the profile task's model (a CIFAR model of kd.models)")
     parser.add_argument("--student-arch", default="plain_cnn2",
                         help="the batched task's student architecture (e.g. resnet8)")
     parser.add_argument("--batches", type=positive_int, default=None,
@@ -449,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
         return estimate.run(args)
     device = engine.resolve_device(args.device)
     args.precision = engine.resolve_precision(args.precision, device)
-    for name in TASKS if args.task == "all" else [args.task]:
+    for name in [n for n in TASKS if n != "profile"] if args.task == "all" else [args.task]:
         run_task(name, device, args)
 
 
