@@ -58,7 +58,7 @@ from studies import scorecard_figures as figures
 CLAIMS = Path(__file__).with_name("claims.csv")
 REPO = Path(__file__).resolve().parents[1]  # notebooks run in notebooks/
 PROFILE_ORDER = ("paper", "full", "quick")
-KNOWN_PROFILES = (*PROFILE_ORDER, "smoke")  # what a claim's planned_in may name
+KNOWN_PROFILES = (*PROFILE_ORDER, "large", "smoke")  # what a claim's planned_in may name
 SCORECARD = "scorecard.csv"
 FIGURE = "scorecard_matrix.png"
 STUDY_FIGURE = "scorecard_{study}.png"
@@ -302,8 +302,9 @@ def checkpoint_students(rows: Rows, teacher: str) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
-def kd_teachers(rows: Rows) -> list[str]:
-    kd = rows.where(role="kd")
+def kd_teachers(rows: Rows, family: str = "") -> list[str]:
+    """The teachers of the full-KD students, of one family when ``family`` is given."""
+    kd = rows.where(role="kd", **({"family": family} if family else {}))
     return [] if kd.empty else list(dict.fromkeys(kd["teacher"].astype(str)))
 
 
@@ -315,10 +316,11 @@ def first_drop(rows: Rows, cell: str) -> float:
 
 
 @measure
-def es_eskd_gain(rows: Rows) -> pd.Series:
-    """Mean over teachers: ESKD student − full-KD student of the final checkpoint."""
+def es_eskd_gain(rows: Rows, family: str = "") -> pd.Series:
+    """Mean over teachers (of ``family``, else every family): ESKD student − full-KD student of
+    the final checkpoint."""
     parts = []
-    for teacher in kd_teachers(rows):
+    for teacher in kd_teachers(rows, family):
         by_epoch = checkpoint_students(rows, teacher)
         eskd = rows.names(rf"eskd/{re.escape(teacher)}/[^/]+")
         if by_epoch and eskd:
@@ -327,11 +329,11 @@ def es_eskd_gain(rows: Rows) -> pd.Series:
 
 
 @measure
-def es_early_teacher_gain(rows: Rows) -> pd.Series:
-    """Mean over teachers: student of the latest checkpoint at or before the first learning-rate
-    drop − student of the final checkpoint."""
+def es_early_teacher_gain(rows: Rows, family: str = "") -> pd.Series:
+    """Mean over teachers (of ``family``, else every family): student of the latest checkpoint at
+    or before the first learning-rate drop − student of the final checkpoint."""
     parts = []
-    for teacher in kd_teachers(rows):
+    for teacher in kd_teachers(rows, family):
         by_epoch = checkpoint_students(rows, teacher)
         if not by_epoch:
             continue
@@ -426,6 +428,17 @@ def mz_diff(rows: Rows, cell: str, baseline: str) -> pd.Series:
                           if rows.has(f"{p}/{cell}") and rows.has(f"{p}/{baseline}")])
 
 
+CONTROL = "label_smoothing"  # the method zoo's control for regularisation (large profile)
+
+
+@measure
+def mz_minus_control(rows: Rows, method: str, control: str = CONTROL) -> pd.Series:
+    """Per seed, mean over the pairs that ran both: test accuracy % of ``<pair>/<method>`` −
+    ``<pair>/label_smoothing`` (label smoothing of the same strength): the part of a method's
+    gain that regularisation alone does not give."""
+    return mz_diff(rows, method, control)
+
+
 @measure
 def mz_ta_chain(rows: Rows, variant: str = "") -> pd.Series:
     """Per seed, mean over the pairs with an assistant: KD via the assistant − KD. The cells
@@ -497,10 +510,22 @@ def interval_columns(prefix: str, interval: rule.Interval) -> dict:
 NOT_PLANNED = "not planned"
 
 
+def scored_table(claim, profile: str, tables: dict) -> pd.DataFrame | None:
+    """The rows a claim is scored on at ``profile``: none where the claim supersedes another and
+    ``planned_in`` leaves the profile out. It was written after the rows of the claim it
+    supersedes were seen, so rows there would score it after the fact: it reads not planned."""
+    superseding = isinstance(getattr(claim, "supersedes", None), str) and claim.supersedes
+    where = claim.planned_in.split()
+    if superseding and where and profile not in where:
+        return None
+    return tables.get((claim.study, profile))
+
+
 def planned_verdict(verdict: str, claim, profile: str) -> str:
     """``not planned`` for a claim that its profile never sets out to test (``planned_in``
     names the profiles that do, e.g. the ResNet families only at ``paper``); a verdict from
-    rows that exist anyway stands."""
+    rows that exist anyway stands, except for a claim that supersedes another
+    (:func:`scored_table`)."""
     where = claim.planned_in.split()
     return NOT_PLANNED if verdict == "not run" and where and profile not in where else verdict
 
@@ -552,7 +577,8 @@ def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> 
     out = []
     for claim in claims.itertuples(index=False):
         for profile in profiles:
-            rows = Rows(tables.get((claim.study, profile)))
+            table = scored_table(claim, profile, tables)
+            rows = Rows(table)
             values = evaluate(claim.measure, rows)
             interval = interval_of(values)
             seeds = [] if isinstance(values, rule.Interval) else values.index
@@ -562,7 +588,7 @@ def score(claims: pd.DataFrame, tables: dict[tuple[str, str], pd.DataFrame]) -> 
             margin = None if math.isnan(claim.margin) else float(claim.margin)
             verdict = planned_verdict(rule.decide(interval, claim.direction, claim.reference,
                                                   margin, pre), claim, profile)
-            our = regime.ours(tables.get((claim.study, profile)), rows.used, claim.study)
+            our = regime.ours(table, rows.used, claim.study)
             paper, subset = regime.paper_values(claim, regimes)
             out.append({
                 "claim": claim.id, "study": claim.study, "profile": profile,

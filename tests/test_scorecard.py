@@ -584,3 +584,138 @@ def test_a_claims_table_without_the_size_columns_still_scores(tmp_path):
     assert card["verdict"] == "reproduced"
     assert card["size_verdict"] == "other data set"  # no paper data set recorded: no match
     assert card["regime"] == rg.UNKNOWN  # nothing recorded of the paper's regime
+
+
+# ----------------------------------------------------------------------------------------------
+# The claims that the large profile decides (issue 28): per family, and against the control
+
+LARGE_CLAIMS = ("es-eskd-beats-full-plain", "es-eskd-beats-full-resnet", "es-early-teacher-plain",
+                "es-early-teacher-resnet", "mz-kd-vs-control", "mz-fitnets-vs-control",
+                "mz-at-vs-control", "mz-random-teacher-vs-control")
+
+
+def two_family_checkpoints(profile="quick", seeds=(0, 1)):
+    """Early stopping, two families. Plain: students of plain_cnn4@2/@4/@10 at 52/54/60 %, ESKD
+    62 %. ResNet: students of resnet14@4/@10 at 70/66 %, ESKD 65 % + 1 point per seed."""
+    cells = {f"kd/plain_cnn4@{e}/plain_cnn2": {"family": "plain", "role": "kd",
+                                               "teacher": "plain_cnn4", "test_accuracy": acc}
+             for e, acc in ((2, 0.52), (4, 0.54), (10, 0.60))}
+    cells |= {f"kd/resnet14@{e}/resnet8": {"family": "resnet", "role": "kd",
+                                           "teacher": "resnet14", "test_accuracy": acc}
+              for e, acc in ((4, 0.70), (10, 0.66))}
+    cells["eskd/plain_cnn4/plain_cnn2"] = {"family": "plain", "role": "eskd",
+                                           "teacher": "plain_cnn4", "test_accuracy": 0.62}
+    cells["eskd/resnet14/resnet8"] = {"family": "resnet", "role": "eskd", "teacher": "resnet14",
+                                      "test_accuracy": lambda s: 0.65 + 0.01 * s}
+    frame = table("early_stopping", profile, cells, seeds)
+    return frame.assign(schedule="step (5, 8)", epochs=10)
+
+
+def test_early_stopping_measures_split_by_family():
+    rows = sc.Rows(two_family_checkpoints())
+    # ESKD - final checkpoint's student: plain 62 - 60 = +2; resnet 65 - 66 = -1, then 0
+    assert sc.evaluate("es_eskd_gain:plain", rows).round(6).tolist() == [2.0, 2.0]
+    assert sc.evaluate("es_eskd_gain:resnet", rows).round(6).tolist() == [-1.0, 0.0]
+    assert sc.evaluate("es_eskd_gain", rows).round(6).tolist() == [0.5, 1.0]  # pooled, unchanged
+    # latest checkpoint at or before the first drop (epoch 5) - final: plain 54 - 60, resnet 70 - 66
+    assert sc.evaluate("es_early_teacher_gain:plain", rows).round(6).tolist() == [-6.0, -6.0]
+    assert sc.evaluate("es_early_teacher_gain:resnet", rows).round(6).tolist() == [4.0, 4.0]
+    assert sc.evaluate("es_early_teacher_gain", rows).round(6).tolist() == [-1.0, -1.0]
+    assert sc.evaluate("es_eskd_gain:wide", rows).empty  # no such family: not run
+    # the pooled claims' own specs read the same numbers as before the family argument existed
+    claims = sc.read_claims(sc.CLAIMS).set_index("id")
+    assert claims.loc["es-eskd-beats-full", "measure"] == "es_eskd_gain"
+    assert claims.loc["es-early-teacher", "measure"] == "es_early_teacher_gain"
+
+
+def zoo_with_control(profile="large", seeds=(0, 1, 2)):
+    """Two pairs. resnet14->resnet8: kd = control + 1 + 0.1 per seed points, fitnets = control
+    - 4 points. resnet14->plain_cnn6: kd = control + 2 points; no fitnets cell there."""
+    one, two = "resnet14->resnet8", "resnet14->plain_cnn6"
+    return table("method_zoo", profile, {
+        f"{one}/{sc.CONTROL}": {"pair": one, "test_accuracy": lambda s: 0.52 + 0.01 * s},
+        f"{one}/kd": {"pair": one, "test_accuracy": lambda s: 0.53 + 0.011 * s},
+        f"{one}/fitnets": {"pair": one, "test_accuracy": lambda s: 0.48 + 0.01 * s},
+        f"{two}/{sc.CONTROL}": {"pair": two, "test_accuracy": 0.58},
+        f"{two}/kd": {"pair": two, "test_accuracy": 0.60},
+    }, seeds)
+
+
+def test_minus_control_on_hand_made_rows():
+    from studies import method_zoo as mz
+
+    rows = sc.Rows(zoo_with_control())
+    # kd: mean over both pairs of (1 + 0.1 s, 2) = 1.5, 1.55, 1.6
+    assert sc.evaluate("mz_minus_control:kd", rows).round(6).tolist() == [1.5, 1.55, 1.6]
+    assert sc.evaluate("mz_minus_control:fitnets", rows).round(6).tolist() == [-4.0] * 3
+    assert sc.evaluate("mz_minus_control:random_teacher", rows).empty  # no such cells: not run
+    no_control = sc.Rows(rows.frame[~rows.frame["cell"].str.endswith(f"/{sc.CONTROL}")])
+    assert sc.evaluate("mz_minus_control:kd", no_control).empty
+    # the control's cells are named as method_zoo names any method's: <teacher>-><student>/<method>
+    pair = mz.Pair("resnet14", "resnet8", ("kd", sc.CONTROL))
+    names = [c.name for c in mz.pair_cells(pair, mz.PROFILES["full"])]
+    assert names == ["resnet14->resnet8/scratch", "resnet14->resnet8/kd",
+                     "resnet14->resnet8/label_smoothing"]
+
+
+def test_large_claims_are_written_for_large_only():
+    claims = sc.read_claims(sc.CLAIMS).set_index("id")
+    new = claims.loc[list(LARGE_CLAIMS)]
+    assert (new["planned_in"] == "large").all()
+    assert (new["direction"] == ">").all() and (new["reference"] == 0).all()
+    for family_claim in LARGE_CLAIMS[:4]:  # same test as the pooled claim, one family each
+        pooled = claims.loc[claims.loc[family_claim, "supersedes"]]
+        family = family_claim.rsplit("-", 1)[1]
+        assert claims.loc[family_claim, "measure"] == f"{pooled['measure']}:{family}"
+        for column in ("direction", "reference", "margin", "unit", "paper_dataset",
+                       "paper_regime"):
+            assert claims.loc[family_claim, column] == pooled[column], column
+        assert claims.loc[family_claim, "paper_value"] == pooled["paper_value"] or (
+            math.isnan(pooled["paper_value"]))
+    control = new.loc[list(LARGE_CLAIMS[4:])]
+    assert (control["margin"] == 0.5).all() and control["paper_value"].isna().all()
+    assert control["measure"].tolist() == [f"mz_minus_control:{m}" for m in
+                                           ("kd", "fitnets", "at", "random_teacher")]
+
+
+def test_large_claims_are_not_planned_elsewhere_even_with_rows():
+    """At the profiles that ran (quick, full) every new claim reads not planned, with no numbers.
+    The per-family claims do so even where the rows their measures read exist: they supersede
+    pooled claims whose rows there were seen before they were written. The control claims read
+    not planned where the control was not run (their rows would be scored, as any claim's:
+    nothing of them was seen). At large the same rows are scored."""
+    claims = sc.read_claims(sc.CLAIMS)
+    new = claims[claims["id"].isin(LARGE_CLAIMS)]
+    tables = {("early_stopping", p): two_family_checkpoints(p, seeds=(0, 1, 2))
+              for p in ("quick", "full", "large")}
+    zoo = zoo_with_control("full")
+    without_control = zoo[~zoo["cell"].str.endswith(f"/{sc.CONTROL}")]
+    tables |= {("method_zoo", p): without_control.assign(profile=p) for p in ("quick", "full")}
+    tables[("method_zoo", "large")] = zoo_with_control("large")
+    card = sc.score(new, tables).set_index(["claim", "profile"])
+    for claim in LARGE_CLAIMS:
+        for profile in ("full", "quick"):
+            row = card.loc[(claim, profile)]
+            assert (row["verdict"], row["n_seeds"], row["size_verdict"]) == (
+                "not planned", 0, "not tested"), (claim, profile)
+    large = card.xs("large", level="profile")
+    assert large.loc["es-eskd-beats-full-plain", "verdict"] == "reproduced"  # +2 every seed
+    assert large.loc["es-eskd-beats-full-plain", "effect"] == pytest.approx(2.0)
+    assert large.loc["es-eskd-beats-full-resnet", "effect"] == pytest.approx(0.0)
+    # -1, 0, +1 points: 0 ± 2.48, wider than the margin 0.8 on either side
+    assert large.loc["es-eskd-beats-full-resnet", "verdict"] == "inconclusive"
+    assert large.loc["mz-kd-vs-control", "verdict"] == "reproduced"
+    assert large.loc["mz-fitnets-vs-control", "verdict"] == "contradicted"
+    assert large.loc["mz-at-vs-control", "verdict"] == "not run"  # planned, rows missing
+
+
+def test_large_claims_leave_every_existing_verdict_as_it_was():
+    """Scored on the committed results, the table with the new rows gives the existing claims
+    exactly the rows the table without them gives, and every new row is not planned there."""
+    claims = sc.read_claims(sc.CLAIMS)
+    tables = sc.find_tables(REPO / "results", claims["study"].unique())
+    with_new = sc.score(claims, tables)
+    without = sc.score(claims[~claims["id"].isin(LARGE_CLAIMS)], tables)
+    old = with_new[~with_new["claim"].isin(LARGE_CLAIMS)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(old, without)
+    assert set(with_new.loc[with_new["claim"].isin(LARGE_CLAIMS), "verdict"]) == {"not planned"}
