@@ -57,8 +57,8 @@ from studies import scorecard_figures as figures
 
 CLAIMS = Path(__file__).with_name("claims.csv")
 REPO = Path(__file__).resolve().parents[1]  # notebooks run in notebooks/
-PROFILE_ORDER = ("paper", "full", "quick")
-KNOWN_PROFILES = (*PROFILE_ORDER, "large", "smoke")  # what a claim's planned_in may name
+PROFILE_ORDER = ("paper", "large", "full", "quick")
+KNOWN_PROFILES = (*PROFILE_ORDER, "smoke")  # what a claim's planned_in may name
 SCORECARD = "scorecard.csv"
 FIGURE = "scorecard_matrix.png"
 STUDY_FIGURE = "scorecard_{study}.png"
