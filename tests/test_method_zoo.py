@@ -254,3 +254,34 @@ def test_large_sizing_by_hand(tmp_path):
     assert per_seed["hours"].sum() * 3600 == pytest.approx(44_650)
     table = study.large_sizing_table((30,), (60,), roofline=path)
     assert table["hours"].tolist() == pytest.approx([26_650 / 3600, 44_650 / 3600])
+
+
+def test_the_large_profile_trains_on_the_recipes_it_resolves(fake_cifar10, tmp_path,
+                                                             monkeypatch):
+    """The large path on tiny data: its recipes (stand-ins here, 1 and 2 epochs) reach the
+    students and the teachers, every model sees all the training images, each row says where
+    the recipes came from, and the control's epsilon is in its row."""
+    import dataclasses
+
+    from kd.experiment.cache import entries
+
+    student = dataclasses.replace(study.steps(1, ()), lr=0.07)
+    teacher = study.steps(2, ())
+    monkeypatch.setattr(study, "large_config",
+                        lambda role: {"student": student, "teacher": teacher}[role])
+    monkeypatch.setitem(study.LARGE_RECIPES, "student", "s-recipe")
+    monkeypatch.setitem(study.LARGE_RECIPES, "teacher", "t-recipe")
+    tiny = dataclasses.replace(study.PROFILES["large"], seeds=1, second_teacher="resnet8",
+                               pairs=(study.Pair("resnet8", "resnet8",
+                                                 ("kd", "random_teacher", "label_smoothing")),))
+    monkeypatch.setitem(study.PROFILES, "large", tiny)
+    study.main(["--profile", "large", "--device", "cpu"])
+    rows = pd.read_csv(tmp_path / "results" / "method_zoo" / "large.csv").set_index("cell")
+    assert rows.index.tolist() == [c.name for c in study.plan(tiny)]
+    assert (rows["lr"] == 0.07).all() and (rows["epochs"] == 1).all()
+    assert (rows["train_n"] == rows["teacher_train_n"]).all()  # all the images for every model
+    assert rows["schedule_selected_on"].str.contains("students s-recipe, teachers t-recipe").all()
+    assert 0 < rows.loc["resnet8->resnet8/label_smoothing", "label_smoothing_epsilon"] < 0.9
+    teachers = [spec for _, spec, _ in entries() if spec["role"] == "teacher"]
+    assert len(teachers) == 2 and {spec["train"]["epochs"] for spec in teachers} == {2}
+    assert {spec["seed"] for spec in teachers} == {0, 100}  # shared: seed 0 and its second
