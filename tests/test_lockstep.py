@@ -152,11 +152,13 @@ def test_the_estimate_counts_a_lockstep_step_with_one_teacher_pass(monkeypatch):
         jobs[lockstep] = {j.label: j for j in result.jobs}
     ops = {lockstep: {label: job.phases[0].step.ops for label, job in found.items()}
            for lockstep, found in jobs.items()}
-    label = "resnet8->resnet8/10 students in lockstep"
+    # 11: kd, 5 feature and relation methods, 3 multi-teacher, quantized/w4 and
+    # label_smoothing (its teacher sets epsilon once: no live pass)
+    label = "resnet8->resnet8/11 students in lockstep"
     assert label in ops[True] and not any("lockstep" in k for k in ops[False])
-    assert jobs[True][label].runs == 1 and jobs[True][label].model.startswith("10 in lockstep: ")
+    assert jobs[True][label].runs == 1 and jobs[True][label].model.startswith("11 in lockstep: ")
     members = [k for k in ops[False] if k.startswith("resnet8->resnet8/") and k not in ops[True]]
-    assert len(members) == 10
+    assert len(members) == 11
     alone = sum(ops[False][k] for k in members)
     teacher = engine.prepare_model(CifarResNet(8), torch.device("cpu")).eval()
     with torch.no_grad(), estimate.OpCounter() as counter:

@@ -1,6 +1,7 @@
 """The method-zoo study: its plan covers every registered method, a smoke run, resume, report."""
 
 import pandas as pd
+import pytest
 
 from kd.methods import METHODS
 from studies import method_zoo as study
@@ -13,8 +14,12 @@ def test_plan_has_every_method_on_the_first_pair_and_a_cross_family_pair():
         names = [c.name for c in cells]
         assert len(names) == len(set(names))
         first, second = profile.pairs[0], profile.pairs[1]
-        assert first.methods is None and (first.teacher != first.student or name == "smoke")
-        assert {c.method for c in cells if c.pair == first} == {None, *METHODS}
+        assert first.teacher != first.student or name == "smoke"
+        # the smoke profile runs every method; the others the survey's, without the control
+        # (so quick's and full's cells are those they always had)
+        methods = METHODS if name == "smoke" else study.SURVEY_METHODS
+        assert {c.method for c in cells if c.pair == first} == {None, *methods}
+        assert ("label_smoothing" in methods) == (name == "smoke")
         assert second.student.startswith("plain_cnn") and first.teacher.startswith("resnet")
         for bits in profile.quantized_bits:
             assert {f"{first.name}/quantized/w{bits}",
@@ -42,6 +47,10 @@ def test_smoke_runs_every_cell_resumes_and_reports(fake_cifar10, tmp_path, capsy
     assert rows["test_agreement"].between(0, 1).all() and rows["teacher_accuracy"].notna().all()
     assert (rows["teacher_train_n"] == 512).all() and (rows["train_n"] == 256).all()
     assert rows["final_train_loss"].notna().all()
+    # the control's epsilon, set from the teacher: in (0, alpha); no other row has one
+    epsilon = rows["label_smoothing_epsilon"]
+    assert 0 < epsilon["resnet8->resnet8/label_smoothing"] < 0.9 and epsilon.notna().sum() == 1
+    assert rows.loc["resnet8->resnet8/label_smoothing", "family"] == "control"
     # every row describes the bare student: FitNets' regressor and the mutual peer not counted
     assert rows.groupby("pair")["params"].nunique().eq(1).all()
     assert 0 <= rows.loc["resnet8->resnet8/mutual", "peer_test_accuracy"] <= 1
@@ -177,3 +186,102 @@ def test_a_teacher_data_assistant_learns_on_the_teachers_data_once_for_every_see
     line = study.teachers_line(rows)
     assert "assistant of kd_via_a/teacher_data 70.00 (1 assistant)" in line
     assert "assistant of kd_via_a 61.00 ± 1.41 (2 assistants)" in line
+
+
+LARGE_CELLS = ["resnet32->resnet8/scratch", "resnet32->resnet8/kd",
+               "resnet32->resnet8/random_teacher", "resnet32->resnet8/label_smoothing",
+               "resnet32->resnet8/fitnets", "resnet32->resnet8/at"]
+
+
+def test_large_profile_is_one_pair_on_all_images_with_the_control_and_three_seeds():
+    large = study.PROFILES["large"]
+    assert [c.name for c in study.plan(large)] == LARGE_CELLS
+    assert large.seeds == 3 and len(study.planned("large")) == 3 * len(LARGE_CELLS)
+    assert large.teacher_train_limit is large.student_train_limit is large.test_limit is None
+    assert large.augment_students and large.large_recipes and not large.student_candidates
+    roles = {c.name.split("/")[1]: c.teacher_role for c in study.plan(large)}
+    assert roles == {"scratch": "none", "kd": "main", "random_teacher": "both",
+                     "label_smoothing": "main", "fitnets": "main", "at": "main"}
+    assert large.second_teacher == "resnet20" and large.teacher_seed == 0
+    assert not any(p.large_recipes for n, p in study.PROFILES.items() if n != "large")
+    assert study.PROFILES["full"].resolved() is study.PROFILES["full"]
+
+
+def test_large_profile_takes_the_pinned_recipes(monkeypatch):
+    from studies import recipe
+
+    monkeypatch.setitem(recipe.LARGE_RECIPES, "student", "cos-lr0.1-bs128-wd5e-4-e30")
+    monkeypatch.setitem(recipe.LARGE_RECIPES, "teacher", "cos-lr0.1-bs128-wd5e-4-e60")
+    resolved = study.PROFILES["large"].resolved()
+    assert resolved.student_config == recipe.LARGE_CANDIDATES["cos-lr0.1-bs128-wd5e-4-e30"]
+    assert resolved.teacher_config.epochs == 60
+    assert study.PROFILES["large"].student_config is None  # resolved again on every run
+
+
+def test_large_profile_stops_before_training_until_the_recipes_are_pinned(tmp_path, capsys):
+    from kd.experiment.command import run_main
+
+    assert study.PROFILES["large"].student_config is None  # the recipe module's today
+    assert run_main(study.main, ["--profile", "large", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "student recipe is not chosen yet" in err
+    assert not (tmp_path / "results" / "method_zoo" / "large.csv").exists()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))
+
+
+def test_large_sizing_by_hand(tmp_path):
+    """Speeds (images/s) ResNet-8 2,000, ResNet-32 500 (fp32 250), ResNet-20 1,000; 30 student
+    and 60 teacher epochs of 50,000 images:
+      teachers 60·50,000/500 + 60·50,000/1,000 = 6,000 + 3,000 s;
+      a seed: 6 students 6·30·50,000/2,000 = 4,500 s; ResNet-32 passes 30·50,000/(3·500)
+      = 1,000 s; ResNet-20 on half the batches 30·50,000/(3·1,000)/2 = 250 s; epsilon
+      2·50,000/(3·250) = 133.3 s; so 5,883.3 s a seed, 17,650 s for 3;
+      total 26,650 s = 7.403 h (per-seed teachers: 3·9,000 + 17,650 = 44,650 s)."""
+    speeds = {("resnet8", "bf16"): 2000, ("resnet32", "bf16"): 500, ("resnet32", "fp32"): 250,
+              ("resnet20", "bf16"): 1000, ("resnet8", "fp32"): 1}
+    rows = [{"model": m, "precision": p, "images_per_s": v, "threads": 2,
+             "finished_at": "2026-12-05T13:33:55"} for (m, p), v in speeds.items()]
+    rows.append({"model": "resnet8", "precision": "bf16", "images_per_s": 9, "threads": 1,
+                 "finished_at": "2026-12-05T13:40:00"})  # another thread count: not read
+    rows.append({"model": "resnet8", "precision": "bf16", "images_per_s": 7, "threads": 2,
+                 "finished_at": "2026-12-05T12:00:00"})  # an older run: not read
+    path = tmp_path / "roofline.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    sizing = study.large_sizing(30, 60, roofline=path)
+    assert sizing["hours"].sum() * 3600 == pytest.approx(26_650)
+    assert sizing["runs"].tolist() == [1, 1, 18, 3, 3, 6]
+    per_seed = study.large_sizing(30, 60, teachers_per_seed=True, roofline=path)
+    assert per_seed["hours"].sum() * 3600 == pytest.approx(44_650)
+    table = study.large_sizing_table((30,), (60,), roofline=path)
+    assert table["hours"].tolist() == pytest.approx([26_650 / 3600, 44_650 / 3600])
+
+
+def test_the_large_profile_trains_on_the_recipes_it_resolves(fake_cifar10, tmp_path,
+                                                             monkeypatch):
+    """The large path on tiny data: its recipes (stand-ins here, 1 and 2 epochs) reach the
+    students and the teachers, every model sees all the training images, each row says where
+    the recipes came from, and the control's epsilon is in its row."""
+    import dataclasses
+
+    from kd.experiment.cache import entries
+
+    student = dataclasses.replace(study.steps(1, ()), lr=0.07)
+    teacher = study.steps(2, ())
+    monkeypatch.setattr(study, "large_config",
+                        lambda role: {"student": student, "teacher": teacher}[role])
+    monkeypatch.setitem(study.LARGE_RECIPES, "student", "s-recipe")
+    monkeypatch.setitem(study.LARGE_RECIPES, "teacher", "t-recipe")
+    tiny = dataclasses.replace(study.PROFILES["large"], seeds=1, second_teacher="resnet8",
+                               pairs=(study.Pair("resnet8", "resnet8",
+                                                 ("kd", "random_teacher", "label_smoothing")),))
+    monkeypatch.setitem(study.PROFILES, "large", tiny)
+    study.main(["--profile", "large", "--device", "cpu"])
+    rows = pd.read_csv(tmp_path / "results" / "method_zoo" / "large.csv").set_index("cell")
+    assert rows.index.tolist() == [c.name for c in study.plan(tiny)]
+    assert (rows["lr"] == 0.07).all() and (rows["epochs"] == 1).all()
+    assert (rows["train_n"] == rows["teacher_train_n"]).all()  # all the images for every model
+    assert rows["schedule_selected_on"].str.contains("students s-recipe, teachers t-recipe").all()
+    assert 0 < rows.loc["resnet8->resnet8/label_smoothing", "label_smoothing_epsilon"] < 0.9
+    teachers = [spec for _, spec, _ in entries() if spec["role"] == "teacher"]
+    assert len(teachers) == 2 and {spec["train"]["epochs"] for spec in teachers} == {2}
+    assert {spec["seed"] for spec in teachers} == {0, 100}  # shared: seed 0 and its second

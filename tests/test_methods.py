@@ -22,11 +22,11 @@ FEATURE_TERMS = {"kd": [], "fitnets": ["hint"], "at": ["at"], "sp": ["sp"],
 LOGGED = {**{name: ["ce", "kd", *terms] for name, terms in FEATURE_TERMS.items()},
           "mutual": ["ce", "kl"], "born_again": ["ce", "kd"], "multi_teacher": ["ce", "kd"],
           "multi_teacher_logmean": ["ce", "kd"],
-          "random_teacher": ["ce", "kd"], "quantized": ["ce", "kd"]}
+          "random_teacher": ["ce", "kd"], "quantized": ["ce", "kd"], "label_smoothing": ["ce"]}
 PAPERS = {"kd": "Hinton", "fitnets": "Romero", "at": "Zagoruyko", "sp": "Tung",
           "rkd": "Park", "fsp": "Yim", "mutual": "Zhang", "born_again": "Furlanello",
           "multi_teacher": "You", "multi_teacher_logmean": "You", "random_teacher": "Fukuda",
-          "quantized": "Polino"}
+          "quantized": "Polino", "label_smoothing": "Szegedy"}
 
 
 def tiny_cifar(n=48, seed=0):
@@ -226,3 +226,73 @@ def test_kd_method_is_hinton_distill_with_its_defaults():
     assert method.model is method.student
     assert method.temperature.item() == 4.0 and method.alpha.item() == pytest.approx(0.9)
     assert isinstance(METHODS["fitnets"](student(), teacher()), FeatureDistiller)
+
+
+def test_label_smoothing_loss_by_hand_on_two_examples_of_three_classes():
+    """ε = 0.3, C = 3: the target puts 1 − ε + ε/3 = 0.8 on the label and 0.1 elsewhere.
+    Example 1: logits (0, ln 2, 0), softmax (1/4, 1/2, 1/4), label 2:
+        −(0.1 ln 1/4 + 0.1 ln 1/2 + 0.8 ln 1/4) = 1.9 ln 2
+    Example 2: logits (ln 4, 0, 0), softmax (2/3, 1/6, 1/6), label 0:
+        −(0.8 ln 2/3 + 0.2 ln 1/6) = 0.8 ln 1.5 + 0.2 ln 6"""
+    logits = torch.tensor([[0.0, math.log(2), 0.0], [math.log(4), 0.0, 0.0]])
+    labels = torch.tensor([2, 0])
+    method = build_method("label_smoothing", torch.nn.Identity(), epsilon=0.3)
+    loss, terms = method(torch.nn.Identity(), Batch(logits, labels, torch.arange(2)))
+    expected = (1.9 * math.log(2) + 0.8 * math.log(1.5) + 0.2 * math.log(6)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    plain = (2 * math.log(2) + math.log(1.5)) / 2  # −ln 1/4 and −ln 2/3: the labels alone
+    assert terms["ce"].item() == pytest.approx(plain, rel=1e-6)
+    assert build_method("label_smoothing", torch.nn.Identity(), epsilon=0.0)(
+        torch.nn.Identity(), Batch(logits, labels, torch.arange(2)))[0].item() == \
+        pytest.approx(plain, rel=1e-6)
+
+
+class FixedLogits(torch.nn.Module):
+    """A teacher that answers T · ln p for every image: softmax at temperature T gives p."""
+
+    def __init__(self, p, temperature):
+        super().__init__()
+        self.logits = torch.nn.Parameter(temperature * torch.tensor(p).log())
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def test_label_smoothing_epsilon_is_kds_mean_mass_off_the_label():
+    """p_T = (0.5, 0.3, 0.2) for every image, labels 0, 1, 2, 0: the mass off the label is
+    0.5, 0.7, 0.8, 0.5, mean 0.625, so ε = 0.9 · 0.625 = 0.5625 (α = 0.9, T = 4)."""
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    train = data.Split(images, torch.tensor([0, 1, 2, 0]), (0.5,) * 3, (0.25,) * 3,
+                       num_classes=3)
+    teacher = FixedLogits([0.5, 0.3, 0.2], temperature=4.0)
+    method = build_method("label_smoothing", torch.nn.Identity(), teacher)
+    assert method.epsilon is None  # set once, before training
+    method.bind(train, augmented=True)  # from the unaugmented images all the same
+    assert method.epsilon == pytest.approx(0.9 * 0.625, rel=1e-6)
+    other = build_method("label_smoothing", torch.nn.Identity(),
+                         FixedLogits([0.5, 0.3, 0.2], temperature=2.0), alpha=0.5,
+                         temperature=2.0)
+    other.bind(train, augmented=False)
+    assert other.epsilon == pytest.approx(0.5 * 0.625, rel=1e-6)
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_label_smoothing_trains_a_student_and_lists_its_options():
+    from kd.methods import method_settings
+
+    assert method_settings("label_smoothing") == {"alpha": 0.9, "epsilon": None,
+                                                  "temperature": 4.0}
+    assert METHODS["label_smoothing"].family == "control"
+    train = tiny_cifar()
+    method = build_method("label_smoothing", student(), teacher())
+    before = {k: v.clone() for k, v in method.model.state_dict().items()}
+    record = engine.fit(method.model, train, method, CONFIG, seed=0).history[-1]
+    assert 0 < method.epsilon < 0.9 and math.isfinite(record["train_loss"])
+    assert math.isfinite(record["train_ce"])  # the plain cross-entropy, logged beside
+    assert any(not torch.equal(v, before[k]) for k, v in method.model.state_dict().items())
+    with pytest.raises(ConfigError, match="not both and not neither"):
+        build_method("label_smoothing", student(), teacher(), epsilon=0.1)
+    with pytest.raises(ConfigError, match="not both and not neither"):
+        build_method("label_smoothing", student(), None)
+    with pytest.raises(ConfigError, match=r"epsilon must be in \[0, 1\]"):
+        build_method("label_smoothing", student(), epsilon=1.5)

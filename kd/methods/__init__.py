@@ -13,7 +13,8 @@ student, the student with the method's learnable heads (see :mod:`kd.methods.bas
 student stacked with its peers (mutual learning). Each class says what it is:
 
 * ``family``: response, feature, relation (the kind of knowledge), online, self (the scheme),
-  multi-teacher, quantized (Gou et al. 2021's survey);
+  multi-teacher, quantized (Gou et al. 2021's survey); control (no knowledge per example:
+  ``label_smoothing``, a regularizer of KD's strength);
 * ``teachers``: what ``build_method``'s ``teacher`` argument must be: ``"one"`` model,
   ``"several"`` (a list of at least 2), ``"none"`` (None) or ``"optional"`` (a model or None).
 
@@ -34,6 +35,7 @@ from kd.methods.born_again import BornAgain
 from kd.methods.fitnets import FitNets
 from kd.methods.fsp import FlowOfSolution
 from kd.methods.hinton import HintonKD
+from kd.methods.label_smoothing import LabelSmoothing
 from kd.methods.multi_teacher import LogMeanTeacherKD, MeanTeacherKD, RandomTeacherKD
 from kd.methods.mutual import DeepMutualLearning
 from kd.methods.quantized import QuantizedKD
@@ -65,7 +67,7 @@ def register(cls: type) -> type:
 
 for _cls in (HintonKD, FitNets, AttentionTransfer, SimilarityPreserving, RelationalKD,
              FlowOfSolution, DeepMutualLearning, BornAgain, MeanTeacherKD, LogMeanTeacherKD,
-             RandomTeacherKD, QuantizedKD):
+             RandomTeacherKD, QuantizedKD, LabelSmoothing):
     register(_cls)
 
 
@@ -130,4 +132,4 @@ __all__ = ["METHODS", "method_settings", "TEACHER_KINDS", "build_method", "regis
            "FeatureDistiller", "StudentWithHeads", "default_taps", "resnet_taps", "HintonKD",
            "FitNets", "AttentionTransfer", "SimilarityPreserving", "RelationalKD",
            "FlowOfSolution", "DeepMutualLearning", "BornAgain", "MeanTeacherKD", "LogMeanTeacherKD",
-           "RandomTeacherKD", "QuantizedKD"]
+           "RandomTeacherKD", "QuantizedKD", "LabelSmoothing"]
