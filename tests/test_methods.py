@@ -260,7 +260,8 @@ class FixedLogits(torch.nn.Module):
 
 def test_label_smoothing_epsilon_is_kds_mean_mass_off_the_label():
     """p_T = (0.5, 0.3, 0.2) for every image, labels 0, 1, 2, 0: the mass off the label is
-    0.5, 0.7, 0.8, 0.5, mean 0.625, so ε = 0.9 · 0.625 = 0.5625 (α = 0.9, T = 4)."""
+    0.5, 0.7, 0.8, 0.5, mean 0.625; KD's target puts 0.9 · 0.625 = 0.5625 off the label
+    (α = 0.9, T = 4), and q does so with ε · 2/3 = 0.5625, ε = 0.84375 (C = 3)."""
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     train = data.Split(images, torch.tensor([0, 1, 2, 0]), (0.5,) * 3, (0.25,) * 3,
                        num_classes=3)
@@ -268,12 +269,12 @@ def test_label_smoothing_epsilon_is_kds_mean_mass_off_the_label():
     method = build_method("label_smoothing", torch.nn.Identity(), teacher)
     assert method.epsilon is None  # set once, before training
     method.bind(train, augmented=True)  # from the unaugmented images all the same
-    assert method.epsilon == pytest.approx(0.9 * 0.625, rel=1e-6)
+    assert method.epsilon == pytest.approx(0.84375, rel=1e-6)
     other = build_method("label_smoothing", torch.nn.Identity(),
                          FixedLogits([0.5, 0.3, 0.2], temperature=2.0), alpha=0.5,
                          temperature=2.0)
     other.bind(train, augmented=False)
-    assert other.epsilon == pytest.approx(0.5 * 0.625, rel=1e-6)
+    assert other.epsilon == pytest.approx(0.5 * 0.625 * 1.5, rel=1e-6)
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
@@ -287,7 +288,7 @@ def test_label_smoothing_trains_a_student_and_lists_its_options():
     method = build_method("label_smoothing", student(), teacher())
     before = {k: v.clone() for k, v in method.model.state_dict().items()}
     record = engine.fit(method.model, train, method, CONFIG, seed=0).history[-1]
-    assert 0 < method.epsilon < 0.9 and math.isfinite(record["train_loss"])
+    assert 0 < method.epsilon <= 1 and math.isfinite(record["train_loss"])
     assert math.isfinite(record["train_ce"])  # the plain cross-entropy, logged beside
     assert any(not torch.equal(v, before[k]) for k, v in method.model.state_dict().items())
     with pytest.raises(ConfigError, match="not both and not neither"):

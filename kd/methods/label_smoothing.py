@@ -16,11 +16,13 @@ from kd.train.engine import predict
 
 def smoothing_epsilon(teacher_logits: Tensor, labels: Tensor, alpha: float,
                       temperature: float) -> float:
-    """KD's mean mass off the label, ε = α · (1/N) Σ_i (1 − softmax(t_i / T)[y_i]), for the
-    teacher's logits ``[N, C]`` on N examples with labels ``[N]``."""
+    """The ε whose smoothed target puts KD's mean mass off the label there, for the teacher's
+    logits ``[N, C]`` on N examples with labels ``[N]``:
+    ε · (C − 1)/C = α · (1/N) Σ_i (1 − softmax(t_i / T)[y_i])."""
     check_hyperparameters(temperature, alpha)
     p_label = F.softmax(teacher_logits.float() / temperature, dim=-1).gather(1, labels[:, None])
-    return alpha * (1 - p_label).mean().item()
+    classes = teacher_logits.shape[-1]
+    return min(1.0, alpha * (1 - p_label).mean().item() * classes / (classes - 1))
 
 
 class LabelSmoothing(Objective):
@@ -33,13 +35,13 @@ class LabelSmoothing(Objective):
 
     computed by torch's ``F.cross_entropy(s, y, label_smoothing=ε)``, which defines u so.
     No teacher signal reaches any example. A teacher sets ε once, before training (in
-    :meth:`bind`, from its logits on the unaugmented training images), to the mass that KD's
-    target (1 − α) · onehot(y) + α · softmax(t / T) moves off the label on average:
+    :meth:`bind`, from its logits on the unaugmented training images), so that q moves as much
+    mass off the label as KD's target (1 − α) · onehot(y) + α · softmax(t / T) does on average;
+    as u includes the label, q puts ε · (C − 1)/C there, so
 
-        ε = α · (1/N) Σ_i (1 − softmax(t_i / T)[y_i])          (:func:`smoothing_epsilon`)
+        ε = C/(C − 1) · α · (1/N) Σ_i (1 − softmax(t_i / T)[y_i])   (:func:`smoothing_epsilon`)
 
-    so that "KD minus label smoothing" is the part of KD that is per-example knowledge. As u
-    includes the label, q itself puts ε · (C − 1)/C off the label (0.9 of KD's for C = 10).
+    and "KD minus label smoothing" is the part of KD that is per-example knowledge.
     Or ``epsilon=`` gives ε directly, with no teacher (a teacher and ``epsilon`` together are
     a ConfigError). Defaults: α = 0.9 and T = 4, those of ``kd``. Logs "ce" (the plain
     cross-entropy with the labels; the loss is the smoothed one). ``method.model`` is the
