@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     profile = ZOO_PROFILES[args.profile]
     seeds = args.seeds or profile.seeds
     families = with_plain(args.profile) if args.with_plain else {}
+    if not profile.from_recipes:  # its schedules are its own: no epochs to choose
+        args.student_epochs = [profile.config.epochs]
+        args.teacher_epochs = [(profile.teacher_config or profile.config).epochs]
     print(f"capacity_gap + early_stopping [{args.profile}{' with plain' if families else ''}],"
           f" {seeds} seeds: hours on this CPU (2 threads, bf16, {ROOFLINE.name})")
     print(grid(args.profile, args.student_epochs, args.teacher_epochs, seeds,
