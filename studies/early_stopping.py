@@ -60,7 +60,7 @@ KD_STOP_EPOCH = {"smoke": 1, "quick": 5, "full": 13, "paper": 80}
 
 def kd_stop_epoch(name: str, profile: ZooProfile) -> int:
     """Where ESKD stops the KD term in profile ``name`` (``profile`` resolved)."""
-    return KD_STOP_EPOCH.get(name) or first_drop(profile.config)
+    return KD_STOP_EPOCH[name] if name in KD_STOP_EPOCH else first_drop(profile.config)
 
 
 @dataclass(frozen=True)
