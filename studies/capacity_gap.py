@@ -58,8 +58,22 @@ PLAIN_SMOKE = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn6"),
 RESNET_FULL = Family("resnet", "resnet8", ("resnet14", "resnet20", "resnet32"),
                      (("resnet32", "resnet14"),), student_train_limit=10_000)
 # full: the plain family up to 8 layers on all the data, and RESNET_FULL.
+# large (issue 28): every model on all 50,000 images, each seed its own teachers and
+# assistants. The ResNet family, the widest gap to the paper's regime: full's teachers and
+# assistant (a ResNet-14 of the ResNet-32). The plain family with the paper's 10-layer teacher
+# and its assistants of 6 and 4 layers (as full's, of the largest teacher) is defined but CUT:
+# sized by studies.zoo_budget from the measured speeds, the ResNet family alone (both studies,
+# 3 seeds) takes 19 hours of this CPU at the cheapest epochs sized (students 30, teachers 60),
+# over the about 15 that issue 28 leaves these two studies, and the plain family 13 more.
+# ResNet-56 and deeper are cut for the same reason. Add PLAIN_LARGE back (here and in
+# early_stopping's large) if a faster recipe or engine brings both under the budget.
+RESNET_LARGE = Family("resnet", "resnet8", ("resnet14", "resnet20", "resnet32"),
+                      (("resnet32", "resnet14"),))
+PLAIN_LARGE = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn6", "plain_cnn8",
+                                             "plain_cnn10"),
+                     (("plain_cnn10", "plain_cnn6"), ("plain_cnn10", "plain_cnn4")))
 FAMILIES = {"smoke": (PLAIN_SMOKE,), "quick": (PLAIN_QUICK,), "full": (PLAIN_QUICK, RESNET_FULL),
-            "paper": (PLAIN, RESNET)}
+            "paper": (PLAIN, RESNET), "large": (RESNET_LARGE,)}
 
 
 @dataclass(frozen=True)
@@ -129,7 +143,7 @@ class Run:
         model, meta, _ = zoo.fit(training)
         self.models[(*cell.chain, cell.arch)] = model
         row = {"family": cell.family, "role": cell.role, "chain": " > ".join(
-            (*cell.chain, cell.arch)), **zoo.describe(model, meta)}
+            (*cell.chain, cell.arch)), **zoo.describe(model, meta, training.config)}
         if cell.chain:
             teacher = self.trained(cell.family, cell.chain[:-1], cell.chain[-1])
             row.update(teacher=teacher.arch, teacher_accuracy=zoo.accuracy(teacher),

@@ -24,7 +24,7 @@ from kd import data, metrics
 from kd.data.cifar import RandomCropFlip
 from kd.errors import ConfigError
 from kd.experiment.cache import ModelCache, spec_key
-from kd.experiment.cli import open_study
+from kd.experiment.cli import open_study, with_compile, with_training
 from kd.experiment.executor import every, run_cells_on_ray
 from kd.experiment.results import pending, run_cells
 from kd.models import build_model, parameter_count
@@ -33,6 +33,7 @@ from kd.train import engine
 from kd.train.batched import GroupedModels
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import NonFiniteLossError, TrainConfig
+from studies.recipe import large_config
 
 # Mirzadeh et al. 2020: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at epochs 80
 # and 120 of 150. The 1-epoch warm-up is ours: lr 0.1 from the first step kills the 2-layer CNN.
@@ -94,12 +95,14 @@ class Zoo:
                  train_limit: int | None = None, test_limit: int | None = None,
                  augment_students: bool = True, kd: KDSettings = KDSettings(),
                  teacher_checkpoints: tuple[int, ...] = (), teacher_seed: int | None = None,
-                 cache: ModelCache | None = None):
+                 cache: ModelCache | None = None, teacher_config: TrainConfig | None = None):
         """teacher_checkpoints: epochs at which every teacher's weights are kept (part of its
         cache key, so studies that share teachers must ask for the same ones). teacher_seed:
         one teacher of each architecture, of this seed, for every seed's students (None: each
-        seed trains its own)."""
+        seed trains its own). teacher_config: the teachers' schedule (None: ``config``, that
+        of the students and assistants)."""
         self.dataset, self.config, self.device, self.kd = dataset, config, device, kd
+        self.teacher_config = teacher_config or config
         self.teacher_seed = teacher_seed
         self.train_limit, self.augment_students = train_limit, augment_students
         self.test_limit = test_limit
@@ -127,7 +130,7 @@ class Zoo:
                 self.dataset, self.config, self.device, train_limit=limit,
                 test_limit=self.test_limit, augment_students=self.augment_students, kd=self.kd,
                 teacher_checkpoints=self.teacher_checkpoints, teacher_seed=self.teacher_seed,
-                cache=self.cache)
+                cache=self.cache, teacher_config=self.teacher_config)
         return self._subsets[limit]
 
     def for_arch(self, family: Family | None, arch: str) -> "Zoo":
@@ -156,7 +159,8 @@ class Zoo:
         """A model trained on labels with crop + flip, with checkpoints. Of seed
         ``teacher_seed`` when the zoo has one, whatever ``seed`` asks for."""
         seed = self.teacher_seed_for(seed)
-        config = dataclasses.replace(self.config, checkpoint_epochs=self.teacher_checkpoints)
+        config = dataclasses.replace(self.teacher_config,
+                                     checkpoint_epochs=self.teacher_checkpoints)
         spec = {**self.base_spec(arch, seed, config), "augment": "crop4+flip", "role": "teacher"}
         return Training(spec, arch, seed, config, None, None, f"teacher {arch} seed {seed}")
 
@@ -239,7 +243,7 @@ class Zoo:
         model = engine.prepare_model(model, self.device)
         model.load_state_dict(state)
         # the last checkpoint is the finished teacher: same key, so its students are cache hits
-        key = teacher.key if epoch == self.config.epochs else f"{teacher.key}@{epoch}"
+        key = teacher.key if epoch == self.teacher_config.epochs else f"{teacher.key}@{epoch}"
         return self.as_teacher(teacher.arch, model.eval(), key)
 
     def as_teacher(self, arch: str, model: nn.Module, key: str) -> Teacher:
@@ -262,17 +266,18 @@ class Zoo:
     def accuracy(self, model: Teacher) -> float:
         return metrics.accuracy(model.test_logits, self.test.labels)
 
-    def describe(self, model: Teacher, meta: dict) -> dict:
-        """The columns of a result row about one trained model (its accuracy on the test set)."""
-        labels = self.test.labels
+    def describe(self, model: Teacher, meta: dict, config: TrainConfig | None = None) -> dict:
+        """The columns of a result row about one trained model (its accuracy on the test set),
+        trained with ``config`` (None: the students' schedule)."""
+        labels, config = self.test.labels, config or self.config
         return {"model": model.arch, "params": parameter_count(model.model),
                 "flops_per_image": flops_per_image(model.model),
                 "test_accuracy": self.accuracy(model),
                 "test_ece": metrics.expected_calibration_error(model.test_logits, labels),
                 "train_s": meta.get("train_s"), "train_n": len(self.train),
-                "test_n": labels.numel(), "epochs": self.config.epochs,
-                "schedule": f"{self.config.schedule} {self.config.milestones}",
-                "lr": self.config.lr, "weight_decay": self.config.weight_decay,
+                "test_n": labels.numel(), "epochs": config.epochs,
+                "schedule": f"{config.schedule} {config.milestones}",
+                "lr": config.lr, "weight_decay": config.weight_decay,
                 "final_train_loss": meta.get("final_train_loss"),
                 "train_loss_plateau": metrics.loss_plateau(meta.get("train_loss_history", [])),
                 # trained in a stack of that many models (kd.experiment.cache.ModelCache.fit_stack)
@@ -310,7 +315,7 @@ class ZooProfile:
     its teachers through the cache: data, schedule, teacher checkpoints, seeds."""
 
     description: str
-    config: TrainConfig
+    config: TrainConfig | None  # None: from the large recipes (``from_recipes``)
     teacher_checkpoints: tuple[int, ...]  # epochs at which every teacher's weights are kept
     augment_students: bool  # False: teachers' logits computed once and looked up
     seeds: int
@@ -324,6 +329,44 @@ class ZooProfile:
     # convolutions: 290 against 73 for a plain CNN-4, counted by kd.experiment.estimate's
     # OpCounter), so 3 seeds of one model cost more as a stack than one after another.
     stack_at_least: int | None = None
+    teacher_config: TrainConfig | None = None  # the teachers' schedule (None: ``config``)
+    # The schedules are studies.recipe.large_config's, looked up when the profile runs
+    # (:meth:`resolved`), not at import: until they are chosen, only this profile refuses to run.
+    from_recipes: bool = False
+
+    def resolved(self, student: TrainConfig | None = None,
+                 teacher: TrainConfig | None = None) -> "ZooProfile":
+        """The profile as it runs. One ``from_recipes`` takes its students' and assistants'
+        schedule from ``large_config("student")`` and its teachers' from
+        ``large_config("teacher")`` (a :class:`ConfigError` while either is not chosen), or
+        ``student`` and ``teacher`` when given (to size it before they are), and keeps its
+        teachers' checkpoints where :func:`teacher_checkpoints_for` puts them. Any other profile
+        is returned as it is."""
+        if not self.from_recipes:
+            return self
+        student = student or large_config("student")
+        teacher = teacher or large_config("teacher")
+        return dataclasses.replace(self, config=student, teacher_config=teacher,
+                                   teacher_checkpoints=teacher_checkpoints_for(teacher),
+                                   from_recipes=False)
+
+
+def first_drop(config: TrainConfig) -> int:
+    """The epoch of the schedule's first learning-rate drop; half its epochs when it decays
+    smoothly (cosine, linear) or not at all (the rule of the claim es-early-teacher)."""
+    return config.milestones[0] if config.schedule == "step" else config.epochs // 2
+
+
+# The full profile keeps its teachers' weights at epochs 7, 13 and 25 of 25: early (7/25 of the
+# run, before the first drop), at the first drop and at the end. The same rule on any schedule:
+EARLY_CHECKPOINT = 7 / 25
+
+
+def teacher_checkpoints_for(config: TrainConfig) -> tuple[int, ...]:
+    """The epochs at which a teacher trained with ``config`` is kept, as the full profile keeps
+    them: 7/25 of its epochs, its first drop (:func:`first_drop`) and its last epoch."""
+    early = max(1, round(EARLY_CHECKPOINT * config.epochs))
+    return tuple(sorted({early, first_drop(config), config.epochs}))
 
 
 ZOO_PROFILES = {
@@ -356,6 +399,18 @@ ZOO_PROFILES = {
                     "flip for every model, 3 seeds",
         config=MIRZADEH_SGD, teacher_checkpoints=(10, 20, 40, 60, 80, 100, 120, 150),
         augment_students=True, seeds=3, stack_at_least=6),
+    # Issue 28's regime on this CPU: every model (teachers, assistants, students) on all 50,000
+    # training images with crop + flip (the recipes were chosen with it; a scratch ResNet-8
+    # needs it to near 85 %, so students are distilled with the teacher's live forward pass),
+    # each seed its own teachers, checkpoints and assistants, so the intervals hold teacher
+    # variance. Teachers train on labels alone (no label smoothing: it makes worse teachers,
+    # Müller et al. 2019). Sized by studies.zoo_budget before any run.
+    "large": ZooProfile(
+        description="issue 28's regime: all 50,000 training images for every model, crop + "
+                    "flip, the large recipes (studies.recipe: students and assistants, "
+                    "teachers), each of 3 seeds its own teachers",
+        config=None, teacher_checkpoints=(), augment_students=True, seeds=3,
+        from_recipes=True),
 }
 
 
@@ -363,7 +418,7 @@ def make_zoo(profile: ZooProfile, dataset: str, device: torch.device) -> Zoo:
     return Zoo(dataset, profile.config, device, train_limit=profile.train_limit,
                test_limit=profile.test_limit, augment_students=profile.augment_students,
                teacher_checkpoints=profile.teacher_checkpoints,
-               teacher_seed=profile.teacher_seed)
+               teacher_seed=profile.teacher_seed, teacher_config=profile.teacher_config)
 
 
 CIFAR_DATASETS = ("cifar10", "cifar100")  # --dataset of the CIFAR studies; the first is the default
@@ -424,6 +479,7 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
                          report=report, datasets=CIFAR_DATASETS)
     if command is None:
         return
+    command = resolved_command(command)  # the large recipes, or one line and exit 2
     args, profile, table, device = (command.args, command.profile, command.table,
                                     command.device)
     cells, seeds = plan(args.profile, profile), args.seeds or profile.seeds
@@ -440,6 +496,17 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
                                   profile.stack_at_least)
         print(f"{study}: {trained} models trained in stacks of one kind each; scoring the cells")
     run_cells(table, todo, run_cell, device, summary, precision=command.precision)
+
+
+def resolved_command(command):
+    """The command with its profile :meth:`ZooProfile.resolved` and, where that changed it,
+    ``--compile`` and the precision applied to the schedules it resolved."""
+    profile = command.profile.resolved()
+    if profile is command.profile:
+        return command
+    profile = with_training(with_compile(profile, command.args.compile),
+                            precision=command.precision)
+    return dataclasses.replace(command, profile=profile)
 
 
 def zoo_cell_runner(command, new_run: Callable[[Zoo, int, str], SeedRun]

@@ -30,8 +30,8 @@ from kd.errors import ConfigError
 from kd.experiment.cli import run_main
 from kd.experiment.executor import every
 from kd.experiment.results import markdown_table, mean_std, run_footer
-from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, Training, Zoo, zoo_cell_runner,
-                               zoo_study_main)
+from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, Training, Zoo, ZooProfile,
+                               first_drop, zoo_cell_runner, zoo_study_main)
 
 STUDY = "early_stopping"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -46,10 +46,21 @@ FAMILIES = {
              Family("resnet", "resnet8", ("resnet14", "resnet32"), student_train_limit=10_000)),
     "paper": (Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn8", "plain_cnn10")),
               Family("resnet", "resnet8", ("resnet20", "resnet56", "resnet110"))),
+    # capacity_gap's large ResNet family (all the images, per-seed teachers): as in full, its
+    # smallest and largest teacher. The plain family (plain_cnn4 and plain_cnn10 -> plain_cnn2)
+    # is cut with capacity_gap's PLAIN_LARGE, for the budget (see there).
+    "large": (Family("resnet", "resnet8", ("resnet14", "resnet32")),),
 }
+PLAIN_LARGE = Family("plain", "plain_cnn2", ("plain_cnn4", "plain_cnn10"))  # cut: see above
 # The KD term stops at the first learning-rate drop of each profile's schedule (our choice; the
-# paper's ImageNet runs stop it part-way too).
+# paper's ImageNet runs stop it part-way too); large: that of the students' recipe, looked up
+# when it runs (kd_stop_epoch).
 KD_STOP_EPOCH = {"smoke": 1, "quick": 5, "full": 13, "paper": 80}
+
+
+def kd_stop_epoch(name: str, profile: ZooProfile) -> int:
+    """Where ESKD stops the KD term in profile ``name`` (``profile`` resolved)."""
+    return KD_STOP_EPOCH[name] if name in KD_STOP_EPOCH else first_drop(profile.config)
 
 
 @dataclass(frozen=True)
@@ -114,12 +125,12 @@ class Run:
             teacher = self.teacher_at(cell.arch, cell.teacher_epoch)
             meta = self.teacher_meta[cell.arch]
             # A checkpoint's own epochs; its time and final loss belong to the whole run.
-            described = self.zoo.describe(teacher, meta)
+            described = self.zoo.describe(teacher, meta, self.zoo.teacher_config)
             run_loss = {key: described.pop(key) for key in ("final_train_loss",
                                                              "train_loss_plateau")}
             return {**row, "teacher": cell.arch, **described,
                     "epochs": cell.teacher_epoch, "train_s": None,
-                    "run_epochs": self.zoo.config.epochs, "run_train_s": meta.get("train_s"),
+                    "run_epochs": self.zoo.teacher_config.epochs, "run_train_s": meta.get("train_s"),
                     **{f"run_{key}": value for key, value in run_loss.items()}}
         training = self.training(cell)
         zoo = self.zoo.zoo_of(training)
@@ -190,8 +201,8 @@ def report(rows: pd.DataFrame) -> str:
 
 def cell_runner(command):
     """``run(seed, cell) -> row`` for a study command (here, or on a Ray worker)."""
-    return zoo_cell_runner(command, lambda zoo, seed, name: Run(zoo, seed, KD_STOP_EPOCH[name],
-                                                                FAMILIES[name]))
+    stop = kd_stop_epoch(command.args.profile, command.profile)
+    return zoo_cell_runner(command, lambda zoo, seed, name: Run(zoo, seed, stop, FAMILIES[name]))
 
 
 def models_used(seed: int, cell: Cell) -> list[tuple]:
@@ -208,7 +219,7 @@ def level(cell: Cell) -> int:
 
 def planned(name: str) -> list[tuple[str, int]]:
     """Every ``(cell, seed)`` the profile runs: what a complete table holds."""
-    profile = ZOO_PROFILES[name]
+    profile = ZOO_PROFILES[name].resolved()  # large: a ConfigError until its recipes are chosen
     return [(cell.name, seed) for seed, cell in every(
         plan(FAMILIES[name], profile.teacher_checkpoints), profile.seeds)]
 

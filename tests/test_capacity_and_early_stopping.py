@@ -158,16 +158,26 @@ def test_a_zoo_with_a_teacher_seed_shares_one_teacher_between_seeds(fake_cifar10
 
 @pytest.mark.parametrize("name", list(ZOO_PROFILES))
 def test_every_zoo_profile_plans_both_studies_and_stops_kd_at_the_first_drop(name):
-    profile = ZOO_PROFILES[name]
+    import dataclasses
+
+    from studies.recipe import BASE
+
+    # large: resolved with stand-ins for its recipes (not chosen yet), a step schedule for the
+    # students and a cosine one of other epochs for the teachers
+    profile = ZOO_PROFILES[name].resolved(
+        dataclasses.replace(BASE, epochs=20, schedule="step", milestones=(12, 16)),
+        dataclasses.replace(BASE, epochs=50))
     assert capacity_gap.plan(capacity_gap.FAMILIES[name])
     assert early_stopping.plan(early_stopping.FAMILIES[name], profile.teacher_checkpoints)
-    config = profile.config
+    config, teacher = profile.config, profile.teacher_config or profile.config
     first_drop = config.milestones[0] if config.schedule == "step" else config.epochs // 2
-    assert early_stopping.KD_STOP_EPOCH[name] == first_drop
-    # the early-teacher claim compares the latest checkpoint at or before the first drop with
-    # the final one: both must be kept
-    assert any(e <= first_drop for e in profile.teacher_checkpoints)
-    assert profile.teacher_checkpoints[-1] == config.epochs
+    assert early_stopping.kd_stop_epoch(name, profile) == first_drop
+    assert early_stopping.KD_STOP_EPOCH.get(name, first_drop) == first_drop
+    # the early-teacher claim compares the latest checkpoint at or before the teacher's first
+    # drop with the final one: both must be kept
+    teacher_drop = teacher.milestones[0] if teacher.schedule == "step" else teacher.epochs // 2
+    assert any(e <= teacher_drop for e in profile.teacher_checkpoints)
+    assert profile.teacher_checkpoints[-1] == teacher.epochs
 
 
 def test_full_zoo_profile_uses_all_the_data_shares_teachers_and_has_five_seeds():

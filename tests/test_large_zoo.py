@@ -1,0 +1,135 @@
+"""The `large` profile of the capacity-gap and early-stopping studies (issue 28): its structure,
+its refusal to run before the recipes are chosen, its sizing, and a smoke-sized profile built
+the same way (per-seed teachers, every model on all the images, the recipes' schedules) run
+end to end."""
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from kd.experiment.cli import run_main
+from kd.train.engine import TrainConfig
+from studies import capacity_gap, early_stopping, recipe, zoo_budget
+from studies.cifar_zoo import (ZOO_PROFILES, Family, first_drop, teacher_checkpoints_for)
+from tests.test_capacity_and_early_stopping import fits  # noqa: F401  (a fixture)
+
+STAND_IN = {"student": "cos-lr0.1-bs128-wd5e-4-e30",  # 30 epochs, cosine
+            "teacher": "cos-lr0.1-bs128-wd5e-4-e60"}  # 60 epochs, cosine
+
+
+def test_the_checkpoint_rule_gives_the_full_profiles_epochs_and_follows_the_schedule():
+    full = ZOO_PROFILES["full"]
+    assert teacher_checkpoints_for(full.config) == full.teacher_checkpoints == (7, 13, 25)
+    cosine = TrainConfig(epochs=100, schedule="cosine")
+    assert first_drop(cosine) == 50 and teacher_checkpoints_for(cosine) == (28, 50, 100)
+    assert teacher_checkpoints_for(TrainConfig(epochs=2)) == (1, 2)  # no epoch 0, no repeats
+
+
+def test_large_profile_every_model_on_all_images_a_teacher_per_seed(monkeypatch):
+    large = ZOO_PROFILES["large"]
+    assert large.from_recipes and large.config is None and large.seeds == 3
+    assert large.train_limit is None and large.test_limit is None
+    assert large.teacher_seed is None and large.augment_students
+    resnet = Family("resnet", "resnet8", ("resnet14", "resnet20", "resnet32"),
+                    (("resnet32", "resnet14"),))
+    assert capacity_gap.FAMILIES["large"] == (resnet,)  # the plain family is cut (budget)
+    assert early_stopping.FAMILIES["large"] == (
+        Family("resnet", "resnet8", ("resnet14", "resnet32")),)
+
+    monkeypatch.setattr(recipe, "LARGE_RECIPES", STAND_IN)
+    profile = large.resolved()  # what the studies run with once the recipes are pinned
+    assert profile.config == recipe.LARGE_CANDIDATES[STAND_IN["student"]]
+    assert profile.teacher_config.epochs == 60 and profile.config.epochs == 30
+    assert profile.teacher_checkpoints == (17, 30, 60)  # 7/25 of 60, its half, its end
+    assert early_stopping.kd_stop_epoch("large", profile) == 15  # the students' half
+
+    planned = zoo_budget.trainings("large", profile, profile.seeds)
+    assert {t.images for t in planned} == {50_000}
+    teachers = {(t.arch, t.seed) for t in planned if t.role == "teacher"}
+    assert teachers == {(a, s) for a in resnet.teachers for s in range(3)}
+    assistants = [t for t in planned if t.arch == "resnet14" and t.role == "distilled"]
+    assert sorted((t.seed, t.teacher.seed) for t in assistants) == [(0, 0), (1, 1), (2, 2)]
+    # a seed: 3 teachers, scratch, 3 students, assistant and its student (capacity gap); the
+    # students of the two early checkpoints of 2 teachers and 2 ESKD students (early stopping;
+    # the final checkpoint's students are capacity gap's)
+    assert len(planned) == 3 * (9 + 4 + 2)
+    assert sorted(t.kd_epochs for t in planned if t.taught_by in ("resnet14", "resnet32")
+                  and t.arch == "resnet8") == [15] * 6 + [30] * 6
+
+
+def test_large_refuses_to_run_before_its_recipes_are_chosen(fake_cifar10, tmp_path, fits,
+                                                            capsys, monkeypatch):
+    monkeypatch.setattr(recipe, "LARGE_RECIPES", {"student": None, "teacher": None})
+    out = tmp_path / "out"
+    for study, role in ((capacity_gap, "student"), (early_stopping, "student")):
+        assert run_main(study.main, ["--profile", "large", "--device", "cpu",
+                                     "--results", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith(f"error: the large profiles' {role} recipe is not chosen")
+    monkeypatch.setattr(recipe, "LARGE_RECIPES", {**STAND_IN, "teacher": None})
+    assert run_main(capacity_gap.main, ["--profile", "large", "--device", "cpu",
+                                        "--results", str(out)]) == 2
+    assert "teacher recipe is not chosen" in capsys.readouterr().err
+    assert fits == [] and not list(out.rglob("*.csv"))  # nothing trained, no row written
+
+
+def test_budget_hours_by_hand_and_flop_scaled_speeds():
+    student = zoo_budget.Planned("resnet", "teacher", "resnet32", 0, 50_000, 60)
+    kd = zoo_budget.Planned("resnet", "distilled", "resnet8", 0, 50_000, 30, student,
+                            kd_epochs=30)
+    speeds = {"resnet8": 1000.0, "resnet32": 500.0}
+    # 30 x 50,000 / 1,000 s training + 10,000 test images at 3,000/s + the teacher's forward on
+    # 30 x 50,000 images at 1,500/s: 1,500 + 3.33 + 1,000 s
+    assert zoo_budget.hours(kd, speeds, augment_students=True) == pytest.approx(2503.333 / 3600)
+    # its logits looked up: one pass of the teacher over the 50,000 images
+    assert zoo_budget.hours(kd, speeds, augment_students=False) == pytest.approx(
+        (1500 + 10_000 / 3000 + 50_000 / 1500) / 3600)
+    rate, source = zoo_budget.images_per_s("resnet56", speeds)
+    flops = zoo_budget.forward_flops
+    assert source == "FLOPs of resnet32"
+    assert rate == pytest.approx(500 * flops("resnet32") / flops("resnet56"))
+    assert zoo_budget.images_per_s("resnet8", speeds) == (1000.0, "measured")
+
+
+def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path, fits,
+                                                          monkeypatch):
+    """Every model on all 600 fake images, each of 2 seeds its own teachers and assistant, the
+    teachers on the (stand-in) teacher recipe and the others on the student recipe."""
+    student = TrainConfig(epochs=2, batch_size=100, lr=0.05)  # cosine: first "drop" at 1
+    teacher = TrainConfig(epochs=4, batch_size=100, lr=0.05)  # checkpoints at 1, 2 and 4
+    monkeypatch.setitem(recipe.TEACHER_CANDIDATES, "tiny-teacher", teacher)
+    monkeypatch.setitem(recipe.TEACHER_CANDIDATES, "tiny-student", student)
+    monkeypatch.setattr(recipe, "LARGE_RECIPES", {"student": "tiny-student",
+                                                  "teacher": "tiny-teacher"})
+    monkeypatch.setitem(ZOO_PROFILES, "smoke_large", ZOO_PROFILES["large"])
+    family = Family("plain", "plain_cnn2", ("plain_cnn6",), (("plain_cnn6", "plain_cnn4"),))
+    monkeypatch.setitem(capacity_gap.FAMILIES, "smoke_large", (family,))
+    monkeypatch.setitem(early_stopping.FAMILIES, "smoke_large",
+                        (dataclasses.replace(family, assistants=()),))
+    capacity_gap.main(["--profile", "smoke_large", "--device", "cpu", "--seeds", "2"])
+    rows = pd.read_csv(tmp_path / "results" / "capacity_gap" / "smoke_large.csv")
+    cells = capacity_gap.plan((family,))
+    assert len(fits) == 2 * len(cells)  # nothing shared between the seeds
+    assert set(rows["train_n"]) == {600} and (rows["teacher_seed"] == rows["seed"]).all()
+    assert rows.groupby("role")["epochs"].unique().map(list).to_dict() == {
+        "teacher": [4], "scratch": [2], "kd": [2], "ta": [2], "ta_kd": [2]}
+    assert rows.loc[rows["role"] == "teacher", "schedule"].str.startswith("cosine").all()
+    by_seed = rows[rows["role"].isin(["teacher", "ta"])].pivot(
+        index="cell", columns="seed", values="final_train_loss")
+    assert (by_seed[0] != by_seed[1]).all()  # each seed its own teachers and assistant
+
+    fits.clear()
+    early_stopping.main(["--profile", "smoke_large", "--device", "cpu", "--seeds", "1"])
+    es = pd.read_csv(tmp_path / "results" / "early_stopping" / "smoke_large.csv")
+    checkpoints = es[es["role"] == "teacher_checkpoint"]
+    assert sorted(set(checkpoints["epochs"])) == [1, 2, 4]
+    assert set(checkpoints["run_epochs"]) == {4}
+    assert set(es.loc[es["role"] == "eskd", "kd_until_epoch"]) == {1}
+    # the students of checkpoints 1 and 2 and the ESKD student; the student of the finished
+    # teacher (checkpoint 4) and the scratch student are capacity gap's, from the cache
+    assert len(fits) == 3
+    final = es.set_index("cell").loc["kd/plain_cnn6@4/plain_cnn2", "test_accuracy"]
+    cg = rows.set_index(["cell", "seed"]).loc[("kd/plain_cnn6/plain_cnn2", 0), "test_accuracy"]
+    assert final == cg
