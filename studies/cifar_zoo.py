@@ -33,7 +33,7 @@ from kd.train import engine
 from kd.train.batched import GroupedModels
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import NonFiniteLossError, TrainConfig
-from studies.recipe import large_config
+from studies.recipe import large_config, recipe_name
 
 # Mirzadeh et al. 2020: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at epochs 80
 # and 120 of 150. The 1-epoch warm-up is ours: lr 0.1 from the first step kills the 2-layer CNN.
@@ -278,6 +278,8 @@ class Zoo:
                 "test_n": labels.numel(), "epochs": config.epochs,
                 "schedule": f"{config.schedule} {config.milestones}",
                 "lr": config.lr, "weight_decay": config.weight_decay,
+                # the large profiles' recipe by name (studies.recipe); other profiles have none
+                **({"recipe": name} if (name := recipe_name(config)) else {}),
                 "final_train_loss": meta.get("final_train_loss"),
                 "train_loss_plateau": metrics.loss_plateau(meta.get("train_loss_history", [])),
                 # trained in a stack of that many models (kd.experiment.cache.ModelCache.fit_stack)

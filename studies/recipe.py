@@ -77,6 +77,14 @@ def large_config(role: str) -> TrainConfig:
     return {**LARGE_CANDIDATES, **TEACHER_CANDIDATES}[name]
 
 
+def recipe_name(config: TrainConfig) -> str | None:
+    """The candidate ``config`` trains by (whatever its precision, compilation and checkpoints),
+    for the rows of the large profiles; None for a schedule that is no candidate."""
+    bare = lambda c: dataclasses.replace(c, precision="fp32", compile=False, checkpoint_epochs=())
+    return next((name for name, candidate in {**LARGE_CANDIDATES, **TEACHER_CANDIDATES}.items()
+                 if bare(candidate) == bare(config)), None)
+
+
 @dataclass(frozen=True)
 class Profile:
     description: str

@@ -71,3 +71,11 @@ def test_a_large_profile_refuses_to_run_before_its_recipe_is_chosen(monkeypatch)
         recipe.large_config("student")
     monkeypatch.setitem(recipe.LARGE_RECIPES, "student", "cos-lr0.1-bs128-wd5e-4-e60")
     assert recipe.large_config("student").epochs == 60
+
+
+def test_rows_name_the_recipe_a_config_trains_by():
+    chosen = recipe.LARGE_CANDIDATES["lin-lr0.2-bs128-wd5e-4-e30"]
+    as_run = dataclasses.replace(chosen, precision="bf16", checkpoint_epochs=(7, 30))
+    assert recipe.recipe_name(as_run) == "lin-lr0.2-bs128-wd5e-4-e30"
+    assert recipe.recipe_name(dataclasses.replace(chosen, lr=0.21)) is None
+    assert recipe.recipe_name(TrainConfig(epochs=25)) is None  # a full profile's schedule
