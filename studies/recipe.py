@@ -33,7 +33,7 @@ from kd import data, metrics
 from kd.data.cifar import RandomCropFlip
 from kd.errors import ConfigError
 from kd.experiment.cli import open_study, run_main
-from kd.experiment.results import markdown_table, run_cells
+from kd.experiment.results import markdown_table, run_cells, run_footer
 from kd.models import build_model
 from kd.train import engine
 from kd.train.distill import CrossEntropy
@@ -141,7 +141,7 @@ def report(rows: pd.DataFrame, profile: Profile | None = None) -> str:
     chosen = choose(rows, profile)
     lines.append(f"chosen: {chosen}" + (f" (not run yet: {', '.join(missing)}; the choice "
                                         f"may change)" if missing else ""))
-    return "\n".join(lines)
+    return "\n".join([*lines, "", run_footer(rows)])
 
 
 def main(argv: list[str] | None = None) -> None:
