@@ -195,3 +195,14 @@ def test_kd_threads_fixes_the_count(registry, monkeypatch):
     monkeypatch.setenv("KD_THREADS", "two")
     with pytest.raises(ConfigError, match="KD_THREADS='two' is not a positive number"):
         threads.claim_threads()
+
+
+def test_rows_name_the_threads_of_their_own_cell(registry):
+    """A study's threads may change between cells (claim_threads): each row's hardware says the
+    count it ran with, not the first cell's."""
+    from kd.experiment.results import hardware
+
+    torch.set_num_threads(1)
+    assert hardware("cpu").endswith(", 1 threads)")
+    torch.set_num_threads(2)
+    assert hardware("cpu").endswith(", 2 threads)")

@@ -12,7 +12,6 @@ import csv
 import datetime
 import io
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from kd.errors import (ConfigError, CorruptFileError, NonFiniteLossError, NotWri
                        check_writable_folder, reason)
 from kd.experiment.lock import hold
 from kd.experiment.threads import claim_threads
-from kd.train.precision import last_choice
+from kd.train.precision import cpu_model, last_choice
 
 PROVENANCE_COLUMNS = ("wall_s", "device", "precision", "hardware", "torch", "git_commit",
                       "finished_at")
@@ -245,19 +244,12 @@ def git_commit(root: Path = REPO_ROOT) -> str:
         return os.environ.get("KD_GIT_COMMIT", "unknown")
 
 
-@lru_cache(maxsize=None)
 def hardware(device_type: str) -> str:
-    """A readable name of the machine that ran: the GPU, or the CPU model and its core count."""
+    """A readable name of the machine that ran: the GPU, or the CPU model, its core count and
+    the torch threads now (a study's threads may change between cells, kd.experiment.threads)."""
     if device_type == "cuda":
         return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            name = next(line.split(":", 1)[1].strip() for line in handle
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def provenance(device: torch.device, wall_s: float, precision: str = "fp32") -> dict:

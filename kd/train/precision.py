@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import platform
 import time
 from dataclasses import dataclass
 
@@ -58,19 +60,23 @@ def native_bf16(device: torch.device) -> bool:
             and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "cpu"
+
+
 def machine_name(device: torch.device) -> str:
     """The GPU's name, or the CPU's model name with the instruction set torch runs at."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    name = "cpu"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            name = next(line.split(":", 1)[1].strip() for line in handle
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     amx = "+AMX" if torch.cpu._is_amx_tile_supported() else ""
-    return f"{name} ({torch.backends.cpu.get_cpu_capability()}{amx})"
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()}{amx})"
 
 
 def structure(model: nn.Module) -> str:
