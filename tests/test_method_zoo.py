@@ -219,13 +219,20 @@ def test_large_profile_takes_the_pinned_recipes(monkeypatch):
     assert study.PROFILES["large"].student_config is None  # resolved again on every run
 
 
-def test_large_profile_stops_before_training_until_the_recipes_are_pinned(tmp_path, capsys):
+def test_large_profile_stops_before_training_until_the_recipes_are_pinned(tmp_path, capsys,
+                                                                         monkeypatch):
     from kd.experiment.command import run_main
+    from studies import recipe
 
-    assert study.PROFILES["large"].student_config is None  # the recipe module's today
+    assert study.PROFILES["large"].student_config is None  # resolved when it runs
+    monkeypatch.setattr(recipe, "LARGE_RECIPES", {"student": None, "teacher": None})
     assert run_main(study.main, ["--profile", "large", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "student recipe is not chosen yet" in err
+    monkeypatch.setitem(recipe.LARGE_RECIPES, "student", "cos-lr0.1-bs128-wd5e-4-e60")
+    assert run_main(study.main, ["--profile", "large", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "teacher recipe is not chosen yet" in err
     assert not (tmp_path / "results" / "method_zoo" / "large.csv").exists()
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.pt"))
 
