@@ -60,8 +60,8 @@ LARGE_CANDIDATES = {
 
 # What the `large` profiles train with, pinned in a commit of its own once the rule above has
 # chosen on the held-out images (None until then: a large profile refuses to run without it).
-# "student": chosen by the rule on all six rows of results/recipe/large.csv (validation 83.14 %,
-# below the 85 % issue 28 asks of a scratch ResNet-8: see docs/recipe.md).
+# "student": chosen by the rule on all six rows of results/recipe/large.csv (its validation
+# accuracy is below the 85 % issue 28 asks of a scratch ResNet-8: see docs/recipe.md).
 # "student": ResNet-8 and the other small students (profile "large"); "teacher": the ResNet
 # teachers, which need their own selection (a profile to add) before any large teacher trains.
 LARGE_RECIPES: dict[str, str | None] = {"student": "cos-lr0.1-bs128-wd5e-4-e60", "teacher": None}
