@@ -169,6 +169,7 @@ def test_share_of_the_cores(cores, processes, expected):
 def registry(tmp_path, monkeypatch):
     monkeypatch.setenv("KD_PROCESSES", str(tmp_path / "processes"))
     monkeypatch.delenv("KD_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_CLAIMED", [])  # no claim yet in this process
     before = torch.get_num_threads()
     yield tmp_path / "processes"
     torch.set_num_threads(before)
@@ -206,3 +207,12 @@ def test_rows_name_the_threads_of_their_own_cell(registry):
     assert hardware("cpu").endswith(", 1 threads)")
     torch.set_num_threads(2)
     assert hardware("cpu").endswith(", 2 threads)")
+
+
+def test_a_thread_count_set_by_other_code_is_left_alone(registry, monkeypatch):
+    """A test's torch_threads or a Ray task sets the count on purpose: the next claim keeps it."""
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    assert threads.claim_threads() == 2
+    with engine.torch_threads(1):
+        assert threads.claim_threads() == 1 and torch.get_num_threads() == 1
+    assert threads.claim_threads() == 2  # restored to what the last claim set: claims again

@@ -6,8 +6,9 @@ every kd process that trains (a study, the test session) registers itself in a f
 machine (``$KD_PROCESSES``, else ``<tmp>/kd-processes``), one file named by its pid, and takes
 ``cores // live processes`` threads (at least one); a study claims again before each cell, so
 it gives up a core when the tests start beside it and takes it back when they end.
-``$KD_THREADS`` (or a study's ``--threads``) fixes the count instead. A file left by a killed
-process names a pid that no longer runs and is not counted (and is removed).
+``$KD_THREADS`` (or a study's ``--threads``) fixes the count instead; a count set by other
+code in the process since the last claim is left alone. A file left by a killed process names a
+pid that no longer runs and is not counted (and is removed).
 """
 
 from __future__ import annotations
@@ -85,15 +86,24 @@ def share(cores: int, processes: int) -> int:
     return max(1, cores // max(processes, 1))
 
 
+_CLAIMED: list[int] = []  # the count the last claim set (see claim_threads)
+
+
 def claim_threads() -> int:
     """Register this process and set torch's intra-op threads to its share (or to
-    ``$KD_THREADS``); returns the count."""
+    ``$KD_THREADS``); returns the count. A count that someone else set since the last claim
+    (a test's :func:`kd.train.engine.torch_threads`, a Ray task) is theirs: it is left as it is
+    and returned."""
+    current = torch.get_num_threads()
     threads = fixed_threads()
     if threads is None:
         register()
+        if _CLAIMED and current != _CLAIMED[0]:
+            return current
         threads = share(available_cores(), live_processes())
-    if torch.get_num_threads() != threads:
+    if current != threads:
         torch.set_num_threads(threads)
+    _CLAIMED[:] = [threads]
     return threads
 
 
