@@ -333,12 +333,17 @@ def roofline_rows(device: torch.device, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def next_run(table: ResultsTable) -> int:
+    """The ``seed`` column of a recorded benchmark numbers its runs: the next one's."""
+    done = table.read()
+    return int(done["seed"].max()) + 1 if len(done) else 0
+
+
 def record_roofline(rows: list[dict], device: torch.device, args: argparse.Namespace) -> Path:
     """Append one run's rows to ``<results>/bench/roofline.csv`` (one ``seed`` per run), with
     the provenance every result row carries, for the generated speed page."""
     table = ResultsTable("bench", "roofline")
-    done = table.read()
-    run = int(done["seed"].max()) + 1 if len(done) else 0
+    run = next_run(table)
     for r in rows:
         table.append({"cell": f"{r['model']}|{r['precision']}", "seed": run, "model": r["model"],
                       "images_per_s": round(r["images_per_s"], 1),
@@ -415,8 +420,7 @@ def run_task(name: str, device: torch.device, args: argparse.Namespace) -> None:
     report(*best, names, unit)
     if args.record:
         table = ResultsTable("bench", name)
-        done = table.read()
-        table.append({"cell": title, "seed": int(done["seed"].max()) + 1 if len(done) else 0,
+        table.append({"cell": title, "seed": next_run(table),
                       "first": names[0], "first_per_s": best[0],
                       "second": names[1].split("  ")[0], "second_per_s": best[1],
                       "ratio": round(best[0] / best[1], 3), "unit": f"{unit}/s",

@@ -19,6 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from kd.models import build_model
 from kd.train import engine
+from kd.train.precision import training_step
 
 # operator name fragments -> group; the first that matches wins
 GROUPS = (
@@ -38,19 +39,11 @@ def group_of(name: str) -> str:
 def self_times(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str,
                steps: int = 3) -> Counter:
     """Self CPU microseconds per aten operator over ``steps`` SGD steps (after one warm-up)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step() -> None:
-        with engine.autocast(x.device, precision):
-            loss = nn.functional.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    step()
+    step = training_step(model, x, y)
+    step(precision)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            step()
+            step(precision)
     return Counter({e.key: e.self_cpu_time_total for e in prof.key_averages()
                     if e.key.startswith("aten::")})
 

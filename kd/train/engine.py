@@ -31,9 +31,9 @@ from kd.train import precision as precision_lib
 from kd.train.precision import native_bf16
 from kd.train.teacher_pass import sharing
 
-PRECISIONS = ("fp32", "bf16")  # what a model trains in
-# "auto": measured per model when it is trained (:func:`resolve_auto`)
-CONFIG_PRECISIONS = (*PRECISIONS, "auto")
+PRECISIONS = precision_lib.PRECISIONS  # what a model trains in
+# and "auto": measured per model when it is trained (:func:`resolve_auto`)
+CONFIG_PRECISIONS = precision_lib.REQUESTS
 
 
 @dataclass(frozen=True)

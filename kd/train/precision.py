@@ -92,27 +92,34 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, rounds: int =
     and in bf16 autocast: the best of ``rounds`` rounds of ``steps`` steps each, the two
     precisions interleaved, after one warm-up step each. ``model`` itself, and the random
     state, are left untouched, so a run that measured trains as one told its precision.
-    Outputs ``[..., C]`` (a stack of K models: ``[K, N, C]``) meet their labels broadcast to
-    their leading shape."""
+    Each step is a :func:`training_step`."""
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         return _measure(copy.deepcopy(getattr(model, "_orig_mod", model)).train(), x, y,
                         rounds, steps)
 
 
-def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int,
-             steps: int) -> dict[str, float]:
-    """:func:`measure` on a copy, inside a forked random state (dropout draws numbers)."""
+def training_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """``step(precision)``: one SGD step of ``model`` on the batch ``(x, y)`` in fp32 or bf16
+    autocast (what :func:`measure` times and ``kd.experiment.op_profile`` profiles). Outputs
+    ``[..., C]`` (a stack of K models: ``[K, N, C]``) meet their labels broadcast to their
+    leading shape."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    device = x.device
 
     def step(precision: str) -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = model(x)
         target = y.expand(out.shape[:-1])  # a stack sharing one batch: each member's labels
         loss = nn.functional.cross_entropy(out.flatten(0, -2).float(), target.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+    return step
+
+
+def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int,
+             steps: int) -> dict[str, float]:
+    """:func:`measure` on a copy, inside a forked random state (dropout draws numbers)."""
+    step, device = training_step(model, x, y), x.device
 
     def timed(precision: str) -> float:
         synchronize(device)
