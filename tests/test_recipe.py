@@ -79,3 +79,37 @@ def test_rows_name_the_recipe_a_config_trains_by():
     assert recipe.recipe_name(as_run) == "lin-lr0.2-bs128-wd5e-4-e30"
     assert recipe.recipe_name(dataclasses.replace(chosen, lr=0.21)) is None
     assert recipe.recipe_name(TrainConfig(epochs=25)) is None  # a full profile's schedule
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ({"long": 0.92}, None),                  # only the later one: the first has not run
+    ({"a": 0.905}, None),                    # below the target, the next not run yet
+    ({"a": 0.905, "b": 0.91}, "b"),          # the first to reach it (at the target exactly)
+    ({"a": 0.912}, "a"),                     # reached: the later ones are never run
+    ({"a": 0.89, "b": 0.90, "long": 0.905}, "b"),  # none reached: the margin rule
+])
+def test_a_target_chooses_the_first_candidate_in_order_to_reach_it(scores, expected):
+    targeted = dataclasses.replace(profile(a=SHORT, b=SHORT, long=LONG), target=0.91)
+    assert recipe.choose(rows(**scores), targeted) == expected
+
+
+def test_a_targeted_selection_stops_at_the_first_candidate_to_reach_it(tmp_path, monkeypatch,
+                                                                       capsys):
+    from tests.conftest import write_pickled_layout
+
+    monkeypatch.setenv("KD_DATA", str(write_pickled_layout(tmp_path / "data", "cifar10",
+                                                           n_train=300)))
+    recipe.main(["--profile", "smoke-teacher", "--precision", "fp32"])  # target 0: "a" reaches it
+    table = pd.read_csv(tmp_path / "results" / "recipe" / "smoke-teacher.csv")
+    assert list(table["cell"]) == ["a"]
+    out = capsys.readouterr().out
+    assert "chosen: a (it reached 0% first; not run: b)" in out
+
+
+def test_the_teacher_candidates_are_the_students_recipe_then_longer():
+    teacher = list(recipe.TEACHER_CANDIDATES.values())
+    assert teacher[0] == recipe.LARGE_CANDIDATES[recipe.LARGE_RECIPES["student"]]
+    assert [c.epochs for c in teacher] == [60, 100]
+    assert teacher[1] == dataclasses.replace(teacher[0], epochs=100)
+    assert recipe.PROFILES["large-teacher"].target == 0.91
+    assert recipe.PROFILES["large-teacher"].arch == "resnet32"
