@@ -31,7 +31,6 @@ issue asks a teacher to reach a target rather than to be the best one money can 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass
 
 import pandas as pd
@@ -39,6 +38,7 @@ import pandas as pd
 from kd import data, metrics
 from kd.data.cifar import RandomCropFlip
 from kd.errors import ConfigError
+from kd.experiment.cache import spec_key
 from kd.experiment.cli import open_study, run_main
 from kd.experiment.results import markdown_table, run_cells, run_footer
 from kd.models import build_model
@@ -194,6 +194,17 @@ def main(argv: list[str] | None = None) -> None:
     todo = [(SELECTION_SEED, Cell(n)) for n in profile.candidates
             if (n, SELECTION_SEED) not in done]
 
+    def snapshot(name: str):  # this table's candidate, not another results root's
+        key = spec_key({"table": str(table.path.resolve()), "cell": name, "arch": profile.arch})
+        return data.cache_root() / "snapshots" / f"recipe-{key}.pt"
+
+
+    def forget_finished():  # a candidate's snapshot is not needed once its row is written
+        for name, _ in table.done():
+            snapshot(name).unlink(missing_ok=True)
+
+    forget_finished()
+
     def in_order():
         """The pending candidates; a profile with a target stops at the first to reach it."""
         for pending in todo:
@@ -208,10 +219,9 @@ def main(argv: list[str] | None = None) -> None:
                                      precision=command.precision)
         engine.seed_everything(seed)
         model = engine.prepare_model(build_model(profile.arch, num_classes=10), device)
-        start = time.perf_counter()
         fitted = engine.fit(model, fit_split, CrossEntropy(), config, seed=seed,
-                            augment=RandomCropFlip(), desc=cell.name)
-        wall = time.perf_counter() - start
+                            augment=RandomCropFlip(), desc=cell.name,
+                            snapshot=snapshot(cell.name))  # a killed candidate resumes
         losses = [epoch["train_loss"] for epoch in fitted.history]
         return {"arch": profile.arch, "fit_n": len(fit_split), "validation_n": len(validation),
                 **{k: getattr(config, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
@@ -221,11 +231,12 @@ def main(argv: list[str] | None = None) -> None:
                 "final_train_loss": losses[-1] if losses else None,
                 "train_loss_plateau": metrics.loss_plateau(losses),
                 "images_per_s": round(config.epochs * len(fit_split) / fitted.wall_s, 1),
-                "train_s": round(wall, 1)}
+                "train_s": round(fitted.wall_s, 1)}
 
     run_cells(table, in_order(), run, device,
               lambda row: f"validation accuracy {row['validation_accuracy']:.4f}",
               precision=command.precision)
+    forget_finished()
     print(report(table.read(), profile))
 
 

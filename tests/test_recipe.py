@@ -113,3 +113,50 @@ def test_the_teacher_candidates_are_the_students_recipe_then_longer():
     assert teacher[1] == dataclasses.replace(teacher[0], epochs=100)
     assert recipe.PROFILES["large-teacher"].target == 0.91
     assert recipe.PROFILES["large-teacher"].arch == "resnet32"
+
+
+def test_a_killed_candidate_resumes_from_its_snapshot(tmp_path, monkeypatch, capsys):
+    """The selection of the teachers' recipe trains for hours: a candidate killed after an
+    epoch resumes from its snapshot, and ends with the row of a run that never stopped."""
+    from kd.data import cache_root
+    from kd.train import engine as engine_module
+    from tests.conftest import write_pickled_layout
+
+    monkeypatch.setenv("KD_DATA", str(write_pickled_layout(tmp_path / "data", "cifar10",
+                                                           n_train=300)))
+    two_epochs = recipe.Profile("test", "resnet8", {"a": TrainConfig(epochs=2, batch_size=32,
+                                                                   lr=0.05)},
+                                train_limit=256, validation_n=64)
+    monkeypatch.setitem(recipe.PROFILES, "smoke", two_epochs)
+    recipe.main(["--profile", "smoke", "--precision", "fp32", "--results", str(tmp_path / "a")])
+    whole = pd.read_csv(tmp_path / "a" / "recipe" / "smoke.csv")
+
+    real_fit, started = engine_module.fit, []
+
+    def fit_dying_at(epoch_to_die):
+        def fit(*args, **options):
+            objective = args[2]
+            start_epoch = objective.start_epoch
+
+            def start_or_die(epoch):
+                if epoch == epoch_to_die:
+                    raise KeyboardInterrupt
+                started.append(epoch)
+                start_epoch(epoch)
+
+            objective.start_epoch = start_or_die
+            return real_fit(*args, **{**options, "snapshot_every_s": 0})
+        return fit
+
+    monkeypatch.setattr(engine_module, "fit", fit_dying_at(2))
+    with pytest.raises(KeyboardInterrupt):
+        recipe.main(["--profile", "smoke", "--precision", "fp32", "--results", str(tmp_path / "b")])
+    [snapshot] = (cache_root() / "snapshots").glob("recipe-*.pt")  # table b's, not a's
+    monkeypatch.setattr(engine_module, "fit", fit_dying_at(None))
+    recipe.main(["--profile", "smoke", "--precision", "fp32", "--results", str(tmp_path / "b")])
+    assert started == [1, 2]  # epoch 1 before the kill, then only epoch 2
+    resumed = pd.read_csv(tmp_path / "b" / "recipe" / "smoke.csv")
+    assert resumed["validation_accuracy"].tolist() == whole["validation_accuracy"].tolist()
+    assert resumed["final_train_loss"].tolist() == whole["final_train_loss"].tolist()
+    recipe.main(["--profile", "smoke", "--precision", "fp32", "--results", str(tmp_path / "b")])
+    assert not snapshot.exists()  # removed once its row is in the table

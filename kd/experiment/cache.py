@@ -57,12 +57,21 @@ def write_entry(path: Path, spec: dict, state_dict: dict, meta: dict | None,
 class ModelCache:
     """Model weights (and a small metadata dict) stored as ``<root>/models/<key>.pt``."""
 
-    def __init__(self, root: Path | None = None, shipped: Path | None = SHIPPED_ROOT):
+    def __init__(self, root: Path | None = None, shipped: Path | None = SHIPPED_ROOT,
+                 snapshot_every_s: float = 120.0):
         self.root = (cache_root() if root is None else Path(root)) / "models"
-        self.shipped = shipped
+        self.shipped, self.snapshot_every_s = shipped, snapshot_every_s
 
     def path(self, spec: dict) -> Path:
         return self.root / f"{spec_key(spec)}.pt"
+
+    def snapshot_path(self, specs: list[dict]) -> Path:
+        """Where the training of ``specs`` (one model, or several trained together) keeps its
+        snapshot until they are stored (:mod:`kd.train.snapshot`): a killed study resumes
+        them from their last snapshot epoch."""
+        name = spec_key(specs[0]) if len(specs) == 1 else spec_key(
+            {"together": [spec_key(spec) for spec in specs]})
+        return self.root.parent / "snapshots" / f"{name}.pt"
 
     def load(self, spec: dict) -> dict | None:
         """``{"state_dict", "meta", "spec"}`` for a hit, from the cache or else from the shipped
@@ -113,10 +122,13 @@ class ModelCache:
         if hit is None:
             # Fail before training, not when storing the result after it.
             check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
-            fitted = fit(model, train, objective, config, seed=seed, augment=augment, desc=desc)
+            snapshot = self.snapshot_path([spec])
+            fitted = fit(model, train, objective, config, seed=seed, augment=augment, desc=desc,
+                         snapshot=snapshot, snapshot_every_s=self.snapshot_every_s)
             meta = fit_meta(fitted)
             hit = {"meta": meta, "checkpoints": fitted.checkpoints}
             self.save(spec, model.state_dict(), meta, fitted.checkpoints)
+            snapshot.unlink(missing_ok=True)
         else:
             model.load_state_dict(hit["state_dict"])
         return model.eval(), hit["meta"], hit.get("checkpoints", {})
@@ -138,8 +150,10 @@ class ModelCache:
         check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
         stack = prepare_model(StackedModels([new_model(i) for i in missing],
                                             input_ndim=train.images.dim()), train.device)
+        snapshot = self.snapshot_path([specs[i] for i in missing])
         fitted = fit(stack, train, objective_for(missing), config,
-                     seed=[seeds[i] for i in missing], augment=augment, desc=desc)
+                     seed=[seeds[i] for i in missing], augment=augment, desc=desc,
+                     snapshot=snapshot, snapshot_every_s=self.snapshot_every_s)
         member = lambda value, k: value[k] if isinstance(value, list) else value
         checkpoints = {e: stack.split_state(state) for e, state in fitted.checkpoints.items()}
         for k, (i, state) in enumerate(zip(missing, stack.state_dicts())):
@@ -149,6 +163,7 @@ class ModelCache:
                     "train_loss_history": [member(epoch.get("train_loss"), k)
                                            for epoch in fitted.history]}
             self.save(specs[i], state, meta, {e: states[k] for e, states in checkpoints.items()})
+        snapshot.unlink(missing_ok=True)
         return missing
 
     def fit_lockstep(self, specs: list[dict], new_run: Callable[[int], tuple[nn.Module, object]],
@@ -165,11 +180,14 @@ class ModelCache:
             return []
         check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
         models, objectives = zip(*(new_run(i) for i in missing))
+        snapshot = self.snapshot_path([specs[i] for i in missing])
         fitted = fit_lockstep(list(models), train, list(objectives), config, seed=seed,
-                              augment=augment, desc=desc)
+                              augment=augment, desc=desc, snapshot=snapshot,
+                              snapshot_every_s=self.snapshot_every_s)
         for i, model, result in zip(missing, models, fitted):
             self.save(specs[i], model.state_dict(),
                       {**fit_meta(result), "lockstep_with": len(missing)}, result.checkpoints)
+        snapshot.unlink(missing_ok=True)
         return missing
 
 

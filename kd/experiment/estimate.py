@@ -298,7 +298,8 @@ def foreach_optimizers() -> Iterator[None]:
 def module_signature(module: nn.Module) -> tuple:
     """Equal for two modules of one structure (classes of every submodule, state shapes)."""
     return (tuple((name, type(m).__name__) for name, m in module.named_modules()),
-            tuple((name, tuple(t.shape)) for name, t in module.state_dict().items()))
+            tuple((name, tuple(t.shape)) for name, t in module.state_dict().items()
+                  if isinstance(t, torch.Tensor)))  # not a RandomTeacher's draws to come
 
 
 def objective_signature(objective, depth: int = 0) -> tuple:
@@ -436,7 +437,7 @@ class Tracer:
                          checkpoints={e: state for e in config.checkpoint_epochs}, wall_s=0.0)
 
     def fit_lockstep(self, models, train: data.Split, objectives, config: TrainConfig, *,
-                     seed: int, augment=None, desc: str = "train") -> list[FitResult]:
+                     seed: int, augment=None, desc: str = "train", **_) -> list[FitResult]:
         """:func:`kd.train.engine.fit_lockstep`'s stand-in: one run of one kind, whose step is every
         model's step on one batch, each teacher's pass shared (measured as it runs)."""
         kind = ("lockstep", tuple((module_signature(m), objective_signature(o))

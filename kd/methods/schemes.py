@@ -80,6 +80,14 @@ class RandomTeacher(nn.Module):
         self.last_choice: int | None = None
         self._draws: list[int] = []  # the next choices, last one first
 
+    def get_extra_state(self) -> dict:
+        """The draws to come, for a training snapshot to resume them (:mod:`kd.train.snapshot`)."""
+        return {"generator": self.generator.get_state(), "draws": list(self._draws)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._draws = list(state["draws"])
+
     def forward(self, x: Tensor) -> Tensor:
         if not self._draws:
             draws = torch.randint(len(self.teachers), (self.DRAWS_AT_ONCE,),

@@ -17,6 +17,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ from kd.data.core import Augment, Split, iterate_batches, iterate_member_batches
 from kd.errors import ConfigError, NonFiniteLossError
 from kd.train import precision as precision_lib
 from kd.train.precision import native_bf16
+from kd.train.snapshot import Snapshots
 from kd.train.teacher_pass import sharing
 
 PRECISIONS = precision_lib.PRECISIONS  # what a model trains in
@@ -308,7 +310,8 @@ class _Training:
 
 def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *,
         seed: int | Sequence[int], eval_sets: dict[str, Split] | None = None, augment: Augment | None = None,
-        desc: str = "train") -> FitResult:
+        desc: str = "train", snapshot: Path | None = None,
+        snapshot_every_s: float = 120.0) -> FitResult:
     """Train ``model`` in place on ``train`` and return per-epoch history and checkpoints.
 
     objective: ``objective(model, batch) -> (loss, {term: value})``; its ``bind(train, augmented)``
@@ -318,6 +321,9 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *,
     seed: the seed of the batch order and augmentation; K seeds train a
     :class:`kd.train.batched.StackedModels` of K members (built with ``input_ndim``) each on its own
     batches, exactly those a run of its seed would see (their initialization is the caller's).
+    snapshot: a file to resume from, if it exists, and to write the run's state to after an epoch
+    every ``snapshot_every_s`` seconds and after the last one (:mod:`kd.train.snapshot`); a
+    resumed run ends with the weights of one that never stopped. The caller removes it.
     """
     device = train.device
     eval_sets = eval_sets or {}
@@ -333,8 +339,10 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *,
         batches = lambda: iterate_member_batches(train, config.batch_size, generators,
                                                  augment=augment)
     training = _Training(model, train, objective, config, augment is not None, desc)
-    start = time.perf_counter()
-    bar = tqdm(range(1, config.epochs + 1), desc=desc, leave=False, disable=None)
+    snapshots = Snapshots(snapshot, snapshot_every_s)
+    done, spent = snapshots.load([training], generators)
+    start = time.perf_counter() - spent
+    bar = tqdm(range(done + 1, config.epochs + 1), desc=desc, leave=False, disable=None)
     for epoch in bar:
         training.start_epoch(epoch)
         for batch in batches():
@@ -342,28 +350,34 @@ def fit(model: nn.Module, train: Split, objective, config: TrainConfig, *,
         record = training.end_epoch(epoch, eval_sets)
         bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()
                          if k != "epoch" and isinstance(v, (int, float))})
+        snapshots.maybe_save(epoch, config.epochs, [training], generators,
+                             time.perf_counter() - start)
     training.result.wall_s = time.perf_counter() - start
     return training.result
 
 
 def fit_lockstep(models: Sequence[nn.Module], train: Split, objectives: Sequence,
                  config: TrainConfig, *, seed: int, augment: Augment | None = None,
-                 desc: str = "train") -> list[FitResult]:
+                 desc: str = "train", snapshot: Path | None = None,
+                 snapshot_every_s: float = 120.0) -> list[FitResult]:
     """Train several models on one batch stream, one step of each per batch: model i as
     ``fit(models[i], train, objectives[i], config, seed=seed, augment=augment)`` would, on the
     same batches (those of ``seed``), but each teacher they distil from runs once per batch for
     all of them (:func:`kd.train.teacher_pass.sharing`). Each result's ``wall_s`` is the lockstep's
     time divided by the models. Only the teachers' passes are shared, so each model's weights
-    are those of its own run, up to rounding."""
+    are those of its own run, up to rounding. ``snapshot`` as in :func:`fit`, for all of them."""
     if len(models) != len(objectives) or not models:
         raise ConfigError(f"fit_lockstep needs one objective per model, got {len(models)} "
                           f"models and {len(objectives)} objectives")
     generator = torch.Generator(device=train.device).manual_seed(seed)
     trainings = [_Training(m, train, o, config, augment is not None, f"{desc} [{i}]")
                  for i, (m, o) in enumerate(zip(models, objectives))]
-    start = time.perf_counter()
+    snapshots = Snapshots(snapshot, snapshot_every_s)
+    done, spent = snapshots.load(trainings, [generator])
+    start = time.perf_counter() - spent
     with sharing():
-        for epoch in tqdm(range(1, config.epochs + 1), desc=desc, leave=False, disable=None):
+        for epoch in tqdm(range(done + 1, config.epochs + 1), desc=desc, leave=False,
+                          disable=None):
             for training in trainings:
                 training.start_epoch(epoch)
             for batch in iterate_batches(train, config.batch_size, generator=generator,
@@ -372,6 +386,8 @@ def fit_lockstep(models: Sequence[nn.Module], train: Split, objectives: Sequence
                     training.step(batch)
             for training in trainings:
                 training.end_epoch(epoch, {})
+            snapshots.maybe_save(epoch, config.epochs, trainings, [generator],
+                                 time.perf_counter() - start)
     wall_s = (time.perf_counter() - start) / len(trainings)
     for training in trainings:
         training.result.wall_s = wall_s

@@ -1,0 +1,191 @@
+"""Training snapshots (kd.train.snapshot): a run killed after an epoch and resumed from its
+snapshot ends with the weights, history and checkpoints of a run that never stopped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from kd.data import Split
+from kd.data.cifar import RandomCropFlip
+from kd.errors import CorruptFileError
+from kd.methods import build_method
+from kd.train import engine
+from kd.train.distill import CrossEntropy
+from kd.train.engine import TrainConfig
+
+CONFIG = TrainConfig(epochs=4, batch_size=16, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                     schedule="cosine", warmup_epochs=1.0, checkpoint_epochs=(0, 2, 3))
+
+
+class Killed(Exception):
+    pass
+
+
+def killed_at(objective, at: int):
+    """``objective``, dying when epoch ``at`` starts, as a study does when its process is
+    killed between epochs."""
+    start_epoch = objective.start_epoch
+
+    def start_or_die(epoch: int) -> None:
+        if epoch == at:
+            raise Killed
+        start_epoch(epoch)
+
+    objective.start_epoch = start_or_die
+    return objective
+
+
+def images(n: int = 64, seed: int = 0) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    return Split(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
+                 torch.randint(0, 4, (n,), generator=g), (0.5,) * 3, (0.25,) * 3, num_classes=4)
+
+
+def net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def run(objective_for, path=None, kill_at=None, model_seed=1, **options):
+    """Train a fresh model (initialized from ``model_seed``); its result and state."""
+    model = net(model_seed)
+    objective = objective_for(model)
+    if kill_at is not None:
+        objective = killed_at(objective, kill_at)
+    torch.manual_seed(123)  # the global stream the run draws from after its initialization
+    fitted = engine.fit(model, images(), objective, CONFIG, seed=7, augment=RandomCropFlip(),
+                        eval_sets={"test": images(32, 1)}, snapshot=path, snapshot_every_s=0,
+                        **options)
+    return fitted, model.state_dict()
+
+
+@pytest.mark.parametrize("kill_at", [2, 4])
+def test_a_killed_run_resumes_to_the_weights_of_one_that_never_stopped(tmp_path, kill_at):
+    ce = lambda model: CrossEntropy()
+    whole, whole_state = run(ce)
+    path = tmp_path / "run.snapshot.pt"
+    with pytest.raises(Killed):
+        run(ce, path, kill_at=kill_at)
+    assert path.exists()
+    assert torch.load(path, weights_only=False)["epoch"] == kill_at - 1
+    # a differently initialized model: the weights must come from the snapshot
+    resumed, resumed_state = run(ce, path, model_seed=99)
+    assert same_state(resumed_state, whole_state)
+    assert resumed.history == whole.history
+    assert resumed.checkpoints.keys() == {0, 2, 3}
+    for epoch in (0, 2, 3):
+        assert same_state(resumed.checkpoints[epoch], whole.checkpoints[epoch])
+    assert resumed.wall_s > 0 and not list(tmp_path.glob(".*tmp"))  # no temporary file left
+
+
+def test_a_random_teachers_draws_resume_where_they_stopped(tmp_path):
+    teachers = [net(10).eval(), net(11).eval()]
+    method = lambda model: build_method("random_teacher", model, teachers, seed=3)
+    whole, whole_state = run(method)
+    path = tmp_path / "run.snapshot.pt"
+    with pytest.raises(Killed):
+        run(method, path, kill_at=3)
+    _, resumed_state = run(method, path, model_seed=99)
+    assert same_state(resumed_state, whole_state)
+
+
+def test_without_the_teachers_draws_the_resumed_run_would_differ(tmp_path, monkeypatch):
+    """The test above can fail: a snapshot that forgets the random teacher's draws resumes to
+    other weights."""
+    from kd.methods.schemes import RandomTeacher
+
+    teachers = [net(10).eval(), net(11).eval()]
+    method = lambda model: build_method("random_teacher", model, teachers, seed=3)
+    _, whole_state = run(method)
+    path = tmp_path / "run.snapshot.pt"
+    with pytest.raises(Killed):
+        run(method, path, kill_at=3)
+    monkeypatch.setattr(RandomTeacher, "set_extra_state", lambda self, state: None)
+    _, resumed_state = run(method, path, model_seed=99)
+    assert not same_state(resumed_state, whole_state)
+
+
+def test_lockstep_runs_resume_together(tmp_path):
+    def lockstep(path=None, kill_at=None, model_seed=1):
+        models = [net(model_seed), net(model_seed + 1)]
+        objectives = [CrossEntropy(), build_method("kd", models[1], net(10).eval())]
+        if kill_at is not None:
+            objectives[0] = killed_at(objectives[0], kill_at)
+        torch.manual_seed(123)
+        engine.fit_lockstep(models, images(), objectives, CONFIG, seed=7,
+                            augment=RandomCropFlip(), snapshot=path, snapshot_every_s=0)
+        return [m.state_dict() for m in models]
+
+    whole = lockstep()
+    path = tmp_path / "lockstep.snapshot.pt"
+    with pytest.raises(Killed):
+        lockstep(path, kill_at=3)
+    resumed = lockstep(path, model_seed=50)
+    assert all(same_state(a, b) for a, b in zip(resumed, whole))
+
+
+def test_snapshots_wait_every_s_between_epochs_but_always_keep_the_last(tmp_path):
+    path = tmp_path / "run.snapshot.pt"
+    with pytest.raises(Killed):
+        run(lambda m: CrossEntropy(), path, kill_at=3)
+    assert torch.load(path, weights_only=False)["epoch"] == 2
+    path.unlink()
+    model = net(1)
+    engine.fit(model, images(), CrossEntropy(), CONFIG, seed=7, snapshot=path,
+               snapshot_every_s=3600)
+    assert torch.load(path, weights_only=False)["epoch"] == CONFIG.epochs
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file", None])
+def test_a_corrupt_or_foreign_snapshot_is_one_clear_error_and_left_alone(tmp_path, content):
+    path = tmp_path / "run.snapshot.pt"
+    if content is None:
+        torch.save({"version": 1, "epoch": 1, "trainings": []}, path)  # another run's shape
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    with pytest.raises(CorruptFileError, match="delete it to train from the start"):
+        run(lambda m: CrossEntropy(), path)
+    assert path.read_bytes() == before
+
+
+def test_a_snapshot_of_another_precision_is_refused(tmp_path):
+    path = tmp_path / "run.snapshot.pt"
+    with pytest.raises(Killed):
+        run(lambda m: CrossEntropy(), path, kill_at=2)
+    saved = torch.load(path, weights_only=False)
+    saved["trainings"][0]["precision"] = "bf16"
+    torch.save(saved, path)
+    with pytest.raises(CorruptFileError, match="trained in bf16, not fp32"):
+        run(lambda m: CrossEntropy(), path)
+
+
+def test_the_model_cache_resumes_a_killed_training_and_then_removes_its_snapshot(tmp_path):
+    from kd.experiment.cache import ModelCache
+
+    spec = {"arch": "test-net", "seed": 1, "train": {"epochs": CONFIG.epochs}}
+
+    def cached(cache, kill_at=None, model_seed=1):
+        objective = CrossEntropy() if kill_at is None else killed_at(CrossEntropy(), kill_at)
+        torch.manual_seed(123)
+        model, meta, checkpoints = cache.fit(spec, net(model_seed), images(), objective, CONFIG,
+                                             seed=7, augment=RandomCropFlip())
+        return model.state_dict(), meta, checkpoints
+
+    whole, _, whole_checkpoints = cached(ModelCache(tmp_path / "a", shipped=None))
+    cache = ModelCache(tmp_path / "b", shipped=None, snapshot_every_s=0)
+    with pytest.raises(Killed):
+        cached(cache, kill_at=3)
+    snapshot = cache.snapshot_path([spec])
+    assert snapshot.exists() and not cache.path(spec).exists()
+    resumed, meta, checkpoints = cached(cache, model_seed=99)
+    assert same_state(resumed, whole) and not snapshot.exists() and cache.path(spec).exists()
+    assert all(same_state(checkpoints[e], whole_checkpoints[e]) for e in (0, 2, 3))
+    assert len(meta["train_loss_history"]) == CONFIG.epochs and meta["train_s"] > 0
