@@ -12,7 +12,7 @@ STUDY ?= hinton_mnist
 PROFILE ?= quick
 ARGS ?=
 
-.PHONY: venv test study figures bench scorecard docs clean-venv
+.PHONY: venv test study large figures bench scorecard docs clean-venv
 
 venv: $(STAMP)
 
@@ -27,6 +27,15 @@ test: $(STAMP)
 
 study: $(STAMP)
 	$(PY) -m studies.$(STUDY) --profile $(PROFILE) $(ARGS)
+
+# The large profiles (issue 28) in its priority order, seed by seed, so that every seed's
+# capacity-gap and early-stopping cells land before the next seed's teachers train. Tens of
+# hours: every command resumes (finished rows, cached models, training snapshots).
+large: $(STAMP)
+	for seed in 0 1 2; do for study in capacity_gap early_stopping; do \
+		$(PY) -m studies.$$study --profile large --seeds $$seed:$$((seed + 1)) $(ARGS) || exit 1; \
+	done; done
+	$(PY) -m studies.method_zoo --profile large $(ARGS)
 
 # Executes every notebook headless, in place; each one rewrites its figures/ files.
 figures: $(STAMP)

@@ -69,6 +69,7 @@ from kd.train.distill import CrossEntropy
 from kd.train.engine import TrainConfig
 from studies.cifar_zoo import CIFAR_DATASETS, MIRZADEH_SGD, Teacher, Zoo
 from studies.recipe import LARGE_RECIPES, large_config
+from studies.sizing import CIFAR10_TRAIN, FORWARD_SHARE, ROOFLINE, measured_speeds
 
 STUDY = "method_zoo"
 REFERENCE = Path(__file__).with_name("reference") / f"{STUDY}.csv"
@@ -570,20 +571,10 @@ def report(rows: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------------------------
 # Sizing the large profile, without training
 
-ROOFLINE = Path(__file__).resolve().parents[1] / "results" / "bench" / "roofline.csv"
-CIFAR10_TRAIN_N = 50_000
-# a forward pass's share of a training step's time (FLOPs: forward 1, backward 2), for the
-# teachers' passes, which the roofline did not time on their own
-FORWARD_SHARE = 1 / 3
-
-
 def roofline_speeds(path: Path = ROOFLINE, threads: int = 2) -> dict[tuple[str, str], float]:
-    """Training images/s by (model, precision) at ``threads`` threads: the latest row of each
-    in ``results/bench/roofline.csv`` (engine, batch 128, crop + flip)."""
-    rows = pd.read_csv(path)
-    rows = rows[rows["threads"] == threads].sort_values("finished_at")
-    return {(r.model, r.precision): r.images_per_s
-            for r in rows.drop_duplicates(["model", "precision"], keep="last").itertuples()}
+    """Training images/s by (model, precision): :func:`studies.sizing.measured_speeds`."""
+    return {(model, precision): rate for precision in ("bf16", "fp32")
+            for model, rate in measured_speeds(path, threads, precision).items()}
 
 
 def large_sizing(student_epochs: int, teacher_epochs: int, *, teachers_per_seed: bool = False,
@@ -603,7 +594,7 @@ def large_sizing(student_epochs: int, teacher_epochs: int, *, teachers_per_seed:
       method's, and the row's).
 
     Not counted: evaluation on the test set, start-up, writing files, the precision probe."""
-    profile, n = PROFILES["large"], CIFAR10_TRAIN_N
+    profile, n = PROFILES["large"], CIFAR10_TRAIN
     speed = roofline_speeds(roofline, threads)
     train_s = lambda arch, epochs: epochs * n / speed[(arch, "bf16")]
     forward_s = lambda arch, epochs, precision="bf16": (

@@ -14,7 +14,7 @@ is kept, is half the epochs) with the epochs asked for.
 
 Hours of one training = epochs x images / (its images/s) + the teacher's forward pass on every
 image of its epochs with the KD term (live, as students learn with crop + flip) at
-``FORWARD_SPEEDUP`` times the teacher's training speed (a forward is a third of a training
+``1 / FORWARD_SHARE`` times the teacher's training speed (a forward is a third of a training
 step's FLOPs) + the evaluations (the test set after training, and for a teacher once more per
 checkpoint). Images/s: the 2-thread bf16 rows of ``results/bench/roofline.csv`` (engine, batch
 128, crop + flip, idle machine); an architecture without a row takes the FLOP/s of the
@@ -26,26 +26,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
 import pandas as pd
 
 import kd.models.cifar  # noqa: F401  (registers the CIFAR models)
 from kd.errors import ConfigError
 from kd.experiment.cli import run_main
-from kd.models import build_model
-from kd.models.cifar import flops_per_image
 from studies import capacity_gap, early_stopping
 from studies.cifar_zoo import ZOO_PROFILES, Family, ZooProfile
 from studies.recipe import BASE
-
-ROOFLINE = Path(__file__).resolve().parent.parent / "results" / "bench" / "roofline.csv"
-CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
-FORWARD_SPEEDUP = 3.0  # a forward pass: a third of a training step's FLOPs (forward + backward)
-TRAINING_FLOPS = 3  # a training step's FLOPs per image: three forward passes' worth
+from studies.sizing import (CIFAR10_TEST, CIFAR10_TRAIN, FORWARD_SHARE, ROOFLINE,  # noqa: F401
+                            forward_flops, images_per_s, measured_speeds)
 
 
 @dataclass(frozen=True)
@@ -154,37 +146,14 @@ def trainings(name: str, profile: ZooProfile, seeds: int,
 # ----------------------------------------------------------------------------------------------
 # Speeds and hours
 
-def measured_speeds(path: Path = ROOFLINE, threads: int = 2,
-                    precision: str = "bf16") -> dict[str, float]:
-    """images/s per model: the latest row of each at ``threads`` threads and ``precision``."""
-    rows = pd.read_csv(path)
-    rows = rows[(rows["threads"] == threads) & (rows["precision"] == precision)]
-    return rows.groupby("model")["images_per_s"].last().to_dict()
-
-
-@cache
-def forward_flops(arch: str) -> int:
-    return flops_per_image(build_model(arch, num_classes=10))
-
-
-def images_per_s(arch: str, speeds: dict[str, float]) -> tuple[float, str]:
-    """Measured, or the FLOP/s of the measured model nearest in FLOPs per image: (rate, from)."""
-    if arch in speeds:
-        return speeds[arch], "measured"
-    known = [a for a in speeds if a in kd.models.MODELS]
-    nearest = min(known, key=lambda a: abs(math.log(forward_flops(a) / forward_flops(arch))))
-    return speeds[nearest] * forward_flops(nearest) / forward_flops(arch), f"FLOPs of {nearest}"
-
-
 def hours(t: Planned, speeds: dict[str, float], augment_students: bool,
           test_images: int = CIFAR10_TEST) -> float:
     rate, _ = images_per_s(t.arch, speeds)
     seconds = t.epochs * t.images / rate
-    seconds += (1 + t.checkpoints) * test_images / (FORWARD_SPEEDUP * rate)
+    seconds += (1 + t.checkpoints) * test_images * FORWARD_SHARE / rate
     if t.teacher is not None:
-        teacher_rate = FORWARD_SPEEDUP * images_per_s(t.teacher.arch, speeds)[0]
         passes = t.kd_epochs if augment_students else 1  # live, or its logits looked up once
-        seconds += passes * t.images / teacher_rate
+        seconds += passes * t.images * FORWARD_SHARE / images_per_s(t.teacher.arch, speeds)[0]
     return seconds / 3600
 
 
