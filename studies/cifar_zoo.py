@@ -356,7 +356,9 @@ class ZooProfile:
 def first_drop(config: TrainConfig) -> int:
     """The epoch of the schedule's first learning-rate drop; half its epochs when it decays
     smoothly (cosine, linear) or not at all (the rule of the claim es-early-teacher)."""
-    return config.milestones[0] if config.schedule == "step" else config.epochs // 2
+    if config.schedule == "step" and config.milestones:
+        return config.milestones[0]
+    return max(1, config.epochs // 2)
 
 
 # The full profile keeps its teachers' weights at epochs 7, 13 and 25 of 25: early (7/25 of the

@@ -67,7 +67,8 @@ from kd.methods.label_smoothing import smoothing_epsilon
 from kd.train import engine
 from kd.train.distill import CrossEntropy
 from kd.train.engine import TrainConfig
-from studies.cifar_zoo import CIFAR_DATASETS, MIRZADEH_SGD, Teacher, Zoo
+from studies.cifar_zoo import (CIFAR_DATASETS, MIRZADEH_SGD, Teacher, Zoo,
+                               teacher_checkpoints_for)
 from studies.recipe import LARGE_RECIPES, large_config
 from studies.sizing import CIFAR10_TRAIN, FORWARD_SHARE, ROOFLINE, measured_speeds
 
@@ -122,14 +123,19 @@ class Profile:
     # the schedules are studies.recipe.large_config("teacher") and ("student"), resolved when
     # the profile runs (resolved()): a ConfigError until the recipe module pins them
     large_recipes: bool = False
+    # epochs at which the teachers' weights are kept: none are read here, but the large
+    # profile keeps those of capacity_gap's and early_stopping's, so that its seed-0 teachers
+    # are theirs (one cache key) and are not trained twice
+    teacher_checkpoints: tuple[int, ...] = ()
 
     def resolved(self) -> "Profile":
         """The profile with its large recipes in place (itself when it has none); a
         :class:`~kd.errors.ConfigError` while they are not pinned."""
         if not self.large_recipes:
             return self
-        return dataclasses.replace(self, student_config=large_config("student"),
-                                   teacher_config=large_config("teacher"))
+        student, teacher = large_config("student"), large_config("teacher")
+        return dataclasses.replace(self, student_config=student, teacher_config=teacher,
+                                   teacher_checkpoints=teacher_checkpoints_for(teacher))
 
 
 def steps(epochs: int, milestones: tuple[int, ...]) -> TrainConfig:
@@ -683,7 +689,8 @@ def zoos(command) -> tuple[Callable[[], Zoo], Callable[[TrainConfig], Zoo]]:
                                           **kw)
     students = lambda config: zoo(config, profile.student_train_limit,
                                   augment_students=profile.augment_students)
-    return lambda: zoo(profile.teacher_config, profile.teacher_train_limit), students
+    return lambda: zoo(profile.teacher_config, profile.teacher_train_limit,
+                       teacher_checkpoints=profile.teacher_checkpoints), students
 
 
 def cell_runner(command, teacher_zoo: Zoo | None = None,

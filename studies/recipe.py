@@ -87,8 +87,9 @@ def large_config(role: str) -> TrainConfig:
     :class:`~kd.errors.ConfigError` naming what to run while it is not chosen yet."""
     name = LARGE_RECIPES.get(role)
     if name is None:
+        selection = "large" if role == "student" else f"large-{role}"
         raise ConfigError(f"the large profiles' {role} recipe is not chosen yet: run "
-                          f"python -m studies.recipe --profile large (the rule in "
+                          f"python -m studies.recipe --profile {selection} (the rule in "
                           f"studies/recipe.py chooses it), then pin it in LARGE_RECIPES")
     return {**LARGE_CANDIDATES, **TEACHER_CANDIDATES}[name]
 

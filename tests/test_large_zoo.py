@@ -24,6 +24,8 @@ def test_the_checkpoint_rule_gives_the_full_profiles_epochs_and_follows_the_sche
     cosine = TrainConfig(epochs=100, schedule="cosine")
     assert first_drop(cosine) == 50 and teacher_checkpoints_for(cosine) == (28, 50, 100)
     assert teacher_checkpoints_for(TrainConfig(epochs=2)) == (1, 2)  # no epoch 0, no repeats
+    assert teacher_checkpoints_for(TrainConfig(epochs=1)) == (1,)
+    assert first_drop(TrainConfig(epochs=10, schedule="step", milestones=())) == 5  # no drop
 
 
 def test_large_profile_every_model_on_all_images_a_teacher_per_seed(monkeypatch):
@@ -133,3 +135,29 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     final = es.set_index("cell").loc["kd/plain_cnn6@4/plain_cnn2", "test_accuracy"]
     cg = rows.set_index(["cell", "seed"]).loc[("kd/plain_cnn6/plain_cnn2", 0), "test_accuracy"]
     assert final == cg
+
+
+def test_the_method_zoos_large_teachers_are_the_capacity_gaps_seed_0_teachers(fake_cifar10,
+                                                                            monkeypatch):
+    """One cache key: the method zoo at large reuses the ResNet-32 and ResNet-20 that
+    capacity_gap trains for seed 0 instead of training them again (2.3 h on this CPU)."""
+    import types
+
+    import torch
+
+    from studies import method_zoo
+    from studies.cifar_zoo import make_zoo
+
+    monkeypatch.setattr(recipe, "LARGE_RECIPES", STAND_IN)
+    zoo_profile = ZOO_PROFILES["large"].resolved()
+    mz_profile = method_zoo.PROFILES["large"].resolved()
+    command = types.SimpleNamespace(args=types.SimpleNamespace(dataset="cifar10"),
+                                    profile=mz_profile, device=torch.device("cpu"))
+    mz_teachers = method_zoo.zoos(command)[0]()
+    cg_zoo = make_zoo(zoo_profile, "cifar10", torch.device("cpu"))
+    run = method_zoo.Run(mz_teachers, mz_teachers, mz_profile, seed=2)  # any seed's students
+    for arch in ("resnet32", "resnet20"):
+        assert (mz_teachers.teacher_training(arch, run.teacher_seed).spec
+                == cg_zoo.teacher_training(arch, seed=0).spec)
+    assert mz_teachers.teacher_training("resnet32", run.teacher_seed).spec != (
+        cg_zoo.teacher_training("resnet32", seed=1).spec)  # another seed's: another model
