@@ -179,7 +179,19 @@ def report(rows: pd.DataFrame, profile: Profile | None = None) -> str:
         note = (f" (not run yet: {', '.join(missing)}; the choice may change)" if missing
                 else "")
     lines.append(f"chosen: {chosen}{note}")
+    if chosen is not None:
+        lines.append(plateau_line(rows.set_index("cell").loc[chosen, "train_loss_plateau"]))
     return "\n".join([*lines, "", run_footer(rows)])
+
+
+def plateau_line(drop: float) -> str:
+    """Whether the chosen recipe's training loss plateaued by the studies' stated criterion."""
+    verdict = "plateaued" if drop < metrics.PLATEAU_DROP else "NOT plateaued"
+    return (f"its training loss fell {drop:.3f} (relative) over the last tenth of its epochs: "
+            f"{verdict} by kd.metrics.PLATEAU_DROP (< {metrics.PLATEAU_DROP:g}). Under a "
+            f"schedule that decays to zero the loss keeps falling to the last epoch as the "
+            f"learning rate anneals, so this criterion, written for step schedules, reads such "
+            f"a run as still learning.")
 
 
 def main(argv: list[str] | None = None) -> None:

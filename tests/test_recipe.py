@@ -160,3 +160,11 @@ def test_a_killed_candidate_resumes_from_its_snapshot(tmp_path, monkeypatch, cap
     assert resumed["final_train_loss"].tolist() == whole["final_train_loss"].tolist()
     recipe.main(["--profile", "smoke", "--precision", "fp32", "--results", str(tmp_path / "b")])
     assert not snapshot.exists()  # removed once its row is in the table
+
+
+def test_the_report_says_whether_the_chosen_recipe_plateaued():
+    from kd.metrics import PLATEAU_DROP
+
+    assert "fell 0.083 (relative)" in recipe.plateau_line(0.0826)
+    assert ": NOT plateaued by" in recipe.plateau_line(PLATEAU_DROP)  # the criterion is strict
+    assert ": plateaued by" in recipe.plateau_line(PLATEAU_DROP - 0.001)

@@ -219,6 +219,11 @@ def test_notebooks_show_the_first_complete_table(tmp_path):
     assert profile_to_show(tmp_path, planned) == "quick"
     write("full", [("student", 1), ("teacher", 0), ("student", 0), ("extra", 2)])
     assert profile_to_show(tmp_path, planned) == "full"  # complete, in any order
+    write("large", [("teacher", 0), ("student", 0)])  # running: the complete full is shown
+    assert profile_to_show(tmp_path, planned) == "full"
+    write("large", [("teacher", 0), ("student", 0), ("student", 1)])
+    assert profile_to_show(tmp_path, planned) == "large"  # the papers' regime, once complete
+    (tmp_path / "large.csv").unlink()
     (tmp_path / "quick.csv").unlink(), (tmp_path / "full.csv").unlink()
     assert profile_to_show(tmp_path, planned) == "paper"  # partial, but the only one
 

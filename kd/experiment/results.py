@@ -301,7 +301,7 @@ def pending(cells: Iterable, seeds: int | range, table: ResultsTable
 
 
 def profile_to_show(folder: Path, planned: Callable[[str], Iterable[tuple[str, int]]],
-                    order: Sequence[str] = ("paper", "full", "quick", "smoke")) -> str | None:
+                    order: Sequence[str] = ("paper", "large", "full", "quick", "smoke")) -> str | None:
     """Which of a study's tables a notebook draws: the first in ``order`` whose CSV holds every
     ``(cell, seed)`` its profile plans (``planned(profile)``); else the first that exists (a
     partial table); None when there is none."""
