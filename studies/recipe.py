@@ -207,8 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     todo = [(SELECTION_SEED, Cell(n)) for n in profile.candidates
             if (n, SELECTION_SEED) not in done]
 
-    def snapshot(name: str):  # this table's candidate, not another results root's
-        key = spec_key({"table": str(table.path.resolve()), "cell": name, "arch": profile.arch})
+    def snapshot(name: str):  # keyed by what decides the training, whatever the results root
+        key = spec_key({"profile": command.args.profile, "cell": name, "arch": profile.arch,
+                        "config": dataclasses.asdict(profile.candidates[name]),
+                        "train_limit": profile.train_limit, "validation_n": profile.validation_n,
+                        "seed": SELECTION_SEED})
         return data.cache_root() / "snapshots" / f"recipe-{key}.pt"
 
 

@@ -151,7 +151,7 @@ def test_a_killed_candidate_resumes_from_its_snapshot(tmp_path, monkeypatch, cap
     monkeypatch.setattr(engine_module, "fit", fit_dying_at(2))
     with pytest.raises(KeyboardInterrupt):
         recipe.main(["--profile", "smoke", "--precision", "fp32", "--results", str(tmp_path / "b")])
-    [snapshot] = (cache_root() / "snapshots").glob("recipe-*.pt")  # table b's, not a's
+    [snapshot] = (cache_root() / "snapshots").glob("recipe-*.pt")  # a's went when a finished
     monkeypatch.setattr(engine_module, "fit", fit_dying_at(None))
     recipe.main(["--profile", "smoke", "--precision", "fp32", "--results", str(tmp_path / "b")])
     assert started == [1, 2]  # epoch 1 before the kill, then only epoch 2
