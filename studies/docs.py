@@ -209,6 +209,47 @@ def chance_lines(scorecard: pd.DataFrame, profiles) -> list[str]:
     return lines or [f"Wrong calls expected by chance: {DASH} (no claim has a p-value yet)."]
 
 
+def scored(row) -> bool:
+    return row is not None and row.verdict not in ("not run", NOT_PLANNED)
+
+
+def verdict_changes(scorecard: pd.DataFrame, claims: pd.DataFrame, before: str = "full",
+                    after: str = "large") -> pd.DataFrame:
+    """The claims whose sign verdict at ``after`` differs from that at ``before``, each with
+    both intervals. A claim written for ``after`` that supersedes another (one per family where
+    ``before`` pooled the families) is compared with the claim it supersedes."""
+    cells = {(r.claim, r.profile): r for r in with_new_columns(scorecard).itertuples(index=False)}
+    lines = []
+    for claim in claims.itertuples(index=False):
+        later = cells.get((claim.id, after))
+        earlier_id = claim.id if scored(cells.get((claim.id, before))) else text(claim.supersedes)
+        earlier = cells.get((earlier_id, before))
+        if not (scored(later) and scored(earlier)) or later.verdict == earlier.verdict:
+            continue
+        lines.append({"claim": f"`{claim.id}`" + (f" (supersedes `{earlier_id}`)"
+                                                  if earlier_id != claim.id else ""),
+                      before: f"{earlier.verdict}: "
+                              f"{interval(earlier.effect, earlier.ci_low, earlier.ci_high)}",
+                      after: f"{later.verdict}: "
+                             f"{interval(later.effect, later.ci_low, later.ci_high)}",
+                      "unit": text(later.unit)})
+    return pd.DataFrame(lines, columns=["claim", before, after, "unit"])
+
+
+def changes_lines(scorecard: pd.DataFrame, claims: pd.DataFrame, study: str | None = None,
+                  before: str = "full", after: str = "large") -> list[str]:
+    """A study's (or, with ``study`` None, every) claim whose verdict changed from ``before`` to
+    ``after``, as a table, or one line saying there is none."""
+    if study is not None:
+        claims = claims[claims["study"] == study]
+    changes = verdict_changes(scorecard, claims, before, after)
+    if not (scorecard["profile"] == after).any():
+        return [f"No claim has a `{after}` verdict yet."]
+    if changes.empty:
+        return [f"No verdict changed from `{before}` to `{after}`."]
+    return markdown_table(changes)
+
+
 def readme_block(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
     """What goes between the README's markers."""
     profiles = sorted(set(scorecard["profile"]) | set(TABLE_PROFILES),
@@ -221,7 +262,15 @@ def readme_block(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
         "", textwrap.fill(LEGEND, 96), "", verdict_table(scorecard, claims), "",
         "Verdicts per profile (every claim, `quick` included):", "",
         *status_counts(scorecard, profiles), "", *chance_lines(scorecard, profiles),
-        END])
+        change_count_line(scorecard, claims), END])
+
+
+def change_count_line(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
+    if not (scorecard["profile"] == "large").any():
+        return "- From `full` to `large`: no claim has a `large` verdict yet."
+    changed = verdict_changes(scorecard, claims)
+    return (f"- From `full` to `large`: {len(changed)} sign verdict(s) changed, each named with "
+            f"both intervals on its study page.")
 
 
 def replace_block(readme: str, block: str, begin: str = BEGIN, end: str = END,
@@ -408,7 +457,9 @@ def study_page(study: str, repo: Path, results: Path, scorecard: pd.DataFrame,
              f"is `train_loss_plateau` in its row, shown in the regime tables). Earlier readings "
              f"of these results, with the numbers of their time and the commits they came from, "
              f"are in [history](history.md).", 96), "",
-             "## Claims (`studies/claims.csv`)", "", claims_list(claims, study), ""]
+             "## Claims (`studies/claims.csv`)", "", claims_list(claims, study), "",
+             "## Verdicts that changed from `full` to `large`", "",
+             *changes_lines(scorecard, claims, study), ""]
     for profile in present:
         lines += profile_section(study, profile, results, scorecard)
     lines += ["## Figures", "", *figures(study, repo / "figures"), ""]

@@ -192,3 +192,34 @@ def test_the_roofline_block_checks_issue_26s_targets_on_each_run(tmp_path):
     assert "missed (resnet20 59%, resnet32 30%)" in block
     assert "No model slower under `auto` than under fp32: met." in block
     assert "resnet20 1.00x, resnet32 1.33x (missed)." in block
+
+
+def test_verdict_changes_name_each_changed_claim_with_both_intervals():
+    """full -> large: a changed verdict is listed with both intervals; an unchanged one, one not
+    run at large and one without a full verdict are not; a per-family claim planned for large
+    is compared with the pooled claim it supersedes."""
+    from studies.docs import changes_lines, verdict_changes
+
+    claims = pd.DataFrame({
+        "id": ["a", "b", "c", "pooled", "per-family", "new"],
+        "study": ["s"] * 6,
+        "supersedes": [None, None, None, None, "pooled", None]})
+    row = lambda claim, profile, verdict, effect: {
+        "claim": claim, "study": "s", "profile": profile, "verdict": verdict, "effect": effect,
+        "ci_low": effect - 1, "ci_high": effect + 1, "unit": "points"}
+    scorecard = pd.DataFrame([
+        row("a", "full", "reproduced", 6.58), row("a", "large", "contradicted", -0.5),
+        row("b", "full", "reproduced", 2.0), row("b", "large", "reproduced", 1.0),
+        row("c", "full", "reproduced", 2.0), row("c", "large", "not run", float("nan")),
+        row("pooled", "full", "absent", 0.1), row("per-family", "large", "reproduced", 0.54),
+        row("new", "large", "reproduced", 3.0)])
+    changes = verdict_changes(scorecard, claims)
+    assert changes["claim"].tolist() == ["`a`", "`per-family` (supersedes `pooled`)"]
+    assert changes["full"].tolist() == ["reproduced: 6.58 [5.58, 7.58]",
+                                        "absent: 0.10 [-0.90, 1.10]"]
+    assert changes["large"].tolist() == ["contradicted: -0.50 [-1.50, 0.50]",
+                                         "reproduced: 0.54 [-0.46, 1.54]"]
+    assert changes_lines(scorecard, claims, study="other") == [
+        "No verdict changed from `full` to `large`."]
+    no_large = scorecard[scorecard["profile"] != "large"]
+    assert changes_lines(no_large, claims) == ["No claim has a `large` verdict yet."]
