@@ -181,3 +181,19 @@ def test_the_model_cache_resumes_a_killed_training_and_then_removes_its_snapshot
     assert same_state(resumed, whole) and not snapshot.exists() and cache.path(spec).exists()
     assert all(same_state(checkpoints[e], whole_checkpoints[e]) for e in (0, 2, 3))
     assert len(meta["train_loss_history"]) == CONFIG.epochs and meta["train_s"] > 0
+
+
+def test_the_cache_lists_the_trainings_left_part_way(tmp_path, monkeypatch, capsys):
+    from kd.experiment import cache as cache_module
+    from kd.experiment.cache import ModelCache
+
+    monkeypatch.setenv("KD_CACHE", str(tmp_path))
+    cache = ModelCache(shipped=None, snapshot_every_s=0)
+    spec = {"arch": "test-net", "seed": 1}
+    with pytest.raises(Killed):
+        cache.fit(spec, net(1), images(), killed_at(CrossEntropy(), 3), CONFIG, seed=7)
+    (cache.root.parent / "snapshots" / "broken.pt").write_bytes(b"")  # skipped, not a crash
+    [(name, epochs, seconds)] = cache_module.in_training(cache)
+    assert name == cache.snapshot_path([spec]).stem and epochs == 2 and seconds > 0
+    cache_module.main(["list"])
+    assert f"{name}  in training: 2 epochs done" in capsys.readouterr().out

@@ -247,6 +247,21 @@ def entries(cache: ModelCache | None = None) -> list[tuple[str, dict, int]]:
     return out
 
 
+def in_training(cache: ModelCache | None = None) -> list[tuple[str, int, float]]:
+    """(snapshot name, epochs done, training seconds so far) of every training a killed study
+    left part-way (:mod:`kd.train.snapshot`), newest first; unreadable ones skipped."""
+    cache = cache or ModelCache()
+    out = []
+    for path in sorted((cache.root.parent / "snapshots").glob("*.pt"),
+                       key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            out.append((path.stem, int(saved["epoch"]), float(saved["wall_s"])))
+        except Exception:  # the study that resumes it says what is wrong with it
+            continue
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m kd.experiment.cache list`` shows the trained models in the cache; ``python -m
     kd.experiment.cache ship KEY [KEY ...]`` copies them (final weights; ``--checkpoints`` adds the
@@ -256,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = OneLineErrorParser(description=main.__doc__.split(";")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("list", help="the cache's entries, newest first")
+    commands.add_parser("list", help="the cache's entries, newest first, then the trainings "
+                                     "left part-way")
     ship_parser = commands.add_parser("ship", help="copy entries into results/models")
     ship_parser.add_argument("keys", nargs="+")
     ship_parser.add_argument("--checkpoints", action="store_true")
@@ -267,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
             summary = ", ".join(f"{k}={spec[k]}" for k in ("data", "arch", "role", "seed")
                                 if k in spec)
             print(f"{key}  {size / 1e6:6.1f} MB  {summary}")
+        for name, epoch, wall_s in in_training(cache):
+            print(f"{name}  in training: {epoch} epochs done, {wall_s / 60:.0f} min so far "
+                  f"(a rerun of its study resumes it)")
         return
     for key in args.keys:
         try:  # the entry's spec, to load it as a study would
