@@ -4,7 +4,8 @@ epoch, written at epoch ends.
 A resumed run takes the same steps as one that never stopped: the weights and batch-norm
 statistics, the optimizer's moments, the schedule's step, the history and checkpoints so far,
 every random stream the run draws from (the batch order and augmentation generators, torch's
-global generator, and the state an objective's modules keep through torch's
+global CPU generator (not CUDA's: nothing in the engine's step draws from it), and the state an
+objective's modules keep through torch's
 ``get_extra_state``, such as :class:`kd.methods.schemes.RandomTeacher`'s draws) and the training
 time spent. A snapshot is written through a temporary file (the old one or the new one, never
 half of one) and belongs to the caller, who names its path and removes it once the finished
