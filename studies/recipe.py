@@ -38,7 +38,7 @@ import pandas as pd
 from kd import data, metrics
 from kd.data.cifar import RandomCropFlip
 from kd.errors import ConfigError
-from kd.experiment.cache import spec_key
+from kd.experiment.cache import ModelCache, spec_key
 from kd.experiment.cli import open_study, run_main
 from kd.experiment.results import markdown_table, run_cells, run_footer
 from kd.models import build_model
@@ -212,8 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                         "config": dataclasses.asdict(profile.candidates[name]),
                         "train_limit": profile.train_limit, "validation_n": profile.validation_n,
                         "seed": SELECTION_SEED})
-        return data.cache_root() / "snapshots" / f"recipe-{key}.pt"
-
+        return ModelCache().snapshots / f"recipe-{key}.pt"
 
     def forget_finished():  # a candidate's snapshot is not needed once its row is written
         for name, _ in table.done():

@@ -61,6 +61,7 @@ class ModelCache:
                  snapshot_every_s: float = 120.0):
         self.root = (cache_root() if root is None else Path(root)) / "models"
         self.shipped, self.snapshot_every_s = shipped, snapshot_every_s
+        self.snapshots = self.root.parent / "snapshots"  # trainings left part-way
 
     def path(self, spec: dict) -> Path:
         return self.root / f"{spec_key(spec)}.pt"
@@ -71,7 +72,7 @@ class ModelCache:
         them from their last snapshot epoch."""
         name = spec_key(specs[0]) if len(specs) == 1 else spec_key(
             {"together": [spec_key(spec) for spec in specs]})
-        return self.root.parent / "snapshots" / f"{name}.pt"
+        return self.snapshots / f"{name}.pt"
 
     def load(self, spec: dict) -> dict | None:
         """``{"state_dict", "meta", "spec"}`` for a hit, from the cache or else from the shipped
@@ -252,7 +253,7 @@ def in_training(cache: ModelCache | None = None) -> list[tuple[str, int, float]]
     left part-way (:mod:`kd.train.snapshot`), newest first; unreadable ones skipped."""
     cache = cache or ModelCache()
     out = []
-    for path in sorted((cache.root.parent / "snapshots").glob("*.pt"),
+    for path in sorted(cache.snapshots.glob("*.pt"),
                        key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)

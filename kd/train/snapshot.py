@@ -116,7 +116,3 @@ class Snapshots:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         self.last = time.perf_counter()
-
-    def remove(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
