@@ -7,10 +7,8 @@ any field of the spec (or ``CACHE_VERSION``, when training code changes meaning)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -19,9 +17,10 @@ import torch
 from torch import nn
 
 from kd.data import cache_root
-from kd.errors import NotWritableError, check_writable_folder, reason
+from kd.errors import check_writable_folder, reason
 from kd.train.batched import StackedModels
 from kd.train.engine import fit, fit_lockstep, prepare_model, resolve_auto
+from kd.train.snapshot import save_atomically
 
 CACHE_VERSION = 2  # 2: fused Adam
 # Trained teachers committed with the results they produced (weights only, named by their key):
@@ -39,19 +38,9 @@ def write_entry(path: Path, spec: dict, state_dict: dict, meta: dict | None,
                 checkpoints: dict[int, dict] | None, hint: str) -> Path:
     """Write one entry through a temporary file (the old file or the new one, never half of
     one); a folder that cannot be written is a :class:`NotWritableError` ending in ``hint``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"spec": json.loads(json.dumps(spec, default=str)), "meta": meta or {},
-                    "state_dict": state_dict, "checkpoints": checkpoints or {}}, tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        raise NotWritableError(f"cannot write model cache entry {path} ({reason(error)}): "
-                               f"{hint}") from None
-    finally:
-        with contextlib.suppress(OSError):  # after a failed save (or a parent that is a file)
-            tmp.unlink(missing_ok=True)
-    return path
+    return save_atomically({"spec": json.loads(json.dumps(spec, default=str)), "meta": meta or {},
+                            "state_dict": state_dict, "checkpoints": checkpoints or {}},
+                           path, "model cache entry", hint)
 
 
 class ModelCache:

@@ -27,6 +27,23 @@ from kd.errors import CorruptFileError, NotWritableError, reason
 SNAPSHOT_VERSION = 1
 
 
+def save_atomically(obj, path: Path, what: str, hint: str) -> Path:
+    """``torch.save`` through a temporary file beside ``path`` (the old file or the new one,
+    never half of one); a folder that cannot be written is a :class:`NotWritableError` naming
+    ``what`` and ending in ``hint``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        raise NotWritableError(f"cannot write {what} {path} ({reason(error)}): {hint}") from None
+    finally:
+        with contextlib.suppress(OSError):  # after a failed save (or a parent that is a file)
+            tmp.unlink(missing_ok=True)
+    return path
+
+
 def stateful_modules(objective) -> dict[str, nn.Module]:
     """The modules an objective holds (its teacher, a projection) that keep state outside their
     weights (they override ``get_extra_state``), by a stable name."""
@@ -101,18 +118,9 @@ class Snapshots:
 
     def save(self, epoch: int, trainings: list, generators: list[torch.Generator],
              wall_s: float) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"version": SNAPSHOT_VERSION, "epoch": epoch, "wall_s": wall_s,
-                        "trainings": [training_state(t) for t in trainings],
-                        "generators": [g.get_state() for g in generators],
-                        "torch_rng": torch.get_rng_state()}, tmp)
-            os.replace(tmp, self.path)
-        except OSError as error:
-            raise NotWritableError(f"cannot write training snapshot {self.path} "
-                                   f"({reason(error)}): set KD_CACHE to a writable folder") from None
-        finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        save_atomically({"version": SNAPSHOT_VERSION, "epoch": epoch, "wall_s": wall_s,
+                         "trainings": [training_state(t) for t in trainings],
+                         "generators": [g.get_state() for g in generators],
+                         "torch_rng": torch.get_rng_state()},
+                        self.path, "training snapshot", "set KD_CACHE to a writable folder")
         self.last = time.perf_counter()
