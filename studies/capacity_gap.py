@@ -30,6 +30,7 @@ import pandas as pd
 from kd.experiment.cli import run_main
 from kd.experiment.executor import every
 from kd.experiment.results import markdown_table, mean_std, one_per_teacher, run_footer
+from studies import early_stopping
 from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, Training, Zoo, zoo_cell_runner,
                                zoo_study_main)
 
@@ -211,10 +212,22 @@ def planned(name: str) -> list[tuple[str, int]]:
                                                         ZOO_PROFILES[name].seeds)]
 
 
+def early_stopping_students(command, zoo: Zoo, seed: int) -> list[Training]:
+    """The students of this seed's finished teachers that early_stopping will ask the cache
+    for (full and early-stopped KD): a profile with ``lockstep`` trains them here beside this
+    study's students of the same teachers (``make large`` runs this study first)."""
+    name, profile = command.args.profile, command.profile
+    families = early_stopping.FAMILIES[name]
+    run = early_stopping.Run(zoo, seed, early_stopping.kd_stop_epoch(name, profile), families)
+    return [run.training(cell) for cell in early_stopping.plan(families, profile.teacher_checkpoints)
+            if early_stopping.level(cell) == 1 and cell.teacher_epoch == profile.teacher_checkpoints[-1]]
+
+
 def main(argv: list[str] | None = None) -> None:
     zoo_study_main(argv, study=STUDY, description=__doc__.split("\n\n")[0],
                    plan=lambda name, profile: plan(FAMILIES[name]), runner=cell_runner,
-                   models_used=models_used, report=report, level=level)
+                   models_used=models_used, report=report, level=level,
+                   companions=early_stopping_students)
 
 
 if __name__ == "__main__":

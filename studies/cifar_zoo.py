@@ -230,6 +230,34 @@ class Zoo:
             desc=f"{len(trainings)} x {stack_desc(trainings)}")
         return len(trained)
 
+    def fit_lockstep(self, trainings: list[Training]) -> int:
+        """Train students of one teacher (one cache key), seed and schedule, with crop + flip,
+        in lockstep on the seed's batches (:meth:`ModelCache.fit_lockstep`: the teacher runs once
+        per batch for all of them, not once per student), each into the cache as :meth:`fit`
+        would train it alone, up to rounding; returns how many were trained."""
+        first = trainings[0]
+        for training in trainings:
+            self.check_data(training)
+        if first.teacher is None or not self.augment_students or any(
+                (t.teacher is None or t.teacher.key != first.teacher.key, t.seed, t.config)
+                != (False, first.seed, first.config) for t in trainings):
+            raise ConfigError("a lockstep needs students of one teacher, seed and schedule, "
+                              "learning from its live pass (crop + flip)")
+        teacher = first.teacher.model  # one module for all: its pass is shared by identity
+
+        def new_run(i: int):
+            training = trainings[i]
+            return self.new_model(training.arch, training.seed), Distill(
+                teacher, self.kd.temperature, self.kd.alpha,
+                kd_until_epoch=training.kd_until_epoch)
+
+        trained = self.cache.fit_lockstep(
+            [t.spec for t in trainings], new_run, self.train, first.config, seed=first.seed,
+            augment=self.augment_for(first),
+            desc=f"{len(trainings)} students of {first.teacher.arch} in lockstep seed "
+                 f"{first.seed}")
+        return len(trained)
+
     def teacher(self, arch: str, seed: int) -> tuple[Teacher, dict, dict[int, dict]]:
         """A model trained on labels with crop + flip; with its meta and checkpoints."""
         return self.fit(self.teacher_training(arch, seed))
@@ -335,6 +363,9 @@ class ZooProfile:
     # The schedules are studies.recipe.large_config's, looked up when the profile runs
     # (:meth:`resolved`), not at import: until they are chosen, only this profile refuses to run.
     from_recipes: bool = False
+    # Train each pending seed's students of one teacher in lockstep before the cells are scored
+    # (:func:`train_in_lockstep`; with crop + flip, where the teacher's pass is live)
+    lockstep: bool = False
 
     def resolved(self, student: TrainConfig | None = None,
                  teacher: TrainConfig | None = None) -> "ZooProfile":
@@ -414,7 +445,7 @@ ZOO_PROFILES = {
                     "flip, the large recipes (studies.recipe: students and assistants, "
                     "teachers), each of 3 seeds its own teachers",
         config=None, teacher_checkpoints=(), augment_students=True, seeds=3,
-        from_recipes=True),
+        from_recipes=True, lockstep=True),
 }
 
 
@@ -466,19 +497,50 @@ def train_in_stacks(zoo: Zoo, todo: list[tuple[int, object]],
     return trained
 
 
+def train_in_lockstep(zoo: Zoo, trainings: Iterable[Training]) -> int:
+    """Fill the model cache with the students among ``trainings`` (each once, by cache key)
+    that share a teacher, seed and schedule with another, in lockstep (:meth:`Zoo.fit_lockstep`):
+    the teacher's forward pass, the larger part of a small student's distillation from a large
+    teacher, is paid once for all of them. The cells then find their models in the cache (and
+    train the rest one at a time). A lockstep whose loss stops being finite is left to the
+    cells, which train its models one at a time and record failures. Returns the number of
+    models trained."""
+    groups: dict[tuple, dict[str, Training]] = {}
+    for training in trainings:
+        if training.teacher is not None:
+            group = (training.teacher.key, training.seed, training.config,
+                     training.spec["train_limit"])
+            groups.setdefault(group, {}).setdefault(spec_key(training.spec), training)
+    trained = 0
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        first = next(iter(group.values()))
+        try:
+            trained += zoo.zoo_of(first).fit_lockstep(list(group.values()))
+        except NonFiniteLossError as error:
+            print(f"warning: {error}; its models train one at a time instead", file=sys.stderr)
+    return trained
+
+
 def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
                    plan: Callable[[str, ZooProfile], list],
                    runner: Callable[[object], Callable[[int, object], dict]],
                    models_used: Callable[[int, object], Iterable[Hashable]],
                    report: Callable[[pd.DataFrame], str],
-                   level: Callable[[object], int]) -> None:
+                   level: Callable[[object], int],
+                   companions: Callable[[object, Zoo, int], Iterable[Training]] | None = None
+                   ) -> None:
     """The command line of a study built on the zoo: ``plan(profile name, profile)`` lists the
     cells of one seed; ``runner(command)`` (a module-level function, which Ray workers call
     too) returns ``run(seed, cell) -> row``, most simply :func:`zoo_cell_runner`;
     ``models_used(seed, cell)`` names the shared models a cell trains or loads (the order of
     ``--executor ray``); ``level(cell)`` how many trained models stand between the cell's
     model and the labels (0 for teachers), the order of stacked training when the profile
-    stacks models (``ZooProfile.stack_at_least``; the Ray executor trains one at a time)."""
+    stacks models (``ZooProfile.stack_at_least``; the Ray executor trains one at a time).
+    With a profile's ``lockstep``, each pending seed's students (level 1) of one teacher train in
+    lockstep first, with ``companions(command, zoo, seed)``: the students another study will ask
+    the same cache for (trained here, found there)."""
     command = open_study(argv, study=study, description=description, profiles=ZOO_PROFILES,
                          report=report, datasets=CIFAR_DATASETS)
     if command is None:
@@ -499,6 +561,14 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
         trained = train_in_stacks(run_cell.zoo, todo, run_cell.new_run, level,
                                   profile.stack_at_least)
         print(f"{study}: {trained} models trained in stacks of one kind each; scoring the cells")
+    if profile.lockstep and todo:
+        trained = sum(train_in_lockstep(run_cell.zoo, [
+            *(run_cell.new_run(seed).training(cell) for s, cell in todo
+              if s == seed and level(cell) == 1),
+            *(companions(command, run_cell.zoo, seed) if companions else ())])
+            for seed in dict.fromkeys(s for s, _ in todo))
+        print(f"{study}: {trained} students trained in lockstep with their teacher's other "
+              f"students; scoring the cells")
     run_cells(table, todo, run_cell, device, summary, precision=command.precision)
 
 

@@ -146,13 +146,32 @@ def trainings(name: str, profile: ZooProfile, seeds: int,
 # ----------------------------------------------------------------------------------------------
 # Speeds and hours
 
-def hours(t: Planned, speeds: dict[str, float], augment_students: bool,
+def teacher_passes(planned: list[Planned], profile: ZooProfile) -> dict[Planned, int]:
+    """Epochs of its teacher's forward pass each distilled training pays for: its KD epochs
+    (live, as students learn with crop + flip), or one pass (its logits looked up); in a
+    profile with ``lockstep``, the students of one teacher (and checkpoint) share one pass per
+    batch, so the one with the most KD epochs pays for all of them."""
+    distilled = [t for t in planned if t.teacher is not None]
+    if not profile.augment_students:
+        return {t: 1 for t in distilled}
+    passes = {t: t.kd_epochs for t in distilled}
+    if profile.lockstep:
+        groups: dict[tuple, list[Planned]] = {}
+        for t in distilled:
+            groups.setdefault((t.teacher, t.teacher_epoch), []).append(t)
+        for group in groups.values():
+            payer = max(group, key=lambda t: t.kd_epochs)
+            passes.update({t: 0 for t in group if t is not payer})
+    return passes
+
+
+def hours(t: Planned, speeds: dict[str, float], passes: int = 0,
           test_images: int = CIFAR10_TEST) -> float:
+    """Hours of training ``t``, with ``passes`` epochs of its teacher's forward pass."""
     rate, _ = images_per_s(t.arch, speeds)
     seconds = t.epochs * t.images / rate
     seconds += (1 + t.checkpoints) * test_images * FORWARD_SHARE / rate
     if t.teacher is not None:
-        passes = t.kd_epochs if augment_students else 1  # live, or its logits looked up once
         seconds += passes * t.images * FORWARD_SHARE / images_per_s(t.teacher.arch, speeds)[0]
     return seconds / 3600
 
@@ -162,14 +181,16 @@ def plan_table(planned: list[Planned], profile: ZooProfile,
     """One row per training (seeds summed): family, role, arch, taught by, seeds, images,
     epochs, KD epochs, images/s, where the speed comes from, hours for all its seeds."""
     test_images = profile.test_limit or CIFAR10_TEST
+    passes = teacher_passes(planned, profile)
     rows = [{"family": t.family, "role": t.role, "arch": t.arch, "taught_by": t.taught_by,
              "images": t.images, "epochs": t.epochs, "kd_epochs": t.kd_epochs,
              "images_per_s": round(images_per_s(t.arch, speeds)[0]),
              "speed": images_per_s(t.arch, speeds)[1],
-             "hours": hours(t, speeds, profile.augment_students, test_images)}
+             "teacher_passes": passes.get(t, 0),
+             "hours": hours(t, speeds, passes.get(t, 0), test_images)}
             for t in planned]
     keys = ["family", "role", "arch", "taught_by", "images", "epochs", "kd_epochs",
-            "images_per_s", "speed"]
+            "teacher_passes", "images_per_s", "speed"]
     table = pd.DataFrame(rows).groupby(keys, sort=False, as_index=False).agg(
         seeds=("hours", "size"), hours=("hours", "sum"))
     return table[keys[:4] + ["seeds"] + keys[4:] + ["hours"]]

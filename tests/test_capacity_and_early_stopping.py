@@ -20,15 +20,21 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def fits(monkeypatch):
-    """Counts the trainings the model cache starts (a hit starts none)."""
+    """Counts the trainings the model cache starts (a hit starts none): one entry per model,
+    ``lockstep: <desc>`` for each model of a lockstep."""
     calls = []
-    real_fit = kd.experiment.cache.fit
+    real_fit, real_lockstep = kd.experiment.cache.fit, kd.experiment.cache.fit_lockstep
 
     def counting_fit(model, train, objective, config, **kwargs):
         calls.append(kwargs.get("desc"))
         return real_fit(model, train, objective, config, **kwargs)
 
+    def counting_lockstep(models, train, objectives, config, **kwargs):
+        calls.extend([f"lockstep: {kwargs.get('desc')}"] * len(models))
+        return real_lockstep(models, train, objectives, config, **kwargs)
+
     monkeypatch.setattr(kd.experiment.cache, "fit", counting_fit)
+    monkeypatch.setattr(kd.experiment.cache, "fit_lockstep", counting_lockstep)
     return calls
 
 

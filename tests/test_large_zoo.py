@@ -84,15 +84,37 @@ def test_budget_hours_by_hand_and_flop_scaled_speeds():
     speeds = {"resnet8": 1000.0, "resnet32": 500.0}
     # 30 x 50,000 / 1,000 s training + 10,000 test images at 3,000/s + the teacher's forward on
     # 30 x 50,000 images at 1,500/s: 1,500 + 3.33 + 1,000 s
-    assert zoo_budget.hours(kd, speeds, augment_students=True) == pytest.approx(2503.333 / 3600)
+    assert zoo_budget.hours(kd, speeds, passes=30) == pytest.approx(2503.333 / 3600)
     # its logits looked up: one pass of the teacher over the 50,000 images
-    assert zoo_budget.hours(kd, speeds, augment_students=False) == pytest.approx(
+    assert zoo_budget.hours(kd, speeds, passes=1) == pytest.approx(
         (1500 + 10_000 / 3000 + 50_000 / 1500) / 3600)
     rate, source = zoo_budget.images_per_s("resnet56", speeds)
     flops = zoo_budget.forward_flops
     assert source == "FLOPs of resnet32"
     assert rate == pytest.approx(500 * flops("resnet32") / flops("resnet56"))
     assert zoo_budget.images_per_s("resnet8", speeds) == (1000.0, "measured")
+
+
+def test_teacher_passes_live_looked_up_and_shared_in_lockstep():
+    teacher = zoo_budget.Planned("resnet", "teacher", "resnet32", 0, 50_000, 60, checkpoints=3)
+    other_seed = dataclasses.replace(teacher, seed=1)
+    student = lambda t, kd, arch="resnet8", at=None: zoo_budget.Planned(
+        "resnet", "distilled", arch, t.seed, 50_000, 30, t, at, kd)
+    full, eskd, assistant = student(teacher, 30), student(teacher, 15), student(teacher, 30,
+                                                                                "resnet14")
+    early, apart = student(teacher, 30, at=17), student(other_seed, 30)
+    planned = [teacher, full, eskd, assistant, early, apart]
+    large = ZOO_PROFILES["large"]
+    alone = dataclasses.replace(large, lockstep=False)
+    assert zoo_budget.teacher_passes(planned, alone) == {
+        full: 30, eskd: 15, assistant: 30, early: 30, apart: 30}
+    # one pass a batch for the students of the finished teacher of seed 0: 30 epochs, paid
+    # once; another checkpoint or another seed's teacher is another pass
+    shared = zoo_budget.teacher_passes(planned, large)
+    assert sum(shared[t] for t in (full, eskd, assistant)) == 30
+    assert (shared[early], shared[apart]) == (30, 30)
+    looked_up = dataclasses.replace(alone, augment_students=False)
+    assert set(zoo_budget.teacher_passes(planned, looked_up).values()) == {1}
 
 
 def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path, fits,
@@ -113,7 +135,13 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     capacity_gap.main(["--profile", "smoke_large", "--device", "cpu", "--seeds", "2"])
     rows = pd.read_csv(tmp_path / "results" / "capacity_gap" / "smoke_large.csv")
     cells = capacity_gap.plan((family,))
-    assert len(fits) == 2 * len(cells)  # nothing shared between the seeds
+    # nothing shared between the seeds; with each seed's students of the plain_cnn6 (its
+    # student, its assistant, and early stopping's ESKD student) trained in lockstep first
+    lockstep = [d for d in fits if d.startswith("lockstep: ")]
+    assert len(lockstep) == 2 * 3 and len(fits) == 2 * len(cells) + 2
+    assert {d.rsplit(" ", 1)[-1] for d in lockstep} == {"0", "1"}
+    assert set(rows.loc[rows["role"].isin(["kd", "ta"]), "lockstep_with"]) == {3}
+    assert rows.loc[~rows["role"].isin(["kd", "ta"]), "lockstep_with"].isna().all()
     assert set(rows["train_n"]) == {600} and (rows["teacher_seed"] == rows["seed"]).all()
     assert rows.groupby("role")["epochs"].unique().map(list).to_dict() == {
         "teacher": [4], "scratch": [2], "kd": [2], "ta": [2], "ta_kd": [2]}
@@ -129,9 +157,10 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     assert sorted(set(checkpoints["epochs"])) == [1, 2, 4]
     assert set(checkpoints["run_epochs"]) == {4}
     assert set(es.loc[es["role"] == "eskd", "kd_until_epoch"]) == {1}
-    # the students of checkpoints 1 and 2 and the ESKD student; the student of the finished
-    # teacher (checkpoint 4) and the scratch student are capacity gap's, from the cache
-    assert len(fits) == 3
+    assert set(es.loc[es["role"] == "eskd", "lockstep_with"]) == {3}
+    # the students of checkpoints 1 and 2; the students of the finished teacher (checkpoint 4:
+    # full KD and ESKD) and the scratch student are capacity gap's, from the cache
+    assert len(fits) == 2 and not any(d.startswith("lockstep") for d in fits)
     final = es.set_index("cell").loc["kd/plain_cnn6@4/plain_cnn2", "test_accuracy"]
     cg = rows.set_index(["cell", "seed"]).loc[("kd/plain_cnn6/plain_cnn2", 0), "test_accuracy"]
     assert final == cg
