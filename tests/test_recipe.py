@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -168,3 +169,12 @@ def test_the_report_says_whether_the_chosen_recipe_plateaued():
     assert "fell 0.083 (relative)" in recipe.plateau_line(0.0826)
     assert ": NOT plateaued by" in recipe.plateau_line(PLATEAU_DROP)  # the criterion is strict
     assert ": plateaued by" in recipe.plateau_line(PLATEAU_DROP - 0.001)
+
+
+@pytest.mark.parametrize("role, selection", [("student", "large"), ("teacher", "large-teacher")])
+def test_the_pinned_recipes_are_the_rules_choice_on_the_committed_rows(role, selection):
+    """LARGE_RECIPES is pinned by hand, in a commit of its own: it must be what the rule
+    chooses on the committed selection rows (so a rerun of the selection that chooses another
+    recipe, or a hand edit, fails here)."""
+    rows = pd.read_csv(Path(recipe.__file__).parents[1] / "results" / "recipe" / f"{selection}.csv")
+    assert recipe.choose(rows, recipe.PROFILES[selection]) == recipe.LARGE_RECIPES[role]
