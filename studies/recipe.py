@@ -170,7 +170,7 @@ def choose(rows: pd.DataFrame, profile: Profile) -> str | None:
 def report(rows: pd.DataFrame, profile: Profile | None = None) -> str:
     profile = profile or PROFILES[rows["profile"].iloc[0]]
     shown = rows[["cell", "epochs", "batch_size", "lr", "weight_decay", "schedule",
-                  "validation_accuracy", "train_loss_plateau", "images_per_s", "wall_s"]]
+                  "validation_accuracy", "train_loss_plateau", "images_per_s", "train_s"]]
     missing = [n for n in profile.candidates if n not in set(rows["cell"])]
     lines = [f"recipe [{rows['profile'].iloc[0]}]: {profile.description}", "",
              *markdown_table(shown, number="{:.4g}"), ""]
@@ -185,6 +185,13 @@ def report(rows: pd.DataFrame, profile: Profile | None = None) -> str:
     lines.append(f"chosen: {chosen}{note}")
     if chosen is not None:
         lines.append(plateau_line(rows.set_index("cell").loc[chosen, "train_loss_plateau"]))
+    uncounted = rows[rows["train_s"] > rows["wall_s"] + 1]
+    if not uncounted.empty:
+        lines.append(f"resumed from a snapshot before rows counted a killed process's time "
+                     f"(kd.train.snapshot.restored_time): {', '.join(uncounted['cell'])}; the "
+                     f"wall_s of their rows, and the total below, leave out "
+                     f"{(uncounted['train_s'] - uncounted['wall_s']).sum() / 60:.0f} min of "
+                     f"training (train_s holds all of it)")
     return "\n".join([*lines, "", run_footer(rows)])
 
 

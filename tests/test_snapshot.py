@@ -197,3 +197,29 @@ def test_the_cache_lists_the_trainings_left_part_way(tmp_path, monkeypatch, caps
     assert name == cache.snapshot_path([spec]).stem and epochs == 2 and seconds > 0
     cache_module.main(["list"])
     assert f"{name}  in training: 2 epochs done" in capsys.readouterr().out
+
+
+def test_a_resumed_cells_row_counts_the_killed_processes_time(tmp_path):
+    """run_cells' wall_s is the time this process spent on the cell plus the training time a
+    snapshot restored (the killed run's), and only the cell's own: time restored before it
+    (another cell's, a pre-pass's) is not counted."""
+    from types import SimpleNamespace
+
+    from kd.experiment.results import ResultsTable, run_cells
+    from kd.train import snapshot
+
+    ce = lambda model: CrossEntropy()
+    path = tmp_path / "run.snapshot.pt"
+    with pytest.raises(Killed):
+        run(ce, path, kill_at=3)
+    saved = torch.load(path, weights_only=False)
+    saved["wall_s"] = 1000.0  # as if the killed process had trained for 1,000 s
+    torch.save(saved, path)
+    snapshot._restored_s = 5000.0  # left by earlier work in this process: not the cell's
+    table = ResultsTable("study", "smoke", tmp_path / "results")
+    cell = SimpleNamespace(name="resumed")
+    run_cells(table, [(0, cell)], lambda seed, c: {"loss": run(ce, path)[0].history[-1]["epoch"]},
+              torch.device("cpu"), summary=lambda row: "")
+    wall = table.read()["wall_s"].iloc[0]
+    assert 1000 < wall < 1100
+    assert snapshot.restored_time() == 0.0  # read and reset by the harness

@@ -27,6 +27,7 @@ from kd.errors import (ConfigError, CorruptFileError, NonFiniteLossError, NotWri
 from kd.experiment.lock import hold
 from kd.experiment.threads import claim_threads
 from kd.train.precision import cpu_model, last_choice
+from kd.train.snapshot import restored_time
 
 PROVENANCE_COLUMNS = ("wall_s", "device", "precision", "hardware", "torch", "git_commit",
                       "finished_at")
@@ -326,6 +327,7 @@ def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
     failed = 0
     for seed, cell in todo:
         claim_threads()  # a fair share of the cores, as other kd processes come and go
+        restored_time()  # what the cell itself resumes, not what earlier work left behind
         start = time.perf_counter()
         try:
             row = run_cell(seed, cell)
@@ -334,7 +336,8 @@ def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
             record_failure(table, cell.name, seed, error,
                            provenance(device, time.perf_counter() - start, precision))
             continue
-        wall = time.perf_counter() - start
+        # a training resumed from a snapshot: the killed processes' time too
+        wall = time.perf_counter() - start + restored_time()
         table.append({"cell": cell.name, "seed": seed, **row,
                       **provenance(device, wall, precision)})
         table.failures().discard(cell.name, seed)

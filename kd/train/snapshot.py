@@ -25,6 +25,16 @@ from torch import nn
 from kd.errors import CorruptFileError, NotWritableError, reason
 
 SNAPSHOT_VERSION = 1
+_restored_s = 0.0  # training seconds restored from snapshots since restored_time() last read
+
+
+def restored_time() -> float:
+    """Seconds of training that snapshots restored since the last call, and reset: the time
+    the killed processes spent, which the clock of the process that resumes does not see (the
+    results harness adds it to a row's ``wall_s``)."""
+    global _restored_s
+    seconds, _restored_s = _restored_s, 0.0
+    return seconds
 
 
 def save_atomically(obj, path: Path, what: str, hint: str) -> Path:
@@ -106,6 +116,8 @@ class Snapshots:
         for generator, state in zip(generators, saved["generators"]):
             generator.set_state(state)
         torch.set_rng_state(saved["torch_rng"])
+        global _restored_s
+        _restored_s += saved["wall_s"]
         return saved["epoch"], saved["wall_s"]
 
     def maybe_save(self, epoch: int, last_epoch: int, trainings: list,
