@@ -183,6 +183,12 @@ def report(rows: pd.DataFrame, profile: Profile | None = None) -> str:
         note = (f" (not run yet: {', '.join(missing)}; the choice may change)" if missing
                 else "")
     lines.append(f"chosen: {chosen}{note}")
+    if chosen is not None and profile.target is not None:
+        short = profile.target - rows.set_index("cell").loc[chosen, "validation_accuracy"]
+        if short > 0:
+            lines.append(f"no candidate reached the target: the chosen one is "
+                         f"{100 * short:.2f} points short of {profile.target:.0%} on the "
+                         f"held-out images")
     if chosen is not None:
         lines.append(plateau_line(rows.set_index("cell").loc[chosen, "train_loss_plateau"]))
     uncounted = rows[rows["train_s"] > rows["wall_s"] + 1]
