@@ -302,7 +302,10 @@ class Zoo:
                 "flops_per_image": flops_per_image(model.model),
                 "test_accuracy": self.accuracy(model),
                 "test_ece": metrics.expected_calibration_error(model.test_logits, labels),
-                "train_s": meta.get("train_s"), "train_n": len(self.train),
+                "train_s": meta.get("train_s"),
+                # where train_s was spent: a model from the cache may have trained elsewhere
+                **({"trained_on": meta["trained_on"]} if "trained_on" in meta else {}),
+                "train_n": len(self.train),
                 "test_n": labels.numel(), "epochs": config.epochs,
                 "schedule": f"{config.schedule} {config.milestones}",
                 "lr": config.lr, "weight_decay": config.weight_decay,

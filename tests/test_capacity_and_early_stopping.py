@@ -8,6 +8,7 @@ import torch
 
 import kd.experiment.cache
 from kd.errors import ConfigError
+from kd.experiment.cli import run_main
 from kd.train import engine
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import TrainConfig
@@ -330,3 +331,29 @@ def test_students_on_a_subset_train_in_stacks_in_their_own_zoo(fake_cifar10, tmp
     rows = pd.read_csv(tmp_path / "results" / "capacity_gap" / "smoke.csv")
     assert rows.groupby("role")["train_n"].unique().map(list).to_dict() == {
         "teacher": [600], "scratch": [200], "kd": [200]}
+
+
+def test_teachers_trained_elsewhere_are_cache_hits_and_rows_say_where_each_model_trained(
+        fake_cifar10, tmp_path, fits, capsys, monkeypatch):
+    from kd.experiment import cache
+    from kd.experiment.results import hardware
+    from studies import zoo_teachers
+
+    teachers = zoo_teachers.teachers_of("smoke")
+    assert teachers == ["plain_cnn4", "plain_cnn6"]  # capacity gap's (early stopping's among them)
+    with monkeypatch.context() as patched:  # as on a lent GPU
+        patched.setattr(cache, "trained_on", lambda train: "a lent GPU")
+        zoo_teachers.main(["--profile", "smoke", "--device", "cpu", "--precision", "fp32"])
+    assert len(fits) == 2 and "teacher plain_cnn4 seed 0" in capsys.readouterr().out
+    capacity_gap.main(["--profile", "smoke", "--device", "cpu"])
+    rows = pd.read_csv(tmp_path / "results" / "capacity_gap" / "smoke.csv").set_index("cell")
+    cells = capacity_gap.plan(capacity_gap.FAMILIES["smoke"])
+    trained_here = [c.name for c in cells if c.role != "teacher"]
+    assert len(fits) == 2 + len(trained_here)  # the teachers are cache hits
+    assert (rows.loc["teacher/plain_cnn6", "trained_on"] == "a lent GPU"
+            and rows.loc["teacher/plain_cnn4", "trained_on"] == "a lent GPU")
+    assert (rows.loc[trained_here, "trained_on"] == hardware("cpu")).all()
+
+    assert run_main(zoo_teachers.main, ["--profile", "smoke", "--archs", "resnet8",
+                                        "--precision", "fp32"]) == 2
+    assert "not a teacher of profile smoke: resnet8" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from torch import nn
 
 from kd.data import cache_root
 from kd.errors import check_writable_folder, reason
+from kd.experiment.results import hardware
 from kd.train.batched import StackedModels
 from kd.train.engine import fit, fit_lockstep, prepare_model, resolve_auto
 from kd.train.snapshot import save_atomically
@@ -115,7 +116,7 @@ class ModelCache:
             snapshot = self.snapshot_path([spec])
             fitted = fit(model, train, objective, config, seed=seed, augment=augment, desc=desc,
                          snapshot=snapshot, snapshot_every_s=self.snapshot_every_s)
-            meta = fit_meta(fitted)
+            meta = fit_meta(fitted, train)
             hit = {"meta": meta, "checkpoints": fitted.checkpoints}
             self.save(spec, model.state_dict(), meta, fitted.checkpoints)
             snapshot.unlink(missing_ok=True)
@@ -148,7 +149,7 @@ class ModelCache:
         checkpoints = {e: stack.split_state(state) for e, state in fitted.checkpoints.items()}
         for k, (i, state) in enumerate(zip(missing, stack.state_dicts())):
             meta = {"train_s": round(fitted.wall_s / len(missing), 2),
-                    "stacked_with": len(missing),
+                    "stacked_with": len(missing), "trained_on": trained_on(train),
                     "final_train_loss": member(fitted.final.get("train_loss"), k),
                     "train_loss_history": [member(epoch.get("train_loss"), k)
                                            for epoch in fitted.history]}
@@ -176,7 +177,7 @@ class ModelCache:
                               snapshot_every_s=self.snapshot_every_s)
         for i, model, result in zip(missing, models, fitted):
             self.save(specs[i], model.state_dict(),
-                      {**fit_meta(result), "lockstep_with": len(missing)}, result.checkpoints)
+                      {**fit_meta(result, train), "lockstep_with": len(missing)}, result.checkpoints)
         snapshot.unlink(missing_ok=True)
         return missing
 
@@ -203,9 +204,16 @@ def student_of(objective, model: nn.Module) -> nn.Module:
     return trained_student(model) if trained_student is not None else model
 
 
-def fit_meta(fitted) -> dict:
-    """A trained model's cache meta: training time, last epoch's mean loss, loss per epoch."""
-    return {"train_s": round(fitted.wall_s, 2),
+def trained_on(train) -> str:
+    """The hardware a model trained on (the device of its training data): a model the cache
+    holds may come from another machine than the study that reads it (a lent GPU's teachers)."""
+    return hardware(train.images.device.type)
+
+
+def fit_meta(fitted, train) -> dict:
+    """A trained model's cache meta: training time, the hardware it trained on, last epoch's
+    mean loss, loss per epoch."""
+    return {"train_s": round(fitted.wall_s, 2), "trained_on": trained_on(train),
             "final_train_loss": fitted.final.get("train_loss"),
             "train_loss_history": [epoch.get("train_loss") for epoch in fitted.history]}
 
