@@ -163,11 +163,12 @@ def test_cache_command_lists_and_ships_entries(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(module, "SHIPPED_ROOT", tmp_path / "shipped")
-    spec = {"data": "mnist", "arch": {"hidden": [4]}, "seed": 0}
+    spec = {"data": "mnist", "arch": {"hidden": [4]}, "seed": 0, "train": {"precision": "bf16"}}
     ModelCache(shipped=None).save(spec, {"w": torch.ones(2)})
     assert run_main(module.main, ["list"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(spec_key(spec)) and "data=mnist" in out and "seed=0" in out
+    assert "precision=bf16" in out  # part of the key: what another machine must train in
     assert run_main(module.main, ["ship", spec_key(spec)]) == 0
     assert (tmp_path / "shipped" / f"{spec_key(spec)}.pt").exists()
     assert run_main(module.main, ["ship", "feedbeef"]) == 2

@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         for key, spec, size in entries(cache):
             summary = ", ".join(f"{k}={spec[k]}" for k in ("data", "arch", "role", "seed")
                                 if k in spec)
+            if isinstance(spec.get("train"), dict) and "precision" in spec["train"]:
+                summary += f", precision={spec['train']['precision']}"  # part of the key
             print(f"{key}  {size / 1e6:6.1f} MB  {summary}")
         for name, epoch, wall_s in in_training(cache):
             print(f"{name}  in training: {epoch} epochs done, {wall_s / 60:.0f} min so far "
