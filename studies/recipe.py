@@ -23,6 +23,12 @@ reaches the target: that one is chosen. If none does, the rule above chooses amo
 (Fixed, with the teacher candidates, before any of them ran: a teacher is expensive, and the
 issue asks a teacher to reach a target rather than to be the best one money can buy.)
 
+Both chosen recipes fall short of issue 28's accuracies on the held-out images (each report
+below says by how much). Why, as far as we can tell without the runs to test it: the papers'
+recipes train 150 (Mirzadeh et al.) to 182 epochs (torchdistill), ours 60 (what the budget affords); a longer schedule bought
+the ResNet-32 less than the margin here, so the remaining gap is not epochs alone; and our
+CIFAR-10 copy is JPEG-compressed, where the papers used the PNG originals.
+
     python -m studies.recipe --profile large            # ResNet-8, about 2 h on 1 core
     python -m studies.recipe --profile large-teacher    # ResNet-32, 1.3 h per 60 epochs on 2
     python -m studies.recipe --profile large --report   # the candidates and the choice
@@ -115,6 +121,7 @@ class Profile:
     validation_n: int
     extra_epochs_margin: float = 1.0  # accuracy points
     target: float | None = None  # validation accuracy that ends the search (run in order)
+    goal: float | None = None  # issue 28's accuracy, reported against (no part of the rule)
 
     @property
     def seeds(self) -> int:
@@ -127,7 +134,8 @@ PROFILES = {
                       "b": TrainConfig(epochs=2, batch_size=32, lr=0.05)},
                      train_limit=256, validation_n=64),
     "large": Profile("resnet8 on 45,000 training images, 5,000 held out, six candidates",
-                     "resnet8", LARGE_CANDIDATES, train_limit=None, validation_n=5_000),
+                     "resnet8", LARGE_CANDIDATES, train_limit=None, validation_n=5_000,
+                     goal=0.85),
     "large-teacher": Profile("resnet32 on 45,000 training images, 5,000 held out, candidates in "
                              "order until one reaches 91 %", "resnet32", TEACHER_CANDIDATES,
                              train_limit=None, validation_n=5_000, target=0.91),
@@ -183,12 +191,12 @@ def report(rows: pd.DataFrame, profile: Profile | None = None) -> str:
         note = (f" (not run yet: {', '.join(missing)}; the choice may change)" if missing
                 else "")
     lines.append(f"chosen: {chosen}{note}")
-    if chosen is not None and profile.target is not None:
-        short = profile.target - rows.set_index("cell").loc[chosen, "validation_accuracy"]
+    aim = profile.target if profile.target is not None else profile.goal
+    if chosen is not None and aim is not None:
+        short = aim - rows.set_index("cell").loc[chosen, "validation_accuracy"]
         if short > 0:
-            lines.append(f"no candidate reached the target: the chosen one is "
-                         f"{100 * short:.2f} points short of {profile.target:.0%} on the "
-                         f"held-out images")
+            lines.append(f"the chosen one is {100 * short:.2f} points short of issue 28's "
+                         f"{aim:.0%} on the held-out images")
     if chosen is not None:
         lines.append(plateau_line(rows.set_index("cell").loc[chosen, "train_loss_plateau"]))
     uncounted = rows[rows["train_s"] > rows["wall_s"] + 1]
