@@ -25,9 +25,11 @@ RAY = ["--device", "cpu", "--executor", "ray"]
 
 
 def metric_columns(path: Path) -> pd.DataFrame:
-    """A results table without provenance or timing columns, in its row order."""
+    """A results table without provenance or timing columns, in its row order (``trained_on``
+    names the threads, one a Ray task and two a local run)."""
     frame = pd.read_csv(path)
-    keep = [c for c in frame.columns if c not in PROVENANCE_COLUMNS and not c.endswith("_s")]
+    keep = [c for c in frame.columns if c not in (*PROVENANCE_COLUMNS, "trained_on")
+            and not c.endswith("_s")]
     return frame[sorted(keep)]
 
 
