@@ -219,8 +219,9 @@ def early_stopping_students(command, zoo: Zoo, seed: int) -> list[Training]:
     name, profile = command.args.profile, command.profile
     families = early_stopping.FAMILIES[name]
     run = early_stopping.Run(zoo, seed, early_stopping.kd_stop_epoch(name, profile), families)
+    finished = profile.teacher_checkpoints[-1]
     return [run.training(cell) for cell in early_stopping.plan(families, profile.teacher_checkpoints)
-            if early_stopping.level(cell) == 1 and cell.teacher_epoch == profile.teacher_checkpoints[-1]]
+            if early_stopping.level(cell) == 1 and cell.teacher_epoch == finished]
 
 
 def main(argv: list[str] | None = None) -> None:

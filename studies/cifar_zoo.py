@@ -238,9 +238,9 @@ class Zoo:
         first = trainings[0]
         for training in trainings:
             self.check_data(training)
-        if first.teacher is None or not self.augment_students or any(
-                (t.teacher is None or t.teacher.key != first.teacher.key, t.seed, t.config)
-                != (False, first.seed, first.config) for t in trainings):
+        same = lambda t: t.teacher is not None and (t.teacher.key, t.seed, t.config) == (
+            first.teacher.key, first.seed, first.config)
+        if first.teacher is None or not self.augment_students or not all(map(same, trainings)):
             raise ConfigError("a lockstep needs students of one teacher, seed and schedule, "
                               "learning from its live pass (crop + flip)")
         teacher = first.teacher.model  # one module for all: its pass is shared by identity

@@ -177,7 +177,8 @@ class ModelCache:
                               snapshot_every_s=self.snapshot_every_s)
         for i, model, result in zip(missing, models, fitted):
             self.save(specs[i], model.state_dict(),
-                      {**fit_meta(result, train), "lockstep_with": len(missing)}, result.checkpoints)
+                      {**fit_meta(result, train), "lockstep_with": len(missing)},
+                      result.checkpoints)
         snapshot.unlink(missing_ok=True)
         return missing
 
