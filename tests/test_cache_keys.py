@@ -54,3 +54,31 @@ def test_a_shipped_teacher_loads_through_the_cache_into_its_architecture():
     model = build_model("resnet14", num_classes=10)
     model.load_state_dict(entry["state_dict"])  # strict: every name and shape matches
     assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+# The large run (issue 28) spans many sessions and resumes from the model cache and its
+# snapshots by these keys, computed by the code that started it (ae7a65e): a change that moves
+# them would silently retrain tens of CPU hours. Its CPU studies train in bf16 (``auto`` on
+# this project's machines), part of the key.
+LARGE_TEACHER_KEYS = {
+    (0, "resnet14"): "43eae59e73bdb34912da", (0, "resnet20"): "5de0cdc5f9b58eb7d215",
+    (0, "resnet32"): "3937b77db41162925d36", (1, "resnet14"): "8bdaf8e76b5af20188a6",
+    (1, "resnet20"): "93ba5f16bdc3fff4a7de", (1, "resnet32"): "04ed958b8c83a8f1fd05",
+    (2, "resnet14"): "0dce4808fbc4fb1d7cc2", (2, "resnet20"): "89a5648434fd8805c504",
+    (2, "resnet32"): "ece94dd41fc5801d667b"}
+
+
+def test_the_large_runs_keys_stay_those_it_resumes_from(fake_cifar10):
+    from kd.experiment.command import with_training
+    from studies.cifar_zoo import ZOO_PROFILES, Teacher, make_zoo
+
+    profile = with_training(ZOO_PROFILES["large"].resolved(), precision="bf16")
+    zoo = make_zoo(profile, "cifar10", torch.device("cpu"))
+    for (seed, arch), key in LARGE_TEACHER_KEYS.items():
+        assert spec_key(zoo.teacher_training(arch, seed).spec) == key, (seed, arch)
+    teacher = Teacher("resnet32", None, LARGE_TEACHER_KEYS[0, "resnet32"], None)
+    assert spec_key(zoo.student_training("resnet8", 0, None).spec) == "49a64d2f5d7f317eb02c"
+    assert spec_key(zoo.student_training("resnet8", 0, teacher).spec) == "c3f09ca808d6e8437c51"
+    fp32 = with_training(profile, precision="fp32")
+    assert spec_key(make_zoo(fp32, "cifar10", torch.device("cpu"))
+                    .teacher_training("resnet14", 0).spec) != LARGE_TEACHER_KEYS[0, "resnet14"]
