@@ -565,14 +565,23 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
                                   profile.stack_at_least)
         print(f"{study}: {trained} models trained in stacks of one kind each; scoring the cells")
     if profile.lockstep and todo:
-        trained = sum(train_in_lockstep(run_cell.zoo, [
-            *(run_cell.new_run(seed).training(cell) for s, cell in todo
-              if s == seed and level(cell) == 1),
-            *(companions(command, run_cell.zoo, seed) if companions else ())])
+        trained = sum(train_in_lockstep(run_cell.zoo, lockstep_students(
+            command, run_cell, todo, seed, level, companions))
             for seed in dict.fromkeys(s for s, _ in todo))
         print(f"{study}: {trained} students trained in lockstep with their teacher's other "
               f"students; scoring the cells")
     run_cells(table, todo, run_cell, device, summary, precision=command.precision)
+
+
+def lockstep_students(command, run_cell, todo: list[tuple[int, object]], seed: int,
+                      level: Callable[[object], int],
+                      companions: Callable[[object, Zoo, int], Iterable[Training]] | None
+                      ) -> list[Training]:
+    """The students of ``seed`` that may train in lockstep before the cells: the pending cells'
+    students of a teacher (level 1), and the ``companions`` another study will ask for."""
+    own = [run_cell.new_run(seed).training(cell) for s, cell in todo
+           if s == seed and level(cell) == 1]
+    return own + list(companions(command, run_cell.zoo, seed) if companions else ())
 
 
 def resolved_command(command):
