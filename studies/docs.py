@@ -29,7 +29,7 @@ from kd.experiment.cli import OneLineErrorParser, report_text, run_main
 from kd.experiment.results import ResultsTable, markdown_table
 from kd.metrics import PLATEAU_DROP
 from studies import speed_docs
-from studies.scorecard import NOT_PLANNED, SCORECARD, expected_false_calls, read_claims
+from studies.scorecard import CUT, NOT_PLANNED, SCORECARD, expected_false_calls, read_claims
 
 STUDIES = ("hinton_mnist", "alpha_temperature", "capacity_gap", "early_stopping", "fidelity",
            "method_zoo")
@@ -45,8 +45,8 @@ NEW_COLUMNS = ("size_verdict", "regime", "regime_reason", "dataset", "paper_data
                "paper_teacher_acc", "scratch_acc", "paper_scratch_acc", "p_value", "p_two_sided", "p_adjusted",
                "verdict_adjusted")
 SIGN = {"reproduced": "✔", "contradicted": "✘", "absent": "~", "inconclusive": "?",
-        "precondition not met": "!", "not run": "·", NOT_PLANNED: "○", "report": "r"}
-SIGN_ORDER = (*rule.VERDICTS, NOT_PLANNED)
+        "precondition not met": "!", "not run": "·", NOT_PLANNED: "○", CUT: "✂", "report": "r"}
+SIGN_ORDER = (*rule.VERDICTS, NOT_PLANNED, CUT)
 # A study's data set where its rows have no `dataset` column (one data set per study).
 STUDY_DATASET = {"hinton_mnist": "mnist", "alpha_temperature": "cifar10",
                  "method_zoo": "cifar10"}
@@ -144,15 +144,16 @@ def verdict_cell(row) -> str:
     if row is None:
         return SIGN["not run"]
     sign = SIGN.get(row.verdict, "?")
-    if row.verdict in ("not run", NOT_PLANNED):
+    if row.verdict in ("not run", NOT_PLANNED, CUT):
         return sign
     return f"{sign} {size_symbol(row.size_verdict)} {regime_symbol(row.regime)}"
 
 
 LEGEND = ("Each cell: the sign verdict, the size verdict and the regime. Sign: ✔ reproduced, "
           "✘ contradicted, ~ absent (a well-measured null), ? inconclusive, ! precondition not "
-          "met, r reported without a claim, · not run, ○ not planned at that profile. Size: = "
-          "the paper's value lies inside our interval (or its stated tolerance), ≠ it does not, "
+          "met, r reported without a claim, · not run, ○ not planned at that profile, ✂ cut "
+          "from it by its budget (issue 28). Size: = the paper's value lies inside our interval "
+          "(or its stated tolerance), ≠ it does not, "
           "d the paper used another data set. Regime: P the paper's, R reduced, d another data "
           "set, u unknown (a value the rule needs is missing; docs/scorecard_rules.md). "
           f"{DASH}: no value (no paper value, or not in `results/scorecard.csv` yet).")
@@ -210,7 +211,7 @@ def chance_lines(scorecard: pd.DataFrame, profiles) -> list[str]:
 
 
 def scored(row) -> bool:
-    return row is not None and row.verdict not in ("not run", NOT_PLANNED)
+    return row is not None and row.verdict not in ("not run", NOT_PLANNED, CUT)
 
 
 def verdict_changes(scorecard: pd.DataFrame, claims: pd.DataFrame, before: str = "full",
@@ -243,7 +244,10 @@ def changes_lines(scorecard: pd.DataFrame, claims: pd.DataFrame, study: str | No
     if study is not None:
         claims = claims[claims["study"] == study]
     changes = verdict_changes(scorecard, claims, before, after)
-    if not (scorecard["profile"] == after).any():
+    rows = scorecard[(scorecard["profile"] == after) & scorecard["claim"].isin(claims["id"])]
+    if (rows["verdict"] == CUT).any() and rows["verdict"].isin([CUT, NOT_PLANNED]).all():
+        return [f"Cut from `{after}` by its budget: no `{after}` verdicts."]
+    if not has_verdicts(scorecard, after, claims):
         return [f"No claim has a `{after}` verdict yet."]
     if changes.empty:
         return [f"No verdict changed from `{before}` to `{after}`."]
@@ -265,8 +269,14 @@ def readme_block(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
         change_count_line(scorecard, claims), END])
 
 
+def has_verdicts(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> bool:
+    """Has any of ``claims`` a verdict at ``profile`` (not: not run, not planned, cut)?"""
+    rows = scorecard[(scorecard["profile"] == profile) & scorecard["claim"].isin(claims["id"])]
+    return any(scored(row) for row in rows.itertuples(index=False))
+
+
 def change_count_line(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
-    if not (scorecard["profile"] == "large").any():
+    if not has_verdicts(scorecard, "large", claims):
         return "- From `full` to `large`: no claim has a `large` verdict yet."
     changed = verdict_changes(scorecard, claims)
     return (f"- From `full` to `large`: {len(changed)} sign verdict(s) changed, each named with "

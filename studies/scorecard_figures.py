@@ -18,7 +18,8 @@ import pandas as pd
 MATRIX_PROFILES = ("quick", "full", "large", "paper")
 VERDICT_COLOURS = {"reproduced": "#2ca02c", "contradicted": "#d62728", "absent": "#1f77b4",
                    "inconclusive": "#ff7f0e", "precondition not met": "#9467bd",
-                   "report": "#444444", "not run": "#d9d9d9", "not planned": "#f0f0f0"}
+                   "report": "#444444", "not run": "#d9d9d9", "not planned": "#f0f0f0",
+                   "cut": "#e8dcc8"}  # cut from the profile by its budget
 SIZE_MARKS = {"agrees": "✓", "differs": "✗", "other data set": "○"}
 REGIME_HATCH = {"reduced regime": "///", "unknown": "..."}
 CORRECTED = "inconclusive (after correction)"

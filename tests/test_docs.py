@@ -219,7 +219,17 @@ def test_verdict_changes_name_each_changed_claim_with_both_intervals():
                                         "absent: 0.10 [-0.90, 1.10]"]
     assert changes["large"].tolist() == ["contradicted: -0.50 [-1.50, 0.50]",
                                          "reproduced: 0.54 [-0.46, 1.54]"]
-    assert changes_lines(scorecard, claims, study="other") == [
+    assert changes_lines(scorecard[scorecard["claim"] == "b"], claims) == [
         "No verdict changed from `full` to `large`."]
     no_large = scorecard[scorecard["profile"] != "large"]
     assert changes_lines(no_large, claims) == ["No claim has a `large` verdict yet."]
+    # large's rows before its results: claims waiting (not run) or cut by its budget
+    waiting = pd.concat([no_large, pd.DataFrame([
+        row("a", "large", "not run", float("nan")), row("b", "large", "cut", float("nan"))])])
+    assert changes_lines(waiting, claims) == ["No claim has a `large` verdict yet."]
+    assert changes_lines(waiting[waiting["claim"] != "a"], claims) == [
+        "Cut from `large` by its budget: no `large` verdicts."]
+    from studies.docs import change_count_line, verdict_cell
+    assert change_count_line(waiting, claims).endswith("no claim has a `large` verdict yet.")
+    cut = waiting[(waiting["claim"] == "b") & (waiting["profile"] == "large")]
+    assert verdict_cell(next(cut.itertuples())) == "✂"

@@ -3,6 +3,7 @@ and the scorecard end to end (command line and notebook) on small hand-made resu
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -273,9 +274,12 @@ def test_scorecard_end_to_end(some_claims):
     assert sc.run_main(sc.main, []) == 0
     card = pd.read_csv(root / "scorecard.csv")
     claims = sc.read_claims()
-    assert len(claims) == len(SOME_CLAIMS) and len(card) == 2 * len(claims)
-    assert list(dict.fromkeys(card["profile"])) == ["paper", "quick"]
+    assert len(claims) == len(SOME_CLAIMS) and len(card) == 3 * len(claims)
+    # large before its rows: each claim waiting for them or cut by the budget (sc.BUDGET_RUNS)
+    assert list(dict.fromkeys(card["profile"])) == ["paper", "large", "quick"]
     got = card.set_index(["claim", "profile"])
+    assert got.loc[("hin-distill-800", "large"), "verdict"] == "cut"
+    assert got.loc[("cg-falls-plain", "large"), "verdict"] == "cut"  # the plain family is cut
     kd = got.loc[("mz-gain-kd", "quick")]
     assert kd["verdict"] == "reproduced" and kd["n_seeds"] == 3
     assert kd["effect"] == pytest.approx(3.1) and kd["git_commits"] == "abc123"
@@ -523,7 +527,8 @@ def test_committed_scorecard_keeps_its_sign_verdicts():
     the new columns are there."""
     committed = pd.read_csv(REPO / "results" / "scorecard.csv")
     claims = sc.read_claims(sc.CLAIMS)
-    card = sc.score(claims, sc.find_tables(REPO / "results", claims["study"].unique()))
+    card = sc.score(claims, sc.find_tables(REPO / "results", claims["study"].unique()),
+                    extra_profiles=sc.BUDGET_RUNS)  # as the command line writes it
     assert card[["claim", "profile"]].values.tolist() == \
         committed[["claim", "profile"]].values.tolist()
     assert card["verdict"].tolist() == committed["verdict"].tolist()
@@ -708,7 +713,8 @@ def test_large_claims_are_not_planned_elsewhere_even_with_rows():
     assert large.loc["es-eskd-beats-full-resnet", "verdict"] == "inconclusive"
     assert large.loc["mz-kd-vs-control", "verdict"] == "reproduced"
     assert large.loc["mz-fitnets-vs-control", "verdict"] == "contradicted"
-    assert large.loc["mz-at-vs-control", "verdict"] == "not run"  # planned, rows missing
+    # planned, rows missing: the method zoo is cut from large by its budget (sc.BUDGET_RUNS)
+    assert large.loc["mz-at-vs-control", "verdict"] == "cut"
 
 
 def test_large_claims_leave_every_existing_verdict_as_it_was():
@@ -720,4 +726,40 @@ def test_large_claims_leave_every_existing_verdict_as_it_was():
     without = sc.score(claims[~claims["id"].isin(LARGE_CLAIMS)], tables)
     old = with_new[~with_new["claim"].isin(LARGE_CLAIMS)].reset_index(drop=True)
     pd.testing.assert_frame_equal(old, without)
-    assert set(with_new.loc[with_new["claim"].isin(LARGE_CLAIMS), "verdict"]) == {"not planned"}
+    new = with_new[with_new["claim"].isin(LARGE_CLAIMS)]
+    assert set(new.loc[new["profile"] != "large", "verdict"]) == {"not planned"}
+
+
+def test_claims_the_budget_leaves_out_read_cut_and_the_rest_wait(monkeypatch):
+    """``cut`` where large's budget runs neither the claim's study nor its family (the measure's
+    argument); ``not run`` for a claim still to come; not planned and verdicts from rows first."""
+    monkeypatch.setattr(sc, "BUDGET_RUNS", {"large": {"capacity_gap": ("resnet",)}})
+    claim = lambda study, measure, planned_in="": pd.Series(
+        {"study": study, "measure": measure, "planned_in": planned_in})
+    resnet, plain = claim("capacity_gap", "cg_ta_gain:resnet"), claim("capacity_gap",
+                                                                        "cg_ta_gain:plain")
+    pooled, other = claim("capacity_gap", "cg_pooled"), claim("fidelity", "fid_gap")
+    assert [sc.cut_at(c, "large") for c in (resnet, plain, pooled, other)] == [
+        False, True, False, True]
+    assert not sc.cut_at(other, "full") and not sc.cut_at(plain, "paper")
+    assert sc.planned_verdict("not run", plain, "large") == "cut"
+    assert sc.planned_verdict("not run", resnet, "large") == "not run"
+    assert sc.planned_verdict("reproduced", plain, "large") == "reproduced"  # rows stand
+    assert sc.planned_verdict("not run", claim("fidelity", "fid_gap", "full"),
+                              "large") == "not planned"
+    card = sc.score(sc.read_claims(sc.CLAIMS).head(3), {}, extra_profiles=sc.BUDGET_RUNS)
+    assert set(card["profile"]) == {"large"}  # listed before any of its rows exist
+    assert v.size(v.t_interval([]), "cut", 1.0, True) == "not tested"
+
+
+def test_the_budget_runs_what_make_large_runs():
+    """sc.BUDGET_RUNS names the studies of the Makefile's large loop, and the families their
+    large plans hold (a claim of another family reads cut)."""
+    from studies import capacity_gap, early_stopping
+
+    loop = re.search(r"for study in ([\w ]+); do", (REPO / "Makefile").read_text().split(
+        "\nlarge:", 1)[1]).group(1).split()
+    assert sorted(loop) == sorted(sc.BUDGET_RUNS["large"])
+    for study in (capacity_gap, early_stopping):
+        name = study.__name__.rsplit(".", 1)[1]
+        assert sc.BUDGET_RUNS["large"][name] == tuple(f.name for f in study.FAMILIES["large"])

@@ -171,7 +171,7 @@ def decide(interval: Interval, direction: str, reference: float = 0.0,
 
 ALPHA = 1 - LEVEL
 SIZE_VERDICTS = ("agrees", "differs", "other data set", "no paper value", "not tested")
-UNDECIDED = ("not run", "not planned", "precondition not met", "report")
+UNDECIDED = ("not run", "not planned", "cut", "precondition not met", "report")
 DECIDED = ("reproduced", "contradicted", "absent", "inconclusive")  # the family corrected together
 AFTER_CORRECTION = "inconclusive (after correction)"
 
