@@ -165,6 +165,25 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     cg = rows.set_index(["cell", "seed"]).loc[("kd/plain_cnn6/plain_cnn2", 0), "test_accuracy"]
     assert final == cg
 
+    # the scorecard reads per-seed teachers: the assistant's gain paired within each seed
+    from studies import scorecard as sc
+    claims = sc.read_claims(sc.CLAIMS)
+    claims = claims[claims["id"].isin(["cg-ta-plain", "es-full-worse-plain"])]
+    card = sc.score(claims, {("capacity_gap", "large"): rows, ("early_stopping", "large"): es}
+                    ).set_index("claim")
+    acc = rows.pivot(index="cell", columns="seed", values="test_accuracy")
+    gain = 100 * (acc.loc["kd/plain_cnn6/plain_cnn4/plain_cnn2"]
+                  - acc.loc["kd/plain_cnn6/plain_cnn2"])
+    ta = card.loc["cg-ta-plain"]
+    assert (ta["n_seeds"], ta["seeds"]) == (2, "0 1")
+    assert ta["effect"] == pytest.approx(gain.mean(), abs=1e-4)
+    # its precondition (teachers that improve as they grow) needs two teachers; this family has
+    # one, so no verdict: "not run", read "cut" as large's budget leaves the plain family out
+    assert ta["verdict"] == "cut" and ta["precondition_n"] == 0
+    assert ta["student_train_n"] == ta["teacher_train_n"] == 600
+    worse = card.loc["es-full-worse-plain"]
+    assert (worse["n_seeds"], worse["seeds"]) == (1, "0")
+
 
 def test_the_method_zoos_large_teachers_are_the_capacity_gaps_seed_0_teachers(fake_cifar10,
                                                                             monkeypatch):
