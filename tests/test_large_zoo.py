@@ -4,6 +4,8 @@ the same way (per-seed teachers, every model on all the images, the recipes' sch
 end to end."""
 
 import dataclasses
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +14,9 @@ from kd.experiment.cli import run_main
 from kd.train.engine import TrainConfig
 from studies import capacity_gap, early_stopping, recipe, zoo_budget
 from studies.cifar_zoo import (ZOO_PROFILES, Family, first_drop, teacher_checkpoints_for)
+from tests.conftest import REPO
 from tests.test_capacity_and_early_stopping import fits  # noqa: F401  (a fixture)
+from tests.test_notebooks import execute
 
 STAND_IN = {"student": "cos-lr0.1-bs128-wd5e-4-e30",  # 30 epochs, cosine
             "teacher": "cos-lr0.1-bs128-wd5e-4-e60"}  # 60 epochs, cosine
@@ -183,6 +187,14 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     assert ta["student_train_n"] == ta["teacher_train_n"] == 600
     worse = card.loc["es-full-worse-plain"]
     assert (worse["n_seeds"], worse["seeds"]) == (1, "0")
+
+    # the notebooks draw these rows: per-seed teachers, their spread on the teacher axis
+    monkeypatch.setenv("KD_PROFILE", "smoke_large")
+    for notebook in ("capacity_gap", "early_stopping"):
+        execute(REPO / "notebooks" / f"{notebook}.ipynb")
+    figures = Path(os.environ["KD_FIGURES"])
+    for name in ("capacity_gap_teachers.png", "early_stopping_eskd.png"):
+        assert (figures / name).stat().st_size > 10_000, name
 
 
 def test_the_method_zoos_large_teachers_are_the_capacity_gaps_seed_0_teachers(fake_cifar10,
