@@ -12,7 +12,7 @@ import pytest
 
 from kd.experiment.cli import run_main
 from kd.train.engine import TrainConfig
-from studies import capacity_gap, early_stopping, recipe, zoo_budget
+from studies import capacity_gap, early_stopping, recipe, zoo_budget, zoo_progress
 from studies.cifar_zoo import (ZOO_PROFILES, Family, first_drop, teacher_checkpoints_for)
 from tests.conftest import REPO
 from tests.test_capacity_and_early_stopping import fits  # noqa: F401  (a fixture)
@@ -188,6 +188,19 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     worse = card.loc["es-full-worse-plain"]
     assert (worse["n_seeds"], worse["seeds"]) == (1, "0")
 
+    # the run's progress finds every training of the seeds that ran in the cache, by key:
+    # seed 0 whole, seed 1 capacity gap's (early stopping ran seed 0 only), seed 2 nothing
+    table = zoo_progress.progress("smoke_large")
+    assert len(table) == len(zoo_budget.trainings("smoke_large", ZOO_PROFILES["smoke_large"]
+                                                  .resolved(), 3))
+    assert table.loc[table["seed"] == 0, "done"].all()
+    seed1 = table[table["seed"] == 1]
+    assert seed1.loc[seed1["role"] == "teacher", "done"].all() and not seed1["done"].all()
+    assert not table.loc[table["seed"] == 2, "done"].any()
+    assert table.loc[table["done"], "measured_h"].notna().all()
+    assert f"{int(table['done'].sum())} of {len(table)} trainings done" in \
+        zoo_progress.summary(table)
+
     # the notebooks draw these rows: per-seed teachers, their spread on the teacher axis
     monkeypatch.setenv("KD_PROFILE", "smoke_large")
     for notebook in ("capacity_gap", "early_stopping"):
@@ -221,3 +234,21 @@ def test_the_method_zoos_large_teachers_are_the_capacity_gaps_seed_0_teachers(fa
                 == cg_zoo.teacher_training(arch, seed=0).spec)
     assert mz_teachers.teacher_training("resnet32", run.teacher_seed).spec != (
         cg_zoo.teacher_training("resnet32", seed=1).spec)  # another seed's: another model
+
+
+def test_progress_hours_left_and_pace_by_hand():
+    """Left: the sized hours of what is not done, less the share of epochs a snapshot holds;
+    pace: the finished teachers' measured over sized hours."""
+    table = pd.DataFrame([
+        {"seed": 0, "role": "teacher", "done": True, "epochs_done": 60, "epochs": 60,
+         "sized_h": 1.0, "measured_h": 1.2},
+        {"seed": 0, "role": "teacher", "done": False, "epochs_done": 0, "epochs": 60,
+         "sized_h": 2.0, "measured_h": float("nan")},
+        {"seed": 0, "role": "scratch", "done": False, "epochs_done": 15, "epochs": 60,
+         "sized_h": 2.0, "measured_h": float("nan")}])
+    assert zoo_progress.pace(table) == pytest.approx(1.2)
+    text = zoo_progress.summary(table)
+    assert "1 of 3 trainings done; 3.5 h left as sized" in text  # 2 + 2 x 45/60
+    assert "1.20x their sizing: about 4.2 h left at that pace" in text  # 3.5 x 1.2
+    assert zoo_progress.pace(table.assign(done=False)) is None
+    assert "at that pace" not in zoo_progress.summary(table.assign(done=False))

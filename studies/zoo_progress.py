@@ -1,0 +1,134 @@
+"""How far a long capacity-gap + early-stopping run has got, and how long it has left: every
+training the two studies plan (:mod:`studies.zoo_budget`), looked up in the model cache by its
+key, and the trainings left part-way in its snapshots.
+
+    python -m studies.zoo_progress                 # the large profile
+    python -m studies.zoo_progress --detail        # and every training, done or not
+
+Hours left are the sizing's (``zoo_budget``, from the roofline's idle speeds) and, beside them,
+scaled by how the finished teachers' measured training time (``train_s`` in their cache meta)
+compares with their sizing: the pace this machine has kept so far. Students trained in lockstep
+share one time, so the pace is the teachers'. A key is looked up in both precisions (``auto``
+writes the one it measured into the key), so the listing does not need to know which won.
+"""
+
+from __future__ import annotations
+
+
+import pandas as pd
+import torch
+
+from kd.experiment.cache import ModelCache, in_training, spec_key
+from kd.experiment.cli import run_main
+from kd.experiment.command import OneLineErrorParser, with_training
+from studies import capacity_gap, early_stopping, zoo_budget
+from studies.cifar_zoo import CIFAR_DATASETS, ZOO_PROFILES, Teacher, Zoo, make_zoo
+from studies.zoo_budget import Planned
+
+PRECISIONS = ("bf16", "fp32")
+
+
+def families_of(name: str) -> dict:
+    return {f.name: f for f in (*capacity_gap.FAMILIES[name], *early_stopping.FAMILIES[name])}
+
+
+def planned_key(zoo: Zoo, t: Planned, families: dict, keys: dict[Planned, str]) -> str:
+    """The cache key the studies give ``t`` in ``zoo`` (its teacher's first, memoised in
+    ``keys``), as :meth:`Zoo.teacher_training` and :meth:`Zoo.student_training` spell it."""
+    if t in keys:
+        return keys[t]
+    if t.role == "teacher":
+        spec = zoo.teacher_training(t.arch, t.seed).spec
+    else:
+        place = zoo.for_arch(families[t.family], t.arch)
+        teacher = None
+        if t.teacher is not None:
+            key = planned_key(zoo, t.teacher, families, keys)
+            at = "" if t.teacher_epoch is None else f"@{t.teacher_epoch}"
+            teacher = Teacher(t.teacher.arch, None, key + at, None)
+        kd_until = t.kd_epochs if teacher is not None and t.kd_epochs < t.epochs else None
+        spec = place.student_training(t.arch, t.seed, teacher, kd_until).spec
+    keys[t] = spec_key(spec)
+    return keys[t]
+
+
+def stored(cache: ModelCache, key: str) -> list:
+    """Where the entry of ``key`` is: the cache, else the shipped models (none: [])."""
+    places = [cache.root] + ([cache.shipped] if cache.shipped is not None else [])
+    return [path for place in places if (path := place / f"{key}.pt").exists()][:1]
+
+
+def progress(name: str, dataset: str = CIFAR_DATASETS[0],
+             cache: ModelCache | None = None) -> pd.DataFrame:
+    """One row per planned training: seed, role, arch, taught by, its KD epochs, its key (in the
+    precision found, else the first), done, epochs done (part-way: its snapshot's), sized
+    hours, measured hours when done."""
+    cache = cache or ModelCache()
+    profile = ZOO_PROFILES[name].resolved()
+    planned = zoo_budget.trainings(name, profile, profile.seeds)
+    passes = zoo_budget.teacher_passes(planned, profile)
+    speeds = zoo_budget.measured_speeds()
+    families = families_of(name)
+    part_way = {key: epoch for key, epoch, _ in in_training(cache)}
+    keys = {}
+    for precision in PRECISIONS:
+        zoo = make_zoo(with_training(profile, precision=precision), dataset,
+                       torch.device("cpu"))
+        found: dict[Planned, str] = {}
+        keys[precision] = {t: planned_key(zoo, t, families, found) for t in planned}
+    rows = []
+    for t in planned:
+        options = [keys[p][t] for p in PRECISIONS]
+        done = next((path for k in options for path in stored(cache, k)), None)
+        key = done.stem if done else next((k for k in options if k in part_way), options[0])
+        meta = torch.load(done, map_location="cpu", weights_only=True)["meta"] if done else {}
+        rows.append({"seed": t.seed, "role": t.role, "arch": t.arch, "taught_by": t.taught_by,
+                     "kd_epochs": t.kd_epochs, "key": key, "done": done is not None,
+                     "epochs_done": t.epochs if done else part_way.get(key, 0),
+                     "epochs": t.epochs,
+                     "sized_h": zoo_budget.hours(t, speeds, passes.get(t, 0)),
+                     "measured_h": meta.get("train_s", float("nan")) / 3600})
+    return pd.DataFrame(rows)
+
+
+def pace(table: pd.DataFrame) -> float | None:
+    """Measured over sized hours of the finished teachers (None before one finishes)."""
+    teachers = table[(table["role"] == "teacher") & table["done"]]
+    return float(teachers["measured_h"].sum() / teachers["sized_h"].sum()) \
+        if not teachers.empty else None
+
+
+def summary(table: pd.DataFrame) -> str:
+    by_seed = table.groupby(["seed", "role"]).agg(
+        done=("done", "sum"), planned=("done", "size"),
+        part_way=("epochs_done", lambda e: int(((e > 0) & ~table.loc[e.index, "done"]).sum())))
+    left = table[~table["done"]]
+    # a training left part-way has that share of its hours behind it
+    left_h = float((left["sized_h"] * (1 - left["epochs_done"] / left["epochs"])).sum())
+    lines = [by_seed.reset_index().to_string(index=False), "",
+             f"{int(table['done'].sum())} of {len(table)} trainings done; "
+             f"{left_h:.1f} h left as sized (idle speeds)"]
+    ratio = pace(table)
+    if ratio is not None:
+        lines.append(f"finished teachers took {ratio:.2f}x their sizing: about "
+                     f"{left_h * ratio:.1f} h left at that pace")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=list(ZOO_PROFILES), default="large")
+    parser.add_argument("--dataset", choices=CIFAR_DATASETS, default=CIFAR_DATASETS[0])
+    parser.add_argument("--detail", action="store_true", help="every training, done or not")
+    args = parser.parse_args(argv)
+    table = progress(args.profile, args.dataset)
+    print(f"capacity_gap + early_stopping [{args.profile}]: the model cache "
+          f"({ModelCache().root})")
+    print(summary(table))
+    if args.detail:
+        print()
+        print(table.round({"sized_h": 2, "measured_h": 2}).to_string(index=False))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
