@@ -153,9 +153,8 @@ LEGEND = ("Each cell: the sign verdict, the size verdict and the regime. Sign: �
           "✘ contradicted, ~ absent (a well-measured null), ? inconclusive, ! precondition not "
           "met, r reported without a claim, · not run, ○ not planned at that profile, ✂ cut "
           "from it by its budget (issue 28). Size: = the paper's value lies inside our interval "
-          "(or its stated tolerance), ≠ it does not, "
-          "d the paper used another data set. Regime: P the paper's, R reduced, d another data "
-          "set, u unknown (a value the rule needs is missing; docs/scorecard_rules.md). "
+          "(or its stated tolerance), ≠ it does not, d the paper used another data set. Regime: "
+          "P the paper's, R reduced, d another data set, u unknown (a value the rule needs is missing; docs/scorecard_rules.md). "
           f"{DASH}: no value (no paper value, or not in `results/scorecard.csv` yet).")
 
 
@@ -244,8 +243,8 @@ def changes_lines(scorecard: pd.DataFrame, claims: pd.DataFrame, study: str | No
     if study is not None:
         claims = claims[claims["study"] == study]
     changes = verdict_changes(scorecard, claims, before, after)
-    rows = scorecard[(scorecard["profile"] == after) & scorecard["claim"].isin(claims["id"])]
-    if (rows["verdict"] == CUT).any() and rows["verdict"].isin([CUT, NOT_PLANNED]).all():
+    verdicts = rows_at(scorecard, after, claims)["verdict"]
+    if (verdicts == CUT).any() and verdicts.isin([CUT, NOT_PLANNED]).all():
         return [f"Cut from `{after}` by its budget: no `{after}` verdicts."]
     if not has_verdicts(scorecard, after, claims):
         return [f"No claim has a `{after}` verdict yet."]
@@ -269,10 +268,13 @@ def readme_block(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
         change_count_line(scorecard, claims), END])
 
 
+def rows_at(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> pd.DataFrame:
+    return scorecard[(scorecard["profile"] == profile) & scorecard["claim"].isin(claims["id"])]
+
+
 def has_verdicts(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> bool:
     """Has any of ``claims`` a verdict at ``profile`` (not: not run, not planned, cut)?"""
-    rows = scorecard[(scorecard["profile"] == profile) & scorecard["claim"].isin(claims["id"])]
-    return any(scored(row) for row in rows.itertuples(index=False))
+    return any(scored(row) for row in rows_at(scorecard, profile, claims).itertuples(index=False))
 
 
 def change_count_line(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
