@@ -30,7 +30,7 @@ import pandas as pd
 from kd.experiment.cli import run_main
 from kd.experiment.executor import every
 from kd.experiment.results import markdown_table, mean_std, one_per_teacher, run_footer
-from studies import early_stopping
+from studies import early_stopping, recipe
 from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, Training, Zoo, zoo_cell_runner,
                                zoo_study_main)
 
@@ -183,6 +183,10 @@ def report(rows: pd.DataFrame) -> str:
             lines.append(f"| {family} | {teacher} | {int(teacher_rows['params'].iloc[0]):,} | "
                          f"{teacher_acc} | "
                          f"{mean_std(g['test_accuracy'] * 100, 2)} |")
+    profile = ZOO_PROFILES.get(str(rows["profile"].iloc[0])) if "profile" in rows else None
+    targets = recipe.target_lines(rows) if profile is not None and profile.from_recipes else []
+    if targets:
+        lines += ["\nAgainst issue 28's accuracy targets:\n", *targets]
     lines.append("\n" + run_footer(rows))
     return "\n".join(lines)
 

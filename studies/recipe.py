@@ -209,6 +209,33 @@ def report(rows: pd.DataFrame, profile: Profile | None = None) -> str:
     return "\n".join([*lines, "", run_footer(rows)])
 
 
+def accuracy_targets() -> dict[tuple[str, str], float]:
+    """Issue 28's accuracies for the large zoo runs, by (role in a study's rows, architecture):
+    the teachers' target and the scratch students' goal of the recipe profiles."""
+    teacher, student = PROFILES["large-teacher"], PROFILES["large"]
+    return {("teacher", teacher.arch): teacher.target, ("scratch", student.arch): student.goal}
+
+
+def target_lines(rows: pd.DataFrame) -> list[str]:
+    """How the rows' final-epoch test accuracy, mean over seeds, stands against
+    :func:`accuracy_targets` (none where the rows hold no such model)."""
+    lines = []
+    for (role, arch), target in accuracy_targets().items():
+        found = rows[(rows["role"] == role) & (rows["model"] == arch)]
+        if found.empty:
+            continue
+        mean = 100 * found["test_accuracy"].mean()
+        short = 100 * target - mean
+        lines.append(f"- {role} {arch}: {mean:.2f} % (mean of {found['seed'].nunique()} "
+                     f"seed(s), final epoch, test set) against issue 28's {target:.0%}: "
+                     + ("met" if short <= 0 else f"{short:.2f} points short"))
+    if any(line.endswith("short") for line in lines):
+        epochs = sorted({large_config(r).epochs for r in ("teacher", "student")})
+        lines.append(f"  Why, as far as we can tell (docs/recipe.md): {'/'.join(map(str, epochs))}"
+                     f" epochs against the papers' 150 to 182, and a JPEG copy of CIFAR-10.")
+    return lines
+
+
 def plateau_line(drop: float) -> str:
     """Whether the chosen recipe's training loss plateaued by the studies' stated criterion."""
     verdict = "plateaued" if drop < metrics.PLATEAU_DROP else "NOT plateaued"
