@@ -216,24 +216,41 @@ def accuracy_targets() -> dict[tuple[str, str], float]:
     return {("teacher", teacher.arch): teacher.target, ("scratch", student.arch): student.goal}
 
 
-def target_lines(rows: pd.DataFrame) -> list[str]:
-    """How the rows' final-epoch test accuracy, mean over seeds, stands against
-    :func:`accuracy_targets` (none where the rows hold no such model)."""
-    lines = []
+def target_status(rows: pd.DataFrame) -> list[tuple[str, str, float, int, float, float]]:
+    """(role, arch, mean test accuracy %, seeds, target, points short) of each model of
+    :func:`accuracy_targets` the rows hold: final epoch, mean over seeds."""
+    out = []
     for (role, arch), target in accuracy_targets().items():
         found = rows[(rows["role"] == role) & (rows["model"] == arch)]
-        if found.empty:
-            continue
-        mean = 100 * found["test_accuracy"].mean()
-        short = 100 * target - mean
-        lines.append(f"- {role} {arch}: {mean:.2f} % (mean of {found['seed'].nunique()} "
-                     f"seed(s), final epoch, test set) against issue 28's {target:.0%}: "
-                     + ("met" if short <= 0 else f"{short:.2f} points short"))
-    if any(line.endswith("short") for line in lines):
+        if not found.empty:
+            mean = 100 * found["test_accuracy"].mean()
+            out.append((role, arch, mean, found["seed"].nunique(), target, 100 * target - mean))
+    return out
+
+
+def shortfall(short: float) -> str:
+    return "met" if short <= 0 else f"{short:.2f} points short"
+
+
+def target_lines(rows: pd.DataFrame) -> list[str]:
+    """How the rows' final-epoch test accuracy, mean over seeds, stands against
+    :func:`accuracy_targets` (none where the rows hold no such model), and why where short."""
+    status = target_status(rows)
+    lines = [f"- {role} {arch}: {mean:.2f} % (mean of {n} seed(s), final epoch, test set) "
+             f"against issue 28's {target:.0%}: {shortfall(short)}"
+             for role, arch, mean, n, target, short in status]
+    if any(short > 0 for *_, short in status):
         epochs = sorted({large_config(r).epochs for r in ("teacher", "student")})
         lines.append(f"  Why, as far as we can tell (docs/recipe.md): {'/'.join(map(str, epochs))}"
                      f" epochs against the papers' 150 to 182, and a JPEG copy of CIFAR-10.")
     return lines
+
+
+def target_summary(rows: pd.DataFrame) -> str:
+    """:func:`target_lines` in one line (the README's)."""
+    return ", ".join(f"{role} {arch} {mean:.2f} % over {n} seed(s) ({target:.0%}: "
+                     f"{shortfall(short)})" for role, arch, mean, n, target, short
+                     in target_status(rows))
 
 
 def plateau_line(drop: float) -> str:

@@ -271,3 +271,10 @@ def test_accuracy_against_issue_28s_targets_by_hand():
     assert "60 epochs against the papers' 150 to 182" in lines[2]
     assert len(recipe.target_lines(rows[rows["role"] == "scratch"])) == 1  # met: no why
     assert recipe.target_lines(rows[rows["role"] == "kd"]) == []
+    assert recipe.target_summary(rows) == (
+        "teacher resnet32 89.00 % over 3 seed(s) (91%: 2.00 points short), "
+        "scratch resnet8 86.00 % over 3 seed(s) (85%: met)")
+    from studies.docs import targets_line  # the README's line, with and without large rows
+    assert recipe.target_summary(rows) in targets_line(rows)
+    assert "no `large` rows yet" in targets_line(None) and targets_line(None) == \
+        targets_line(rows[rows["role"] == "kd"])
