@@ -208,6 +208,16 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     figures = Path(os.environ["KD_FIGURES"])
     for name in ("capacity_gap_teachers.png", "early_stopping_eskd.png"):
         assert (figures / name).stat().st_size > 10_000, name
+    # without KD_PROFILE, large drawn beside full where both exist (here both these rows)
+    monkeypatch.delenv("KD_PROFILE")
+    for study, table, figure in (("capacity_gap", rows, "capacity_gap_teachers.png"),
+                                 ("early_stopping", es, "early_stopping_eskd.png")):
+        for name in ("large", "full"):
+            table.assign(profile=name).to_csv(tmp_path / "results" / study / f"{name}.csv",
+                                              index=False)
+        (figures / figure).unlink()
+        execute(REPO / "notebooks" / f"{study}.ipynb")
+        assert (figures / figure).stat().st_size > 10_000
 
 
 def test_the_method_zoos_large_teachers_are_the_capacity_gaps_seed_0_teachers(fake_cifar10,
