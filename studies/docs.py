@@ -261,8 +261,12 @@ def targets_line(large_rows: pd.DataFrame | None) -> str:
     if not summary:
         return ("- `large` against issue 28's accuracy targets: no `large` rows yet; the "
                 "recipes fall short on held-out images ([docs/recipe.md](docs/recipe.md)).")
+    drops = large_rows["train_loss_plateau"].dropna() if "train_loss_plateau" in large_rows \
+        else pd.Series(dtype=float)
     return (f"- `large` against issue 28's accuracy targets (final epoch, test set, mean over "
-            f"seeds): {summary}; why: [docs/recipe.md](docs/recipe.md).")
+            f"seeds): {summary}; why: [docs/recipe.md](docs/recipe.md). Its training loss "
+            f"plateaued (`kd.metrics.PLATEAU_DROP`) in {(drops < PLATEAU_DROP).sum()} of "
+            f"{len(drops)} rows' models: the cosine recipes anneal to the last epoch.")
 
 
 def readme_block(scorecard: pd.DataFrame, claims: pd.DataFrame,

@@ -286,5 +286,7 @@ def test_accuracy_against_issue_28s_targets_by_hand():
         "scratch resnet8 86.00 % over 3 seed(s) (85%: met)")
     from studies.docs import targets_line  # the README's line, with and without large rows
     assert recipe.target_summary(rows) in targets_line(rows)
+    drops = rows.assign(train_loss_plateau=[0.01, 0.2, float("nan"), 0.04] + [0.3] * 4)
+    assert "plateaued (`kd.metrics.PLATEAU_DROP`) in 2 of 7 rows' models" in targets_line(drops)
     assert "no `large` rows yet" in targets_line(None) and targets_line(None) == \
         targets_line(rows[rows["role"] == "kd"])
