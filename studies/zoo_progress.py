@@ -10,6 +10,8 @@ scaled by how the finished teachers' measured training time (``train_s`` in thei
 compares with their sizing: the pace this machine has kept so far. Students trained in lockstep
 share one time, so the pace is the teachers'. A key is looked up in both precisions (``auto``
 writes the one it measured into the key), so the listing does not need to know which won.
+Students training in lockstep keep one snapshot for the group (``python -m kd.experiment.cache
+list`` shows it): here they count as not started until they are stored.
 """
 
 from __future__ import annotations
