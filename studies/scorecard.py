@@ -144,14 +144,20 @@ def measure(function: Callable[..., pd.Series]) -> Callable[..., pd.Series]:
     return function
 
 
-def evaluate(spec: str, rows: Rows) -> pd.Series | rule.Interval:
-    """The per-seed values of a measure spec (``name`` or ``name:arg,...``), NaNs dropped; or
-    the interval a measure of models shared by every seed computes itself."""
+def parse_measure(spec: str) -> tuple[str, list[str]]:
+    """A measure spec (``name`` or ``name:arg,...``) as its name and arguments."""
     name, _, args = str(spec).partition(":")
+    return name, args.split(",") if args else []
+
+
+def evaluate(spec: str, rows: Rows) -> pd.Series | rule.Interval:
+    """The per-seed values of a measure spec (:func:`parse_measure`), NaNs dropped; or the
+    interval a measure of models shared by every seed computes itself."""
+    name, args = parse_measure(spec)
     if name not in MEASURES:
         raise ConfigError(f"measure {name!r} in {CLAIMS.name} is not registered in "
                           f"studies.scorecard (known: {', '.join(sorted(MEASURES))})")
-    values = MEASURES[name](rows, *(args.split(",") if args else ()))
+    values = MEASURES[name](rows, *args)
     if isinstance(values, rule.Interval):
         return values
     return values.astype(float).replace([np.inf, -np.inf], np.nan).dropna().sort_index()
@@ -517,12 +523,13 @@ BUDGET_RUNS = {"large": {"capacity_gap": ("resnet",), "early_stopping": ("resnet
 
 def cut_at(claim, profile: str) -> bool:
     """Is ``claim`` cut from ``profile`` by :data:`BUDGET_RUNS`? Its study is not run there,
-    or its measure names a family (``es_eskd_gain:plain``) that the study's run leaves out."""
+    or its measure's first argument names a family (``es_eskd_gain:plain``) that the study's
+    run leaves out."""
     if profile not in BUDGET_RUNS:
         return False
     families = BUDGET_RUNS[profile].get(claim.study)
-    family = str(claim.measure).partition(":")[2]
-    return families is None or (bool(family) and family not in families)
+    _, args = parse_measure(claim.measure)
+    return families is None or (bool(args) and args[0] not in families)
 
 
 def scored_table(claim, profile: str, tables: dict) -> pd.DataFrame | None:

@@ -16,7 +16,6 @@ list`` shows it): here they count as not started until they are stored.
 
 from __future__ import annotations
 
-
 import pandas as pd
 import torch
 
@@ -101,9 +100,9 @@ def pace(table: pd.DataFrame) -> float | None:
 
 
 def summary(table: pd.DataFrame) -> str:
+    table = table.assign(part_way=(table["epochs_done"] > 0) & ~table["done"])
     by_seed = table.groupby(["seed", "role"]).agg(
-        done=("done", "sum"), planned=("done", "size"),
-        part_way=("epochs_done", lambda e: int(((e > 0) & ~table.loc[e.index, "done"]).sum())))
+        done=("done", "sum"), planned=("done", "size"), part_way=("part_way", "sum"))
     left = table[~table["done"]]
     # a training left part-way has that share of its hours behind it
     left_h = float((left["sized_h"] * (1 - left["epochs_done"] / left["epochs"])).sum())
