@@ -31,7 +31,8 @@ study: $(STAMP)
 # The large profiles (issue 28) that fit its budget, seed by seed, so that every seed's
 # capacity-gap and early-stopping cells land before the next seed's teachers train. About 30
 # hours (studies.zoo_budget): every command resumes (finished rows, cached models, training
-# snapshots); python -m studies.zoo_progress says how far it has got and how long it has left.
+# snapshots); python -m studies.zoo_progress says how far it has got and how long it has left
+# (--record writes it to results/zoo_progress/ for the README).
 # The method zoo's large profile (priority 2, method_zoo.large_sizing) is over the
 # budget and not run by this target: python -m studies.method_zoo --profile large.
 large: $(STAMP)

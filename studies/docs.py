@@ -269,9 +269,21 @@ def targets_line(large_rows: pd.DataFrame | None) -> str:
             f"{len(drops)} rows' models: the cosine recipes anneal to the last epoch.")
 
 
+def progress_lines(progress: pd.DataFrame | None) -> list[str]:
+    """How far ``make large`` has got, from its recorded progress (none recorded: no line)."""
+    from studies import zoo_progress
+
+    if progress is None or progress.empty:
+        return []
+    return [f"- `make large` so far (`python -m studies.zoo_progress --record`): "
+            f"{zoo_progress.status_line(progress)}."]
+
+
 def readme_block(scorecard: pd.DataFrame, claims: pd.DataFrame,
-                 large_rows: pd.DataFrame | None = None) -> str:
-    """What goes between the README's markers (``large_rows``: capacity gap's, if any)."""
+                 large_rows: pd.DataFrame | None = None,
+                 progress: pd.DataFrame | None = None) -> str:
+    """What goes between the README's markers (``large_rows``: capacity gap's, if any;
+    ``progress``: the large run's recorded progress, if any)."""
     profiles = sorted(set(scorecard["profile"]) | set(TABLE_PROFILES),
                       key=lambda p: (PAGE_PROFILES.index(p) if p in PAGE_PROFILES
                                      else len(PAGE_PROFILES), p))
@@ -282,7 +294,8 @@ def readme_block(scorecard: pd.DataFrame, claims: pd.DataFrame,
         "", textwrap.fill(LEGEND, 96), "", verdict_table(scorecard, claims), "",
         "Verdicts per profile (every claim, `quick` included):", "",
         *status_counts(scorecard, profiles), "", *chance_lines(scorecard, profiles),
-        change_count_line(scorecard, claims), targets_line(large_rows), END])
+        change_count_line(scorecard, claims), targets_line(large_rows),
+        *progress_lines(progress), END])
 
 
 def rows_at(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> pd.DataFrame:
@@ -525,10 +538,13 @@ def generate(repo: Path, out: Path, results: Path, claims_path: Path | None = No
     scorecard = pd.read_csv(scorecard_path, dtype={"planned_in": str})
     texts = {out / "docs" / f"{study}.md": study_page(study, repo, results, scorecard, claims)
              for study in STUDIES}
-    large = results / "capacity_gap" / "large.csv"
+    from studies import zoo_progress
+
+    large = ResultsTable("capacity_gap", "large", results).read()
+    progress = ResultsTable(zoo_progress.STUDY, "large", results).read()
     texts[out / "README.md"] = replace_block(
         (repo / "README.md").read_text(),
-        readme_block(scorecard, claims, pd.read_csv(large) if large.exists() else None))
+        readme_block(scorecard, claims, None if large.empty else large, progress))
     texts[out / "docs" / "recipe.md"] = recipe_page(results)
     texts[out / "docs" / "speed.md"] = replace_block(
         (repo / "docs" / "speed.md").read_text(), speed_docs.speed_block(results),

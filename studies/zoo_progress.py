@@ -4,6 +4,12 @@ key, and the trainings left part-way in its snapshots.
 
     python -m studies.zoo_progress                 # the large profile
     python -m studies.zoo_progress --detail        # and every training, done or not
+    python -m studies.zoo_progress --record        # and write it to results/zoo_progress/
+
+``--record`` replaces ``results/zoo_progress/<profile>.csv`` (one row per planned training,
+keyed by its cache key, with when and from which commit it was recorded), which ``make docs``
+turns into the README's line on how far ``make large`` has got: a reader's checkout has no
+model cache to ask.
 
 Hours left are the sizing's (``zoo_budget``, from the roofline's idle speeds) and, beside them,
 scaled by how the finished teachers' measured training time (``train_s`` in their cache meta)
@@ -16,17 +22,22 @@ list`` shows it): here they count as not started until they are stored.
 
 from __future__ import annotations
 
+import datetime
+from pathlib import Path
+
 import pandas as pd
 import torch
 
 from kd.experiment.cache import ModelCache, in_training, spec_key
 from kd.experiment.cli import run_main
 from kd.experiment.command import OneLineErrorParser, with_training
+from kd.experiment.results import ResultsTable, git_commit
 from studies import capacity_gap, early_stopping, zoo_budget
 from studies.cifar_zoo import CIFAR_DATASETS, ZOO_PROFILES, Teacher, Zoo, make_zoo
 from studies.zoo_budget import Planned
 
 PRECISIONS = ("bf16", "fp32")
+STUDY = "zoo_progress"  # its folder under results/
 
 
 def families_of(name: str) -> dict:
@@ -63,7 +74,7 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
              cache: ModelCache | None = None) -> pd.DataFrame:
     """One row per planned training: seed, role, arch, taught by, its KD epochs, its key (in the
     precision found, else the first), done, epochs done (part-way: its snapshot's), sized
-    hours, measured hours when done."""
+    hours, measured hours and the machine it trained on when done."""
     cache = cache or ModelCache()
     profile = ZOO_PROFILES[name].resolved()
     planned = zoo_budget.trainings(name, profile, profile.seeds)
@@ -88,24 +99,29 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
                      "epochs_done": t.epochs if done else part_way.get(key, 0),
                      "epochs": t.epochs,
                      "sized_h": zoo_budget.hours(t, speeds, passes.get(t, 0)),
-                     "measured_h": meta.get("train_s", float("nan")) / 3600})
+                     "measured_h": meta.get("train_s", float("nan")) / 3600,
+                     "trained_on": meta.get("trained_on")})
     return pd.DataFrame(rows)
 
 
 def pace(table: pd.DataFrame) -> float | None:
     """Measured over sized hours of the finished teachers (None before one finishes)."""
-    teachers = table[(table["role"] == "teacher") & table["done"]]
+    teachers = table[(table["role"] == "teacher") & table["done"].astype(bool)]
     return float(teachers["measured_h"].sum() / teachers["sized_h"].sum()) \
         if not teachers.empty else None
+
+
+def hours_left(table: pd.DataFrame) -> float:
+    """Sized hours of what is not done; a training left part-way has that share behind it."""
+    left = table[~table["done"].astype(bool)]
+    return float((left["sized_h"] * (1 - left["epochs_done"] / left["epochs"])).sum())
 
 
 def summary(table: pd.DataFrame) -> str:
     table = table.assign(part_way=(table["epochs_done"] > 0) & ~table["done"])
     by_seed = table.groupby(["seed", "role"]).agg(
         done=("done", "sum"), planned=("done", "size"), part_way=("part_way", "sum"))
-    left = table[~table["done"]]
-    # a training left part-way has that share of its hours behind it
-    left_h = float((left["sized_h"] * (1 - left["epochs_done"] / left["epochs"])).sum())
+    left_h = hours_left(table)
     lines = [by_seed.reset_index().to_string(index=False), "",
              f"{int(table['done'].sum())} of {len(table)} trainings done; "
              f"{left_h:.1f} h left as sized (idle speeds)"]
@@ -116,13 +132,49 @@ def summary(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def record(table: pd.DataFrame, name: str, root: Path | None = None) -> Path:
+    """Replace ``<results>/zoo_progress/<name>.csv`` by ``table`` (atomically), stamped with the
+    time, the commit and the machine that recorded it; returns its path."""
+    results = ResultsTable(STUDY, name, root)
+    results.replace(table.rename(columns={"key": "cell"}).assign(
+        recorded_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+        git_commit=git_commit()))
+    return results.path
+
+
+def status_line(table: pd.DataFrame) -> str:
+    """One sentence for the README from a recorded table: trainings done, teachers among them,
+    and hours left as sized and at the finished teachers' pace, with the date it holds for."""
+    done = table["done"].astype(bool)
+    teachers = table["role"] == "teacher"
+    seeds = sorted(table.loc[done & teachers, "seed"].unique())
+    text = (f"{int(done.sum())} of {len(table)} trainings done ({int((done & teachers).sum())} "
+            f"of {int(teachers.sum())} teachers: seed(s) {', '.join(map(str, seeds)) or 'none'}); "
+            f"{hours_left(table):.1f} h left as sized")
+    ratio = pace(table)
+    if ratio is not None:
+        machines = ", ".join(sorted(table.loc[done & teachers, "trained_on"].dropna().unique()))
+        text += (f", about {hours_left(table) * ratio:.1f} h at the pace the finished teachers "
+                 f"kept on {machines or 'this machine'}: {ratio:.2f}x their sizing")
+    when = pd.Timestamp(table["recorded_at"].iloc[0]).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{text}; recorded {when}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineErrorParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=list(ZOO_PROFILES), default="large")
     parser.add_argument("--dataset", choices=CIFAR_DATASETS, default=CIFAR_DATASETS[0])
     parser.add_argument("--detail", action="store_true", help="every training, done or not")
+    parser.add_argument("--record", action="store_true",
+                        help=f"write the table to <results>/{STUDY}/<profile>.csv for make docs")
+    parser.add_argument("--results", default=None,
+                        help="results root (default $KD_RESULTS or results/)")
     args = parser.parse_args(argv)
+    if args.record:  # a corrupt or unwritable table fails before the cache is read
+        ResultsTable(STUDY, args.profile, args.results).check_writable()
     table = progress(args.profile, args.dataset)
+    if args.record:
+        print(f"wrote {record(table, args.profile, args.results)}")
     print(f"capacity_gap + early_stopping [{args.profile}]: the model cache "
           f"({ModelCache().root})")
     print(summary(table))

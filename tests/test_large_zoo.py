@@ -200,6 +200,9 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     assert table.loc[table["done"], "measured_h"].notna().all()
     assert f"{int(table['done'].sum())} of {len(table)} trainings done" in \
         zoo_progress.summary(table)
+    recorded = zoo_progress.record(table, "smoke_large", tmp_path / "recorded")
+    assert zoo_progress.status_line(pd.read_csv(recorded)).startswith(
+        f"{int(table['done'].sum())} of {len(table)} trainings done")
 
     # the notebooks draw these rows: per-seed teachers, their spread on the teacher axis
     monkeypatch.setenv("KD_PROFILE", "smoke_large")
@@ -262,6 +265,58 @@ def test_progress_hours_left_and_pace_by_hand():
     assert "1.20x their sizing: about 4.2 h left at that pace" in text  # 3.5 x 1.2
     assert zoo_progress.pace(table.assign(done=False)) is None
     assert "at that pace" not in zoo_progress.summary(table.assign(done=False))
+
+
+def hand_progress() -> pd.DataFrame:
+    """Three planned trainings: a finished teacher, a teacher not begun, a student part-way."""
+    rows = [("k0", 0, "teacher", True, 60, 1.0, 1.2, "CPU X (2 cores, 2 threads)"),
+            ("k1", 1, "teacher", False, 0, 2.0, float("nan"), None),
+            ("k2", 0, "scratch", False, 15, 2.0, float("nan"), None)]
+    return pd.DataFrame([{"key": key, "seed": seed, "role": role, "arch": "resnet8",
+                          "taught_by": "labels", "kd_epochs": 0, "done": done,
+                          "epochs_done": epochs_done, "epochs": 60, "sized_h": sized,
+                          "measured_h": measured, "trained_on": on}
+                         for key, seed, role, done, epochs_done, sized, measured, on in rows])
+
+
+def test_recorded_progress_reads_back_as_the_readmes_line_by_hand(tmp_path):
+    """`--record` keeps the table (keyed by cache key) with when and from which commit; the
+    README's line, from the file alone, says what the tool says (hours as worked out above)."""
+    from kd.experiment.results import ResultsTable
+    from studies import docs
+
+    path = zoo_progress.record(hand_progress(), "large", tmp_path)
+    assert path == tmp_path / "zoo_progress" / "large.csv"
+    read = ResultsTable("zoo_progress", "large", tmp_path).read()
+    assert list(read["cell"]) == ["k0", "k1", "k2"] and read["git_commit"].notna().all()
+    line = zoo_progress.status_line(read)
+    assert line.startswith("1 of 3 trainings done (1 of 2 teachers: seed(s) 0); 3.5 h left as "
+                           "sized, about 4.2 h at the pace the finished teachers kept on CPU X "
+                           "(2 cores, 2 threads): 1.20x their sizing; recorded 20")
+    assert line.endswith(" UTC")
+    assert zoo_progress.status_line(read[read["cell"] != "k0"]).startswith(
+        "0 of 2 trainings done (0 of 1 teachers: seed(s) none); 3.5 h left as sized; recorded")
+    assert docs.progress_lines(None) == [] and docs.progress_lines(read.iloc[:0]) == []
+    assert docs.progress_lines(read) == [
+        f"- `make large` so far (`python -m studies.zoo_progress --record`): {line}."]
+    # a second record replaces the first; two rows of one key write nothing
+    zoo_progress.record(hand_progress().iloc[:1], "large", tmp_path)
+    assert len(ResultsTable("zoo_progress", "large", tmp_path).read()) == 1
+    with pytest.raises(ValueError, match="two rows share a cell and seed"):
+        zoo_progress.record(pd.concat([hand_progress()] * 2), "large", tmp_path)
+    assert len(ResultsTable("zoo_progress", "large", tmp_path).read()) == 1
+
+
+def test_recording_over_a_broken_progress_file_is_one_line_before_the_cache_is_read(
+        tmp_path, capsys, monkeypatch):
+    table = tmp_path / "zoo_progress" / "large.csv"
+    table.parent.mkdir()
+    table.write_bytes(b"study,profile,cell,seed\nzoo_progress,large,k0,0")  # half a line
+    monkeypatch.setattr(zoo_progress, "progress", lambda *a, **k: pytest.fail("cache read"))
+    assert run_main(zoo_progress.main, ["--record", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(table) in err and "half-written line" in err
+    assert table.read_bytes() == b"study,profile,cell,seed\nzoo_progress,large,k0,0"
 
 
 def test_accuracy_against_issue_28s_targets_by_hand():

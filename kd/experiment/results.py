@@ -177,6 +177,16 @@ class ResultsTable:
         self._write(frame[first + middle + last].convert_dtypes())
         return sum(len(f) for f in new)
 
+    def replace(self, frame: pd.DataFrame) -> None:
+        """Replace the whole table by ``frame`` (its rows keyed by ``cell`` and ``seed``), in one
+        atomic write: for a table that states where something stands now, not rows that add
+        up."""
+        frame = frame.assign(study=self.study, profile=self.profile)
+        if frame.duplicated(["cell", "seed"]).any():
+            raise ValueError(f"two rows share a cell and seed: not written to {self.path}")
+        first = [*self.KEY]
+        self._write(frame[first + [c for c in frame.columns if c not in first]].convert_dtypes())
+
     def discard(self, cell: str, seed: int) -> None:
         """Remove the row of ``(cell, seed)`` if there is one (atomically, like :meth:`append`)."""
         if (cell, seed) not in self.done():
