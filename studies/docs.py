@@ -213,18 +213,36 @@ def scored(row) -> bool:
     return row is not None and row.verdict not in ("not run", NOT_PLANNED, CUT)
 
 
+def interim(row) -> bool:
+    """A verdict on fewer seeds than a decision needs (:data:`rule.MIN_SEEDS`): a run part-way,
+    read inconclusive until its later seeds land, so not yet compared with another profile."""
+    n = getattr(row, "n_seeds", None)
+    return scored(row) and n is not None and not pd.isna(n) and n < rule.MIN_SEEDS
+
+
+def interim_count(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> int:
+    return sum(interim(row) for row in rows_at(scorecard, profile, claims).itertuples(index=False))
+
+
+def decided_count(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> int:
+    """Claims with a verdict at ``profile`` (not: not run, not planned, cut), interim included."""
+    return sum(scored(row) for row in rows_at(scorecard, profile, claims).itertuples(index=False))
+
+
 def verdict_changes(scorecard: pd.DataFrame, claims: pd.DataFrame, before: str = "full",
                     after: str = "large") -> pd.DataFrame:
     """The claims whose sign verdict at ``after`` differs from that at ``before``, each with
-    both intervals. A claim written for ``after`` that supersedes another (one per family where
-    ``before`` pooled the families) is compared with the claim it supersedes."""
+    both intervals; an :func:`interim` verdict at ``after`` is not compared. A claim written
+    for ``after`` that supersedes another (one per family where ``before`` pooled the families)
+    is compared with the claim it supersedes."""
     cells = {(r.claim, r.profile): r for r in with_new_columns(scorecard).itertuples(index=False)}
     lines = []
     for claim in claims.itertuples(index=False):
         later = cells.get((claim.id, after))
         earlier_id = claim.id if scored(cells.get((claim.id, before))) else text(claim.supersedes)
         earlier = cells.get((earlier_id, before))
-        if not (scored(later) and scored(earlier)) or later.verdict == earlier.verdict:
+        if not (scored(later) and scored(earlier)) or interim(later) \
+                or later.verdict == earlier.verdict:
             continue
         lines.append({"claim": f"`{claim.id}`" + (f" (supersedes `{earlier_id}`)"
                                                   if earlier_id != claim.id else ""),
@@ -248,9 +266,17 @@ def changes_lines(scorecard: pd.DataFrame, claims: pd.DataFrame, study: str | No
         return [f"Cut from `{after}` by its budget: no `{after}` verdicts."]
     if not has_verdicts(scorecard, after, claims):
         return [f"No claim has a `{after}` verdict yet."]
+    waiting = interim_count(scorecard, after, claims)
+    if waiting == decided_count(scorecard, after, claims):
+        return [f"No `{after}` verdict on {rule.MIN_SEEDS} or more seeds yet: {waiting} claim(s) "
+                f"have rows of fewer seeds, read inconclusive until the later seeds land."]
+    note = ([f"{waiting} claim(s) have `{after}` rows on fewer than {rule.MIN_SEEDS} seeds, read "
+             f"inconclusive until the later seeds land: not compared yet."] if waiting else [])
     if changes.empty:
-        return [f"No verdict changed from `{before}` to `{after}`."]
-    return markdown_table(changes)
+        return [" ".join([f"No verdict changed from `{before}` to `{after}`"
+                          + (" among the claims decided on enough seeds." if waiting else "."),
+                          *note])]
+    return markdown_table(changes) + ([""] + note if note else [])
 
 
 def targets_line(large_rows: pd.DataFrame | None) -> str:
@@ -304,15 +330,22 @@ def rows_at(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> pd.D
 
 def has_verdicts(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> bool:
     """Has any of ``claims`` a verdict at ``profile`` (not: not run, not planned, cut)?"""
-    return any(scored(row) for row in rows_at(scorecard, profile, claims).itertuples(index=False))
+    return decided_count(scorecard, profile, claims) > 0
 
 
 def change_count_line(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
     if not has_verdicts(scorecard, "large", claims):
         return "- From `full` to `large`: no claim has a `large` verdict yet."
     changed = verdict_changes(scorecard, claims)
+    waiting = interim_count(scorecard, "large", claims)
+    if waiting == decided_count(scorecard, "large", claims):
+        return (f"- From `full` to `large`: not compared yet: {waiting} claim(s) have `large` "
+                f"rows on fewer than {rule.MIN_SEEDS} seeds (inconclusive until the later seeds "
+                f"land).")
+    later = (f"; {waiting} more on fewer than {rule.MIN_SEEDS} seeds so far (inconclusive until "
+             f"the later seeds land), not compared yet" if waiting else "")
     return (f"- From `full` to `large`: {len(changed)} sign verdict(s) changed, each named with "
-            f"both intervals on its study page.")
+            f"both intervals on its study page{later}.")
 
 
 def replace_block(readme: str, block: str, begin: str = BEGIN, end: str = END,

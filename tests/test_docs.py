@@ -233,3 +233,42 @@ def test_verdict_changes_name_each_changed_claim_with_both_intervals():
     assert change_count_line(waiting, claims).endswith("no claim has a `large` verdict yet.")
     cut = waiting[(waiting["claim"] == "b") & (waiting["profile"] == "large")]
     assert verdict_cell(next(cut.itertuples())) == "✂"
+
+
+def test_a_verdict_on_fewer_seeds_than_a_decision_needs_is_not_yet_a_change():
+    """large lands seed by seed: after its first seed every claim reads inconclusive (fewer
+    than MIN_SEEDS seeds). That is not a change from full; the lines say how many wait."""
+    from kd.experiment.verdict import MIN_SEEDS
+    from studies.docs import change_count_line, changes_lines, verdict_changes
+
+    assert MIN_SEEDS == 3
+    claims = pd.DataFrame({"id": ["a", "b"], "study": ["s"] * 2, "supersedes": [None] * 2})
+    row = lambda claim, profile, verdict, n: {
+        "claim": claim, "study": "s", "profile": profile, "verdict": verdict, "effect": 1.0,
+        "ci_low": 0.5, "ci_high": 1.5, "unit": "points", "n_seeds": n}
+    full = [row("a", "full", "reproduced", 5), row("b", "full", "reproduced", 5)]
+    one_seed = pd.DataFrame(full + [row("a", "large", "inconclusive", 1),
+                                    row("b", "large", "precondition not met", 1)])
+    assert verdict_changes(one_seed, claims).empty
+    assert changes_lines(one_seed, claims) == [
+        "No `large` verdict on 3 or more seeds yet: 2 claim(s) have rows of fewer seeds, read "
+        "inconclusive until the later seeds land."]
+    assert change_count_line(one_seed, claims) == (
+        "- From `full` to `large`: not compared yet: 2 claim(s) have `large` rows on fewer than "
+        "3 seeds (inconclusive until the later seeds land).")
+    # one claim decided on three seeds, the other still on two
+    mixed = pd.DataFrame(full + [row("a", "large", "inconclusive", 3),
+                                 row("b", "large", "inconclusive", 2)])
+    assert verdict_changes(mixed, claims)["claim"].tolist() == ["`a`"]
+    lines = changes_lines(mixed, claims)
+    assert lines[-1] == ("1 claim(s) have `large` rows on fewer than 3 seeds, read inconclusive "
+                         "until the later seeds land: not compared yet.") and lines[-2] == ""
+    assert change_count_line(mixed, claims) == (
+        "- From `full` to `large`: 1 sign verdict(s) changed, each named with both intervals on "
+        "its study page; 1 more on fewer than 3 seeds so far (inconclusive until the later seeds "
+        "land), not compared yet.")
+    same = mixed.assign(verdict=["reproduced", "reproduced", "reproduced", "inconclusive"])
+    assert changes_lines(same, claims) == [
+        "No verdict changed from `full` to `large` among the claims decided on enough seeds. 1 "
+        "claim(s) have `large` rows on fewer than 3 seeds, read inconclusive until the later "
+        "seeds land: not compared yet."]
