@@ -227,6 +227,12 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     (figures / "capacity_gap_teachers.png").unlink()
     execute(REPO / "notebooks" / "capacity_gap.ipynb")
     assert (figures / "capacity_gap_teachers.png").stat().st_size > 10_000
+    # and before it: the teachers' rows land first, no distilled student yet
+    rows[(rows["seed"] == 0) & (rows["role"] == "teacher")].assign(profile="large").to_csv(
+        tmp_path / "results" / "capacity_gap" / "large.csv", index=False)
+    (figures / "capacity_gap_teachers.png").unlink()
+    execute(REPO / "notebooks" / "capacity_gap.ipynb")
+    assert (figures / "capacity_gap_teachers.png").stat().st_size > 10_000
 
 
 def test_the_method_zoos_large_teachers_are_the_capacity_gaps_seed_0_teachers(fake_cifar10,

@@ -227,6 +227,8 @@ def test_notebooks_show_the_first_complete_table(tmp_path):
     (tmp_path / "large.csv").unlink()
     (tmp_path / "quick.csv").unlink(), (tmp_path / "full.csv").unlink()
     assert profile_to_show(tmp_path, planned) == "paper"  # partial, but the only one
+    write("large", [("teacher", 0)])  # partial too, fewer rows: the fuller partial one
+    assert profile_to_show(tmp_path, planned) == "paper"
 
 
 def test_tables_of_split_seeds_merge_unchanged_and_refuse_duplicates(tmp_path, capsys):

@@ -314,14 +314,17 @@ def pending(cells: Iterable, seeds: int | range, table: ResultsTable
 def profile_to_show(folder: Path, planned: Callable[[str], Iterable[tuple[str, int]]],
                     order: Sequence[str] = ("paper", "large", "full", "quick", "smoke")) -> str | None:
     """Which of a study's tables a notebook draws: the first in ``order`` whose CSV holds every
-    ``(cell, seed)`` its profile plans (``planned(profile)``); else the first that exists (a
-    partial table); None when there is none."""
+    ``(cell, seed)`` its profile plans (``planned(profile)``); else the partial table with the
+    most rows; None when there is none."""
     existing = [p for p in order if (folder / f"{p}.csv").exists()]
+    done = {p: set(zip(*pd.read_csv(folder / f"{p}.csv", usecols=["cell", "seed"]).to_dict(
+        "list").values())) for p in existing}
     for profile in existing:
-        rows = pd.read_csv(folder / f"{profile}.csv", usecols=["cell", "seed"])
-        if set(planned(profile)) <= set(zip(rows["cell"], rows["seed"])):
+        if set(planned(profile)) <= done[profile]:
             return profile
-    return existing[0] if existing else None
+    # none complete: the one with the most rows (a run whose teachers alone have landed has
+    # nothing to draw yet), the first in order among equals
+    return max(existing, key=lambda p: (len(done[p]), -existing.index(p))) if existing else None
 
 
 def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
