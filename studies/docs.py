@@ -220,13 +220,12 @@ def interim(row) -> bool:
     return scored(row) and n is not None and not pd.isna(n) and n < rule.MIN_SEEDS
 
 
-def interim_count(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> int:
-    return sum(interim(row) for row in rows_at(scorecard, profile, claims).itertuples(index=False))
-
-
-def decided_count(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> int:
-    """Claims with a verdict at ``profile`` (not: not run, not planned, cut), interim included."""
-    return sum(scored(row) for row in rows_at(scorecard, profile, claims).itertuples(index=False))
+def verdict_counts(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame
+                   ) -> tuple[int, int]:
+    """How many of ``claims`` have a verdict at ``profile`` (not: not run, not planned, cut),
+    and how many of those are :func:`interim`."""
+    rows = list(rows_at(scorecard, profile, claims).itertuples(index=False))
+    return sum(map(scored, rows)), sum(map(interim, rows))
 
 
 def verdict_changes(scorecard: pd.DataFrame, claims: pd.DataFrame, before: str = "full",
@@ -264,10 +263,10 @@ def changes_lines(scorecard: pd.DataFrame, claims: pd.DataFrame, study: str | No
     verdicts = rows_at(scorecard, after, claims)["verdict"]
     if (verdicts == CUT).any() and verdicts.isin([CUT, NOT_PLANNED]).all():
         return [f"Cut from `{after}` by its budget: no `{after}` verdicts."]
-    if not has_verdicts(scorecard, after, claims):
+    decided, waiting = verdict_counts(scorecard, after, claims)
+    if not decided:
         return [f"No claim has a `{after}` verdict yet."]
-    waiting = interim_count(scorecard, after, claims)
-    if waiting == decided_count(scorecard, after, claims):
+    if waiting == decided:
         return [f"No `{after}` verdict on {rule.MIN_SEEDS} or more seeds yet: {waiting} claim(s) "
                 f"have rows of fewer seeds, read inconclusive until the later seeds land."]
     note = ([f"{waiting} claim(s) have `{after}` rows on fewer than {rule.MIN_SEEDS} seeds, read "
@@ -328,17 +327,12 @@ def rows_at(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> pd.D
     return scorecard[(scorecard["profile"] == profile) & scorecard["claim"].isin(claims["id"])]
 
 
-def has_verdicts(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> bool:
-    """Has any of ``claims`` a verdict at ``profile`` (not: not run, not planned, cut)?"""
-    return decided_count(scorecard, profile, claims) > 0
-
-
 def change_count_line(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
-    if not has_verdicts(scorecard, "large", claims):
+    decided, waiting = verdict_counts(scorecard, "large", claims)
+    if not decided:
         return "- From `full` to `large`: no claim has a `large` verdict yet."
     changed = verdict_changes(scorecard, claims)
-    waiting = interim_count(scorecard, "large", claims)
-    if waiting == decided_count(scorecard, "large", claims):
+    if waiting == decided:
         return (f"- From `full` to `large`: not compared yet: {waiting} claim(s) have `large` "
                 f"rows on fewer than {rule.MIN_SEEDS} seeds (inconclusive until the later seeds "
                 f"land).")

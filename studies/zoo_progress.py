@@ -134,7 +134,7 @@ def summary(table: pd.DataFrame) -> str:
 
 def record(table: pd.DataFrame, name: str, root: Path | None = None) -> Path:
     """Replace ``<results>/zoo_progress/<name>.csv`` by ``table`` (atomically), stamped with the
-    time, the commit and the machine that recorded it; returns its path."""
+    time and the commit that recorded it; returns its path."""
     results = ResultsTable(STUDY, name, root)
     results.replace(table.rename(columns={"key": "cell"}).assign(
         recorded_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
@@ -148,13 +148,14 @@ def status_line(table: pd.DataFrame) -> str:
     done = table["done"].astype(bool)
     teachers = table["role"] == "teacher"
     seeds = sorted(table.loc[done & teachers, "seed"].unique())
+    left_h = hours_left(table)
     text = (f"{int(done.sum())} of {len(table)} trainings done ({int((done & teachers).sum())} "
             f"of {int(teachers.sum())} teachers: seed(s) {', '.join(map(str, seeds)) or 'none'}); "
-            f"{hours_left(table):.1f} h left as sized")
+            f"{left_h:.1f} h left as sized")
     ratio = pace(table)
     if ratio is not None:
         machines = ", ".join(sorted(table.loc[done & teachers, "trained_on"].dropna().unique()))
-        text += (f", about {hours_left(table) * ratio:.1f} h at the pace the finished teachers "
+        text += (f", about {left_h * ratio:.1f} h at the pace the finished teachers "
                  f"kept on {machines or 'this machine'}: {ratio:.2f}x their sizing")
     when = pd.Timestamp(table["recorded_at"].iloc[0]).strftime("%Y-%m-%d %H:%M UTC")
     return f"{text}; recorded {when}"

@@ -147,11 +147,7 @@ class ResultsTable:
         new = pd.DataFrame([row])
         # Concatenating onto an empty frame would turn every integer column into floats.
         frame = pd.concat([self.read(), new], ignore_index=True) if self.path.exists() else new
-        first = [*self.KEY]
-        last = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
-        middle = [c for c in frame.columns if c not in first and c not in last]
-        # Nullable dtypes keep integer columns integers where other rows leave them empty.
-        self._write(frame[first + middle + last].convert_dtypes())
+        self._write(frame)
 
     def merge(self, sources: Sequence["ResultsTable"]) -> int:
         """Add the rows of other tables of this study and profile (the same profile's seeds run
@@ -170,11 +166,7 @@ class ResultsTable:
         if not new:
             return 0
         old = [self.read()] if self.path.exists() else []
-        frame = pd.concat(old + new, ignore_index=True)
-        first = [*self.KEY]
-        last = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
-        middle = [c for c in frame.columns if c not in first and c not in last]
-        self._write(frame[first + middle + last].convert_dtypes())
+        self._write(pd.concat(old + new, ignore_index=True))
         return sum(len(f) for f in new)
 
     def replace(self, frame: pd.DataFrame) -> None:
@@ -184,8 +176,7 @@ class ResultsTable:
         frame = frame.assign(study=self.study, profile=self.profile)
         if frame.duplicated(["cell", "seed"]).any():
             raise ValueError(f"two rows share a cell and seed: not written to {self.path}")
-        first = [*self.KEY]
-        self._write(frame[first + [c for c in frame.columns if c not in first]].convert_dtypes())
+        self._write(frame)
 
     def discard(self, cell: str, seed: int) -> None:
         """Remove the row of ``(cell, seed)`` if there is one (atomically, like :meth:`append`)."""
@@ -193,7 +184,7 @@ class ResultsTable:
             return
         frame = self.read()
         keep = ~((frame["cell"].astype(str) == cell) & (frame["seed"].astype(int) == seed))
-        self._write(frame[keep].convert_dtypes())
+        self._write(frame[keep])
 
     def reorder(self, order: Sequence[tuple[str, int]]) -> None:
         """Rewrite the table with its rows in the order of ``(cell, seed)`` keys (rows not in
@@ -203,11 +194,16 @@ class ResultsTable:
         keys = [rank.get((str(c), int(s)), len(rank)) for c, s in zip(frame["cell"], frame["seed"])]
         ordered = frame.assign(_rank=keys).sort_values("_rank", kind="stable").drop(columns="_rank")
         if not ordered.index.equals(frame.index):
-            self._write(ordered.reset_index(drop=True).convert_dtypes())
+            self._write(ordered.reset_index(drop=True))
 
     def _write(self, frame: pd.DataFrame) -> None:
         """Replace the file by ``frame`` through a temporary file: the old file or the new one,
-        never a partial row."""
+        never a partial row. Columns: the key first, provenance last; nullable dtypes keep
+        integer columns integers where other rows leave them empty."""
+        first = [*self.KEY]
+        last = [c for c in PROVENANCE_COLUMNS if c in frame.columns]
+        middle = [c for c in frame.columns if c not in first and c not in last]
+        frame = frame[first + middle + last].convert_dtypes()
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,8 +313,11 @@ def profile_to_show(folder: Path, planned: Callable[[str], Iterable[tuple[str, i
     ``(cell, seed)`` its profile plans (``planned(profile)``); else the partial table with the
     most rows; None when there is none."""
     existing = [p for p in order if (folder / f"{p}.csv").exists()]
-    done = {p: set(zip(*pd.read_csv(folder / f"{p}.csv", usecols=["cell", "seed"]).to_dict(
-        "list").values())) for p in existing}
+    def pairs(profile: str) -> set:
+        rows = pd.read_csv(folder / f"{profile}.csv", usecols=["cell", "seed"])
+        return set(zip(rows["cell"], rows["seed"]))
+
+    done = {p: pairs(p) for p in existing}
     for profile in existing:
         if set(planned(profile)) <= done[profile]:
             return profile
