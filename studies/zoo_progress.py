@@ -5,11 +5,15 @@ key, and the trainings left part-way in its snapshots.
     python -m studies.zoo_progress                 # the large profile
     python -m studies.zoo_progress --detail        # and every training, done or not
     python -m studies.zoo_progress --record        # and write it to results/zoo_progress/
+    python -m studies.zoo_progress --carry         # and copy the run into results/models
 
 ``--record`` replaces ``results/zoo_progress/<profile>.csv`` (one row per planned training,
 keyed by its cache key, with when and from which commit it was recorded), which ``make docs``
 turns into the README's line on how far ``make large`` has got: a reader's checkout has no
-model cache to ask.
+model cache to ask. ``--carry`` copies the finished models (with their checkpoints) and the
+snapshots of trainings left part-way into ``results/models`` (:func:`kd.experiment.cache.carry`):
+committed, they let the run go on from a fresh checkout whose machine lost the model cache,
+which a session's stop may do.
 
 Hours left are the sizing's (``zoo_budget``, from the roofline's idle speeds) and, beside them,
 scaled by how the finished teachers' measured training time (``train_s`` in their cache meta)
@@ -28,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kd.experiment.cache import ModelCache, in_training, spec_key
+from kd.experiment.cache import ModelCache, carry, in_training, spec_key
 from kd.experiment.cli import run_main
 from kd.experiment.command import OneLineErrorParser, with_training
 from kd.experiment.results import ResultsTable, git_commit
@@ -168,16 +172,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detail", action="store_true", help="every training, done or not")
     parser.add_argument("--record", action="store_true",
                         help=f"write the table to <results>/{STUDY}/<profile>.csv for make docs")
+    parser.add_argument("--carry", action="store_true",
+                        help="copy the finished trainings (with their checkpoints) and those "
+                             "left part-way into results/models, to commit: a machine "
+                             "without this model cache goes on from them")
     parser.add_argument("--results", default=None,
                         help="results root (default $KD_RESULTS or results/)")
     args = parser.parse_args(argv)
     if args.record:  # a corrupt or unwritable table fails before the cache is read
         ResultsTable(STUDY, args.profile, args.results).check_writable()
-    table = progress(args.profile, args.dataset)
+    cache = ModelCache()
+    table = progress(args.profile, args.dataset, cache)
     if args.record:
         print(f"wrote {record(table, args.profile, args.results)}")
+    if args.carry:
+        for path in carry(table.loc[table["done"], "key"].tolist(), cache):
+            print(f"carried {path} ({path.stat().st_size / 1e6:.1f} MB)")
     print(f"capacity_gap + early_stopping [{args.profile}]: the model cache "
-          f"({ModelCache().root})")
+          f"({cache.root})")
     print(summary(table))
     if args.detail:
         print()

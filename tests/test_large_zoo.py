@@ -203,6 +203,14 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     recorded = zoo_progress.record(table, "smoke_large", tmp_path / "recorded")
     assert zoo_progress.status_line(pd.read_csv(recorded)).startswith(
         f"{int(table['done'].sum())} of {len(table)} trainings done")
+    # carried into a checkout, the run is found there by a machine without the cache
+    from kd.experiment.cache import ModelCache
+    carried = zoo_progress.carry(table.loc[table["done"], "key"].tolist(),
+                                 ModelCache(shipped=tmp_path / "checkout"))
+    assert len(carried) == int(table["done"].sum())  # no training left part-way
+    fresh = zoo_progress.progress("smoke_large", cache=ModelCache(
+        tmp_path / "fresh", shipped=tmp_path / "checkout"))
+    pd.testing.assert_frame_equal(fresh, table)
 
     # the notebooks draw these rows: per-seed teachers, their spread on the teacher axis
     monkeypatch.setenv("KD_PROFILE", "smoke_large")

@@ -223,3 +223,40 @@ def test_a_resumed_cells_row_counts_the_killed_processes_time(tmp_path):
     wall = table.read()["wall_s"].iloc[0]
     assert 1000 < wall < 1100
     assert snapshot.restored_time() == 0.0  # read and reset by the harness
+
+
+def test_a_run_carried_in_the_checkout_goes_on_on_a_machine_without_the_cache(tmp_path):
+    """What ``carry`` writes into the shipped folder (a finished model with its checkpoints, a
+    killed training's snapshot) is all a fresh machine needs: the killed training resumes to
+    the weights of one that never stopped, and the finished one is not trained again."""
+    from kd.experiment.cache import ModelCache, carry, in_training, spec_key
+
+    finished = {"arch": "test-net", "seed": 2, "train": {"epochs": CONFIG.epochs}}
+    killed = {"arch": "test-net", "seed": 1, "train": {"epochs": CONFIG.epochs}}
+
+    def fit(cache, spec, objective=None, model_seed=1):
+        torch.manual_seed(123)
+        return cache.fit(spec, net(model_seed), images(), objective or CrossEntropy(), CONFIG,
+                         seed=7, augment=RandomCropFlip())
+
+    whole = fit(ModelCache(tmp_path / "whole", shipped=None), killed)[0].state_dict()
+    shipped = tmp_path / "checkout" / "results" / "models"
+    first = ModelCache(tmp_path / "first", shipped=shipped, snapshot_every_s=0)
+    fit(first, finished)
+    with pytest.raises(Killed):
+        fit(first, killed, killed_at(CrossEntropy(), 3))
+    snapshot = first.snapshot_path([killed])
+    written = carry([spec_key(finished), spec_key(killed)], first)  # killed: not stored, skipped
+    assert sorted(written) == sorted([shipped / f"{spec_key(finished)}.pt",
+                                      shipped / "snapshots" / snapshot.name])
+    assert carry([spec_key(finished)], first) == [shipped / "snapshots" / snapshot.name]
+
+    fresh = ModelCache(tmp_path / "fresh", shipped=shipped)
+    assert [(name, epochs) for name, epochs, _ in in_training(fresh)] == [(snapshot.stem, 2)]
+    entry = fresh.load(finished)  # from the checkout, with the checkpoints a student may read
+    assert entry is not None and sorted(entry["checkpoints"]) == [0, 2, 3]
+    resumed, meta, _ = fit(fresh, killed, model_seed=99)
+    assert same_state(resumed.state_dict(), whole)
+    assert len(meta["train_loss_history"]) == CONFIG.epochs
+    assert not (shipped / "snapshots" / snapshot.name).exists()  # finished: its carry is gone
+    assert not fresh.snapshot_path([killed]).exists() and in_training(fresh) == []

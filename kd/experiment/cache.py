@@ -7,6 +7,7 @@ any field of the spec (or ``CACHE_VERSION``, when training code changes meaning)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -17,11 +18,11 @@ import torch
 from torch import nn
 
 from kd.data import cache_root
-from kd.errors import check_writable_folder, reason
+from kd.errors import ConfigError, check_writable_folder, reason
 from kd.experiment.results import hardware
 from kd.train.batched import StackedModels
 from kd.train.engine import fit, fit_lockstep, prepare_model, resolve_auto
-from kd.train.snapshot import save_atomically
+from kd.train.snapshot import copy_atomically, save_atomically
 
 CACHE_VERSION = 2  # 2: fused Adam
 # Trained teachers committed with the results they produced (weights only, named by their key):
@@ -63,6 +64,27 @@ class ModelCache:
         name = spec_key(specs[0]) if len(specs) == 1 else spec_key(
             {"together": [spec_key(spec) for spec in specs]})
         return self.snapshots / f"{name}.pt"
+
+    def carried(self, snapshot: Path) -> Path | None:
+        """Where a checkout carries ``snapshot`` (``<shipped>/snapshots``, written by
+        :func:`carry`): a fresh machine's empty cache resumes the training from it."""
+        return None if self.shipped is None else self.shipped / "snapshots" / snapshot.name
+
+    def _resume_from(self, specs: list[dict]) -> Path:
+        """The snapshot path of ``specs``, first filled from the carried copy when this cache
+        has none (the training goes on in the cache; the carried copy is left as it is)."""
+        path, carried = self.snapshot_path(specs), self.carried(self.snapshot_path(specs))
+        if not path.exists() and carried is not None and carried.exists():
+            copy_atomically(carried, path, "training snapshot", "set KD_CACHE to a writable folder")
+        return path
+
+    def _stored(self, snapshot: Path) -> None:
+        """Forget a finished training's snapshot, and its carried copy where it can (a
+        read-only checkout keeps a stale one: resuming from it trains the same steps)."""
+        snapshot.unlink(missing_ok=True)
+        if (carried := self.carried(snapshot)) is not None:
+            with contextlib.suppress(OSError):
+                carried.unlink(missing_ok=True)
 
     def load(self, spec: dict) -> dict | None:
         """``{"state_dict", "meta", "spec"}`` for a hit, from the cache or else from the shipped
@@ -113,13 +135,13 @@ class ModelCache:
         if hit is None:
             # Fail before training, not when storing the result after it.
             check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
-            snapshot = self.snapshot_path([spec])
+            snapshot = self._resume_from([spec])
             fitted = fit(model, train, objective, config, seed=seed, augment=augment, desc=desc,
                          snapshot=snapshot, snapshot_every_s=self.snapshot_every_s)
             meta = fit_meta(fitted, train)
             hit = {"meta": meta, "checkpoints": fitted.checkpoints}
             self.save(spec, model.state_dict(), meta, fitted.checkpoints)
-            snapshot.unlink(missing_ok=True)
+            self._stored(snapshot)
         else:
             model.load_state_dict(hit["state_dict"])
         return model.eval(), hit["meta"], hit.get("checkpoints", {})
@@ -141,7 +163,7 @@ class ModelCache:
         check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
         stack = prepare_model(StackedModels([new_model(i) for i in missing],
                                             input_ndim=train.images.dim()), train.device)
-        snapshot = self.snapshot_path([specs[i] for i in missing])
+        snapshot = self._resume_from([specs[i] for i in missing])
         fitted = fit(stack, train, objective_for(missing), config,
                      seed=[seeds[i] for i in missing], augment=augment, desc=desc,
                      snapshot=snapshot, snapshot_every_s=self.snapshot_every_s)
@@ -154,7 +176,7 @@ class ModelCache:
                     "train_loss_history": [member(epoch.get("train_loss"), k)
                                            for epoch in fitted.history]}
             self.save(specs[i], state, meta, {e: states[k] for e, states in checkpoints.items()})
-        snapshot.unlink(missing_ok=True)
+        self._stored(snapshot)
         return missing
 
     def fit_lockstep(self, specs: list[dict], new_run: Callable[[int], tuple[nn.Module, object]],
@@ -171,7 +193,7 @@ class ModelCache:
             return []
         check_writable_folder(self.root, "the model cache", "set KD_CACHE to a writable folder")
         models, objectives = zip(*(new_run(i) for i in missing))
-        snapshot = self.snapshot_path([specs[i] for i in missing])
+        snapshot = self._resume_from([specs[i] for i in missing])
         fitted = fit_lockstep(list(models), train, list(objectives), config, seed=seed,
                               augment=augment, desc=desc, snapshot=snapshot,
                               snapshot_every_s=self.snapshot_every_s)
@@ -179,7 +201,7 @@ class ModelCache:
             self.save(specs[i], model.state_dict(),
                       {**fit_meta(result, train), "lockstep_with": len(missing)},
                       result.checkpoints)
-        snapshot.unlink(missing_ok=True)
+        self._stored(snapshot)
         return missing
 
 
@@ -233,6 +255,32 @@ def ship(spec: dict, cache: ModelCache | None = None, shipped: Path = SHIPPED_RO
                        f"make {shipped} writable")
 
 
+def ship_key(key: str, cache: ModelCache, shipped: Path = SHIPPED_ROOT,
+             checkpoints: bool = False) -> Path:
+    """:func:`ship` the entry stored under ``key`` in ``cache``; an entry that cannot be read
+    is a :class:`ConfigError`."""
+    try:  # the entry's spec, to load it as a study would
+        spec = torch.load(cache.root / f"{key}.pt", map_location="cpu", weights_only=True)["spec"]
+    except Exception:
+        raise ConfigError(f"no readable entry {key} in {cache.root} "
+                          f"(python -m kd.experiment.cache list)") from None
+    return ship(spec, cache, shipped=shipped, checkpoints=checkpoints)
+
+
+def carry(keys: list[str], cache: ModelCache) -> list[Path]:
+    """Copy into ``cache.shipped`` what a checkout must hold for a long run to go on on a
+    machine without this cache: the entries of ``keys`` it lacks (with their checkpoints, which
+    later trainings may read), and every training left part-way (its snapshot, which
+    :meth:`ModelCache.fit` resumes from; an older copy is replaced). Returns the paths written."""
+    written = [ship_key(key, cache, cache.shipped, checkpoints=True) for key in keys
+               if (cache.root / f"{key}.pt").exists()
+               and not (cache.shipped / f"{key}.pt").exists()]
+    for snapshot in sorted(cache.snapshots.glob("*.pt")):
+        written.append(copy_atomically(snapshot, cache.carried(snapshot), "training snapshot",
+                                       f"make {cache.shipped} writable"))
+    return written
+
+
 def entries(cache: ModelCache | None = None) -> list[tuple[str, dict, int]]:
     """(key, spec, bytes) of every entry in the cache, newest first; unreadable ones skipped."""
     cache = cache or ModelCache()
@@ -248,11 +296,15 @@ def entries(cache: ModelCache | None = None) -> list[tuple[str, dict, int]]:
 
 def in_training(cache: ModelCache | None = None) -> list[tuple[str, int, float]]:
     """(snapshot name, epochs done, training seconds so far) of every training a killed study
-    left part-way (:mod:`kd.train.snapshot`), newest first; unreadable ones skipped."""
+    left part-way (:mod:`kd.train.snapshot`), newest first, then those only carried by the
+    checkout (:func:`carry`); unreadable ones skipped."""
     cache = cache or ModelCache()
+    local = sorted(cache.snapshots.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    carried = [] if cache.shipped is None else sorted(
+        path for path in (cache.shipped / "snapshots").glob("*.pt")
+        if not (cache.snapshots / path.name).exists())
     out = []
-    for path in sorted(cache.snapshots.glob("*.pt"),
-                       key=lambda p: p.stat().st_mtime, reverse=True):
+    for path in local + carried:
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
             out.append((path.stem, int(saved["epoch"]), float(saved["wall_s"])))
@@ -266,7 +318,6 @@ def main(argv: list[str] | None = None) -> None:
     kd.experiment.cache ship KEY [KEY ...]`` copies them (final weights; ``--checkpoints`` adds the
     earlier ones) into ``results/models`` to be committed."""
     from kd.experiment.command import OneLineErrorParser
-    from kd.errors import ConfigError
 
     parser = OneLineErrorParser(description=main.__doc__.split(";")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -289,13 +340,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"(a rerun of its study resumes it)")
         return
     for key in args.keys:
-        try:  # the entry's spec, to load it as a study would
-            spec = torch.load(cache.root / f"{key}.pt", map_location="cpu",
-                              weights_only=True)["spec"]
-        except Exception:
-            raise ConfigError(f"no readable entry {key} in {cache.root} "
-                              f"(python -m kd.experiment.cache list)") from None
-        path = ship(spec, cache, shipped=SHIPPED_ROOT, checkpoints=args.checkpoints)
+        path = ship_key(key, cache, SHIPPED_ROOT, checkpoints=args.checkpoints)
         print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

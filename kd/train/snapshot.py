@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -37,20 +38,34 @@ def restored_time() -> float:
     return seconds
 
 
-def save_atomically(obj, path: Path, what: str, hint: str) -> Path:
-    """``torch.save`` through a temporary file beside ``path`` (the old file or the new one,
-    never half of one); a folder that cannot be written is a :class:`NotWritableError` naming
-    ``what`` and ending in ``hint``."""
+@contextlib.contextmanager
+def _written_atomically(path: Path, what: str, hint: str):
+    """Yield a temporary path beside ``path`` to write, then move it into place (the old file
+    or the new one, never half of one); a folder that cannot be written is a
+    :class:`NotWritableError` naming ``what`` and ending in ``hint``."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
+        yield tmp
         os.replace(tmp, path)
     except OSError as error:
         raise NotWritableError(f"cannot write {what} {path} ({reason(error)}): {hint}") from None
     finally:
         with contextlib.suppress(OSError):  # after a failed save (or a parent that is a file)
             tmp.unlink(missing_ok=True)
+
+
+def save_atomically(obj, path: Path, what: str, hint: str) -> Path:
+    """``torch.save`` to ``path`` atomically (:func:`_written_atomically`)."""
+    with _written_atomically(path, what, hint) as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+def copy_atomically(source: Path, path: Path, what: str, hint: str) -> Path:
+    """Copy the file ``source`` to ``path`` atomically (:func:`_written_atomically`)."""
+    with _written_atomically(path, what, hint) as tmp:
+        shutil.copyfile(source, tmp)
     return path
 
 
