@@ -408,14 +408,38 @@ def model_table(rows: pd.DataFrame, study: str) -> str:
     return "\n".join(markdown_table(table))
 
 
+def training_minutes(rows: pd.DataFrame) -> float | None:
+    """Minutes the rows' models took to train (``train_s``, kept with each model when it
+    trained), each trained model once: a teacher that a profile's seeds share has a row per
+    seed (told apart by ``teacher_seed``), and early stopping's checkpoint rows share their
+    run's ``run_train_s``. None for a table without ``train_s``."""
+    if "train_s" not in rows:
+        return None
+    seconds, model = rows["train_s"], rows["cell"].astype(str)
+    if "run_train_s" in rows:
+        run = seconds.isna() & rows["run_train_s"].notna()
+        seconds = seconds.fillna(rows["run_train_s"])
+        model = model.where(~run, "run of " + rows["model"].astype(str))
+    teacher = row_roles(rows).str.startswith("teacher")
+    seed = rows["teacher_seed"].where(teacher, rows["seed"]) if "teacher_seed" in rows \
+        else rows["seed"]
+    identity = rows[["model_key"]] if "model_key" in rows else pd.DataFrame(
+        {"model": model, "seed": seed})
+    return float(seconds[~identity.duplicated()].sum() / 60)
+
+
 def run_lines(rows: pd.DataFrame) -> list[str]:
     """Hardware, device and precision, seeds, wall time and commits of a table's rows."""
-    minutes = rows["wall_s"].sum() / 60
+    minutes, trained = rows["wall_s"].sum() / 60, training_minutes(rows)
+    wall = f"- wall time: {minutes:.1f} min of training and evaluation summed over the rows"
+    if trained is not None:
+        wall += (f"; the models' own training: {trained:.1f} min, each trained model once "
+                 f"(its `train_s`, also where it trained before its row: for another study, "
+                 f"in a lockstep pre-pass, or on another machine)")
     return [f"- seed values in the rows: {values(rows['seed'], lambda s: str(int(s)))}",
             f"- hardware: {values(rows['hardware'], str)}; device {values(rows['device'], str)}; "
             f"precision {values(rows['precision'], str)}; torch {values(rows['torch'], str)}",
-            f"- wall time: {minutes:.1f} min of training and evaluation summed over the rows",
-            f"- git commits: {values(rows['git_commit'].astype(str), str)}"]
+            wall, f"- git commits: {values(rows['git_commit'].astype(str), str)}"]
 
 
 def claim_tables(scorecard: pd.DataFrame, study: str, profile: str) -> list[str]:

@@ -272,3 +272,25 @@ def test_a_verdict_on_fewer_seeds_than_a_decision_needs_is_not_yet_a_change():
         "No verdict changed from `full` to `large` among the claims decided on enough seeds. 1 "
         "claim(s) have `large` rows on fewer than 3 seeds, read inconclusive until the later "
         "seeds land: not compared yet."]
+
+
+def test_training_minutes_count_each_trained_model_once_by_hand():
+    """A teacher shared by two seeds (rows at seeds 0 and 1, teacher_seed 0), two students of
+    their own, and two checkpoints of one teacher run (their run's time once): 100 + 10 + 20
+    + 50 s = 3.0 min, where the rows' train_s alone would add to 230 s."""
+    rows = pd.DataFrame({
+        "cell": ["teacher/r32", "teacher/r32", "kd/r32/r8", "kd/r32/r8", "teacher/r14@7",
+                 "teacher/r14@13"],
+        "role": ["teacher", "teacher", "kd", "kd", "teacher_checkpoint", "teacher_checkpoint"],
+        "model": ["r32", "r32", "r8", "r8", "r14", "r14"],
+        "seed": [0, 1, 0, 1, 0, 0], "teacher_seed": [0, 0, 0, 0, 0, 0],
+        "train_s": [100.0, 100.0, 10.0, 20.0, None, None],
+        "run_train_s": [None, None, None, None, 50.0, 50.0]})
+    assert docs.training_minutes(rows) == pytest.approx(3.0)
+    # each seed its own teacher (large): both count
+    own = rows.assign(teacher_seed=rows["seed"])
+    assert docs.training_minutes(own) == pytest.approx(280 / 60)
+    # a table that names its models by key: one per key, whatever the cells say
+    keyed = rows.drop(columns="run_train_s").assign(model_key=["a", "a", "b", "c", "d", "d"])
+    assert docs.training_minutes(keyed) == pytest.approx(130 / 60)
+    assert docs.training_minutes(rows.drop(columns="train_s")) is None
