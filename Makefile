@@ -32,7 +32,9 @@ study: $(STAMP)
 # capacity-gap and early-stopping cells land before the next seed's teachers train. About 30
 # hours (studies.zoo_budget): every command resumes (finished rows, cached models, training
 # snapshots); python -m studies.zoo_progress says how far it has got and how long it has left
-# (--record writes it to results/zoo_progress/ for the README).
+# (--record writes it to results/zoo_progress/ for the README; --carry copies the finished models
+# and the trainings left part-way into results/models, to commit: a machine that lost the model
+# cache goes on from them).
 # The method zoo's large profile (priority 2, method_zoo.large_sizing) is over the
 # budget and not run by this target: python -m studies.method_zoo --profile large.
 large: $(STAMP)
