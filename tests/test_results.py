@@ -127,6 +127,25 @@ def test_shipped_teachers_are_found_without_checkpoints_and_the_cache_comes_firs
         ship({"arch": "other"}, trained, shipped=tmp_path / "shipped")
 
 
+def test_a_checkpoint_equal_to_the_final_weights_is_stored_once(tmp_path):
+    """The last epoch's checkpoint is the final weights: an entry holds them once (400 kB of
+    weights, not 800), and both read back, equal, apart and whole."""
+    cache = ModelCache(tmp_path, shipped=None)
+    final = {"w": torch.randn(100_000), "n": torch.tensor(3)}
+    early = {"w": torch.zeros(100_000), "n": torch.tensor(1)}
+    twin = {k: v.clone() for k, v in final.items()}  # equal, another tensor
+    path = cache.save({"arch": "mlp"}, final, checkpoints={1: early, 3: twin})
+    assert 800_000 < path.stat().st_size < 1_000_000  # the final weights and one checkpoint
+    entry = cache.load({"arch": "mlp"})
+    assert torch.equal(entry["checkpoints"][3]["w"], final["w"])
+    assert torch.equal(entry["checkpoints"][1]["w"], early["w"])
+    assert torch.equal(entry["state_dict"]["w"], final["w"])
+    nearly = {"w": final["w"] + 1e-3, "n": torch.tensor(3)}  # not equal: kept apart
+    path = cache.save({"arch": "mlp"}, final, checkpoints={3: nearly})
+    assert path.stat().st_size > 800_000
+    assert torch.equal(cache.load({"arch": "mlp"})["checkpoints"][3]["w"], nearly["w"])
+
+
 def test_git_commit_is_dirty_for_code_changes_but_not_for_outputs(tmp_path):
     import subprocess
 

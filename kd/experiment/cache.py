@@ -39,10 +39,17 @@ def spec_key(spec: dict) -> str:
 def write_entry(path: Path, spec: dict, state_dict: dict, meta: dict | None,
                 checkpoints: dict[int, dict] | None, hint: str) -> Path:
     """Write one entry through a temporary file (the old file or the new one, never half of
-    one); a folder that cannot be written is a :class:`NotWritableError` ending in ``hint``."""
+    one); a folder that cannot be written is a :class:`NotWritableError` ending in ``hint``.
+    A checkpoint equal to the final weights (the last epoch's) is stored as them, once."""
+    checkpoints = {epoch: state_dict if same_weights(state, state_dict) else state
+                   for epoch, state in (checkpoints or {}).items()}
     return save_atomically({"spec": json.loads(json.dumps(spec, default=str)), "meta": meta or {},
-                            "state_dict": state_dict, "checkpoints": checkpoints or {}},
+                            "state_dict": state_dict, "checkpoints": checkpoints},
                            path, "model cache entry", hint)
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 class ModelCache:
