@@ -260,3 +260,19 @@ def test_a_run_carried_in_the_checkout_goes_on_on_a_machine_without_the_cache(tm
     assert len(meta["train_loss_history"]) == CONFIG.epochs
     assert not (shipped / "snapshots" / snapshot.name).exists()  # finished: its carry is gone
     assert not fresh.snapshot_path([killed]).exists() and in_training(fresh) == []
+
+
+def test_a_carried_snapshot_that_cannot_be_read_is_one_error_naming_it(tmp_path):
+    """Deleting the cache's copy would not help (the carried one would be copied again): the
+    error names the carried file, which is left as it was, and nothing is trained or copied."""
+    from kd.experiment.cache import ModelCache
+
+    spec = {"arch": "test-net", "seed": 1}
+    cache = ModelCache(tmp_path / "cache", shipped=tmp_path / "shipped")
+    carried = cache.carried(cache.snapshot_path([spec]))
+    carried.parent.mkdir(parents=True)
+    carried.write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(CorruptFileError, match=f"{carried} cannot be read.*delete it"):
+        cache.fit(spec, net(1), images(), CrossEntropy(), CONFIG, seed=7)
+    assert carried.read_bytes() == b"PK\x03\x04 half a zip"
+    assert not cache.snapshot_path([spec]).exists() and not cache.path(spec).exists()

@@ -22,7 +22,7 @@ from kd.errors import ConfigError, check_writable_folder, reason
 from kd.experiment.results import hardware
 from kd.train.batched import StackedModels
 from kd.train.engine import fit, fit_lockstep, prepare_model, resolve_auto
-from kd.train.snapshot import copy_atomically, save_atomically
+from kd.train.snapshot import copy_atomically, read_snapshot, save_atomically
 
 CACHE_VERSION = 2  # 2: fused Adam
 # Trained teachers committed with the results they produced (weights only, named by their key):
@@ -79,9 +79,11 @@ class ModelCache:
 
     def _resume_from(self, specs: list[dict]) -> Path:
         """The snapshot path of ``specs``, first filled from the carried copy when this cache
-        has none (the training goes on in the cache; the carried copy is left as it is)."""
+        has none (the training goes on in the cache; the carried copy is left as it is). A
+        carried copy that cannot be read is a :class:`CorruptFileError` naming it."""
         path, carried = self.snapshot_path(specs), self.carried(self.snapshot_path(specs))
         if not path.exists() and carried is not None and carried.exists():
+            read_snapshot(carried)  # (a stack of specs is one training: no count)
             copy_atomically(carried, path, "training snapshot", "set KD_CACHE to a writable folder")
         return path
 

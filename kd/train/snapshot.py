@@ -107,6 +107,19 @@ def restore_training(training, state: dict, path: Path) -> None:
     training.result.checkpoints = state["checkpoints"]
 
 
+def read_snapshot(path: Path, trainings: int | None = None) -> dict:
+    """The snapshot at ``path`` (of ``trainings`` trainings, when given); a file that is not
+    one (truncated, another program's, another run's) is a :class:`CorruptFileError`."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        assert saved["version"] == SNAPSHOT_VERSION
+        assert trainings is None or len(saved["trainings"]) == trainings
+    except Exception as error:
+        raise CorruptFileError(f"training snapshot {path} cannot be read ({reason(error)}): "
+                               f"delete it to train from the start") from None
+    return saved
+
+
 class Snapshots:
     """The snapshot file of one run (``path``; None: no snapshots), written after an epoch when
     ``every_s`` seconds have passed since the last one, and always after the last epoch."""
@@ -120,12 +133,7 @@ class Snapshots:
         ``(epochs done, training seconds spent)`` ((0, 0.0) when there is none)."""
         if self.path is None or not self.path.exists():
             return 0, 0.0
-        try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=True)
-            assert saved["version"] == SNAPSHOT_VERSION and len(saved["trainings"]) == len(trainings)
-        except Exception as error:  # truncated, another program's file, another run's
-            raise CorruptFileError(f"training snapshot {self.path} cannot be read "
-                                   f"({reason(error)}): delete it to train from the start") from None
+        saved = read_snapshot(self.path, len(trainings))
         for training, state in zip(trainings, saved["trainings"]):
             restore_training(training, state, self.path)
         for generator, state in zip(generators, saved["generators"]):
