@@ -25,8 +25,9 @@ from kd.train.engine import fit, fit_lockstep, prepare_model, resolve_auto
 from kd.train.snapshot import copy_atomically, read_snapshot, save_atomically
 
 CACHE_VERSION = 2  # 2: fused Adam
-# Trained teachers committed with the results they produced (weights only, named by their key):
-# a fresh checkout reruns any student cell without training the teacher again.
+# Trained teachers committed with the results they produced (named by their key): a fresh
+# checkout reruns any student cell without training the teacher again. A long run's finished
+# models and part-way trainings are carried here too (``carry``; ``snapshots/``).
 SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "results" / "models"
 
 
@@ -81,7 +82,8 @@ class ModelCache:
         """The snapshot path of ``specs``, first filled from the carried copy when this cache
         has none (the training goes on in the cache; the carried copy is left as it is). A
         carried copy that cannot be read is a :class:`CorruptFileError` naming it."""
-        path, carried = self.snapshot_path(specs), self.carried(self.snapshot_path(specs))
+        path = self.snapshot_path(specs)
+        carried = self.carried(path)
         if not path.exists() and carried is not None and carried.exists():
             read_snapshot(carried)  # (a stack of specs is one training: no count)
             copy_atomically(carried, path, "training snapshot", "set KD_CACHE to a writable folder")
