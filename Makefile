@@ -35,12 +35,20 @@ study: $(STAMP)
 # (--record writes it to results/zoo_progress/ for the README; --carry copies the finished models
 # and the trainings left part-way into results/models, to commit: a machine that lost the model
 # cache goes on from them).
+# Each seed trains all its models in one precision (part of every key), so that no comparison
+# within a seed mixes precisions: seed 0 in bf16 (begun on an AMD EPYC with AVX512_BF16), seed 1
+# in fp32 (begun on an AMD EPYC without AVX512, where bf16 is emulated, about 17x slower than
+# fp32), seed 2 in bf16. A machine without native bf16 runs LARGE_SEEDS=1 alone.
+LARGE_SEEDS ?= 0 1 2
+LARGE_PRECISION_0 = bf16
+LARGE_PRECISION_1 = fp32
+LARGE_PRECISION_2 = bf16
 # The method zoo's large profile (priority 2, method_zoo.large_sizing) is over the
 # budget and not run by this target: python -m studies.method_zoo --profile large.
 large: $(STAMP)
-	for seed in 0 1 2; do for study in capacity_gap early_stopping; do \
-		$(PY) -m studies.$$study --profile large --seeds $$seed:$$((seed + 1)) $(ARGS) || exit 1; \
-	done; done
+	$(foreach seed,$(LARGE_SEEDS),for study in capacity_gap early_stopping; do \
+		$(PY) -m studies.$$study --profile large --seeds $(seed):$$(($(seed) + 1)) \
+			--precision $(LARGE_PRECISION_$(seed)) $(ARGS) || exit 1; done;)
 
 # Executes every notebook headless, in place; each one rewrites its figures/ files.
 figures: $(STAMP)

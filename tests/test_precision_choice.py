@@ -216,3 +216,58 @@ def test_a_thread_count_set_by_other_code_is_left_alone(registry, monkeypatch):
     with engine.torch_threads(1):
         assert threads.claim_threads() == 1 and torch.get_num_threads() == 1
     assert threads.claim_threads() == 2  # restored to what the last claim set: claims again
+
+
+def auto_specs(*archs: str) -> list[dict]:
+    config = engine.TrainConfig(epochs=1, batch_size=16, lr=0.1, precision="auto")
+    return [{"arch": arch, "train": dataclasses.asdict(config)} for arch in archs]
+
+
+def resolved(cache: ModelCache, specs: list[dict]) -> str:
+    config = engine.TrainConfig(epochs=1, batch_size=16, lr=0.1, precision="auto")
+    config = cache.concrete_precision(specs, config, tiny_model, tiny_split())
+    assert all(spec["train"]["precision"] == config.precision for spec in specs)
+    return config.precision
+
+
+@pytest.mark.parametrize("begun", ["stored", "shipped", "snapshot", "carried snapshot"])
+def test_auto_goes_on_in_the_precision_a_training_began_in(measured, tmp_path, begun):
+    """A machine that measures fp32 faster resumes a run begun in bf16 in bf16 (the keys it
+    began under), wherever the begun work lies; a spec nobody began is measured."""
+    fake, calls = measured
+    fake.speeds = {"fp32": 100.0, "bf16": 10.0}  # this machine: bf16 emulated, slow
+    cache = ModelCache(tmp_path / "cache", shipped=tmp_path / "shipped")
+    bf16 = [cache_keys_spec(spec, "bf16") for spec in auto_specs("a", "b")]
+    if begun == "stored":
+        cache.save(bf16[0], tiny_model().state_dict())
+    elif begun == "shipped":
+        write_file(cache.shipped / cache.path(bf16[1]).name)
+    else:  # a snapshot of the two trained together, in this cache or carried in a checkout
+        snapshot = cache.snapshot_path(bf16)
+        write_file(snapshot if begun == "snapshot" else cache.carried(snapshot))
+    assert resolved(cache, auto_specs("a", "b")) == "bf16" and calls == []
+    assert resolved(cache, auto_specs("c")) == "fp32" and len(calls) == 1
+    # another group's snapshot does not decide: b alone was never begun in bf16
+    if begun in ("snapshot", "carried snapshot"):
+        assert resolved(cache, auto_specs("b")) == "fp32"
+
+
+def test_a_named_precision_is_kept_even_where_another_was_begun(measured, tmp_path):
+    cache = ModelCache(tmp_path / "cache", shipped=None)
+    cache.save(cache_keys_spec(auto_specs("a")[0], "bf16"), tiny_model().state_dict())
+    config = engine.TrainConfig(epochs=1, batch_size=16, lr=0.1, precision="fp32")
+    spec = {"arch": "a", "train": dataclasses.asdict(config)}
+    assert cache.concrete_precision([spec], config, tiny_model, tiny_split()) is config
+    assert spec["train"]["precision"] == "fp32"
+
+
+def cache_keys_spec(spec: dict, precision: str) -> dict:
+    from kd.experiment.cache import with_precision
+    concrete = with_precision(spec, precision)
+    assert concrete is not spec and spec["train"]["precision"] == "auto"  # a copy
+    return concrete
+
+
+def write_file(path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"begun")

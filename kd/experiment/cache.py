@@ -8,6 +8,8 @@ any field of the spec (or ``CACHE_VERSION``, when training code changes meaning)
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 import sys
@@ -21,7 +23,7 @@ from kd.data import cache_root
 from kd.errors import ConfigError, check_writable_folder, reason
 from kd.experiment.results import hardware
 from kd.train.batched import StackedModels
-from kd.train.engine import fit, fit_lockstep, prepare_model, resolve_auto
+from kd.train.engine import PRECISIONS, fit, fit_lockstep, prepare_model, resolve_auto
 from kd.train.snapshot import copy_atomically, read_snapshot, save_atomically
 
 CACHE_VERSION = 2  # 2: fused Adam
@@ -97,6 +99,47 @@ class ModelCache:
             with contextlib.suppress(OSError):
                 carried.unlink(missing_ok=True)
 
+    def concrete_precision(self, specs: list[dict], config, probe: Callable[[], nn.Module],
+                           train):
+        """``config`` with ``precision="auto"`` replaced by a concrete one, written into each
+        spec's ``train`` config IN PLACE before any key is computed: a model trained in bf16 has
+        one key, the one its caller reads from the spec afterwards, whether bf16 was asked for
+        or measured to be faster. Specs already begun in one precision (a model stored, or a
+        snapshot, here or carried) go on in it; only new ones are measured on this machine
+        (``probe()`` builds a model, in a forked random state so that the models trained after
+        it are those a run told the precision would train). A run resumed on a machine that
+        measures the other way would otherwise start again under other keys."""
+        if config.precision != "auto" or not any(map(_asks_auto, specs)):
+            return config
+        if (begun := self.begun_precision(specs)) is not None:
+            config = dataclasses.replace(config, precision=begun)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                config, _ = resolve_auto(config, probe(), train)
+        for spec in specs:
+            if _asks_auto(spec):
+                spec["train"]["precision"] = config.precision
+        return config
+
+    def begun_precision(self, specs: list[dict]) -> str | None:
+        """The first precision under which some of ``specs`` (asking for ``auto``) are stored
+        or the rest left part-way, in this cache or carried in ``shipped``; None if none."""
+        for precision in PRECISIONS:
+            concrete = [with_precision(spec, precision) for spec in specs]
+            missing = [spec for spec in concrete if not self.stored(spec)]
+            if len(missing) < len(concrete):
+                return precision
+            snapshot = self.snapshot_path(missing)
+            if snapshot.exists() or ((carried := self.carried(snapshot)) and carried.exists()):
+                return precision
+        return None
+
+    def stored(self, spec: dict) -> bool:
+        """Whether a finished model of ``spec`` is in the cache or shipped (readable or not)."""
+        name = self.path(spec).name
+        return (self.root / name).exists() or (
+            self.shipped is not None and (self.shipped / name).exists())
+
     def load(self, spec: dict) -> dict | None:
         """``{"state_dict", "meta", "spec"}`` for a hit, from the cache or else from the shipped
         teachers (``results/models``); None for a miss. A truncated, corrupt or foreign entry
@@ -141,7 +184,7 @@ class ModelCache:
         number, or a list for a stack of students), and ``train_loss_history``, one per epoch
         (absent from entries stored before it was kept).
         """
-        config = concrete_precision([spec], config, lambda: student_of(objective, model), train)
+        config = self.concrete_precision([spec], config, lambda: student_of(objective, model), train)
         hit = self.load(spec)
         if hit is None:
             # Fail before training, not when storing the result after it.
@@ -167,7 +210,7 @@ class ModelCache:
         seeded initialization); ``objective_for(indices)`` the objective of a stack of those
         (a live teacher per member is a stack too). meta also holds ``stacked_with``, and
         ``train_s`` is the stack's time divided by its members."""
-        config = concrete_precision(specs, config, lambda: new_model(0), train)
+        config = self.concrete_precision(specs, config, lambda: new_model(0), train)
         missing = [i for i, spec in enumerate(specs) if self.load(spec) is None]
         if not missing:
             return []
@@ -198,7 +241,7 @@ class ModelCache:
         indices trained. ``new_run(i)`` gives model i untrained, prepared for the device, and its
         objective. meta also holds ``lockstep_with``, and ``train_s`` is the lockstep's time
         divided by its models."""
-        config = concrete_precision(specs, config, lambda: student_of(*reversed(new_run(0))), train)
+        config = self.concrete_precision(specs, config, lambda: student_of(*reversed(new_run(0))), train)
         missing = [i for i, spec in enumerate(specs) if self.load(spec) is None]
         if not missing:
             return []
@@ -216,20 +259,17 @@ class ModelCache:
         return missing
 
 
-def concrete_precision(specs: list[dict], config, probe: Callable[[], nn.Module], train):
-    """``config`` with ``precision="auto"`` replaced by what this machine measured for the model
-    (``probe()`` builds one, in a forked random state so that the models trained after it are
-    those a run told the precision would train), written into each spec's ``train`` config IN
-    PLACE before any key is computed: a model trained in bf16 has one key, the one its caller
-    reads from the spec afterwards, whether bf16 was asked for or measured to be faster."""
-    if config.precision != "auto":
-        return config
-    with torch.random.fork_rng(devices=[]):
-        config, _ = resolve_auto(config, probe(), train)
-    for spec in specs:
-        if isinstance(spec.get("train"), dict) and spec["train"].get("precision") == "auto":
-            spec["train"]["precision"] = config.precision
-    return config
+def _asks_auto(spec: dict) -> bool:
+    return isinstance(spec.get("train"), dict) and spec["train"].get("precision") == "auto"
+
+
+def with_precision(spec: dict, precision: str) -> dict:
+    """A copy of ``spec`` whose ``auto`` training precision is ``precision``."""
+    if not _asks_auto(spec):
+        return spec
+    spec = copy.deepcopy(spec)
+    spec["train"]["precision"] = precision
+    return spec
 
 
 def student_of(objective, model: nn.Module) -> nn.Module:
