@@ -58,8 +58,8 @@ def test_a_shipped_teacher_loads_through_the_cache_into_its_architecture():
 
 # The large run (issue 28) spans many sessions and resumes from the model cache and its
 # snapshots by these keys, computed by the code that started it (ae7a65e): a change that moves
-# them would silently retrain tens of CPU hours. Its CPU studies train in bf16 (``auto`` on
-# this project's machines), part of the key.
+# them would silently retrain tens of CPU hours. The precision is part of the key: seeds 0 and 2
+# train in bf16, seed 1 in fp32 (the Makefile's LARGE_PRECISION_<seed>).
 LARGE_TEACHER_KEYS = {
     (0, "resnet14"): "43eae59e73bdb34912da", (0, "resnet20"): "5de0cdc5f9b58eb7d215",
     (0, "resnet32"): "3937b77db41162925d36", (1, "resnet14"): "8bdaf8e76b5af20188a6",
@@ -79,6 +79,13 @@ def test_the_large_runs_keys_stay_those_it_resumes_from(fake_cifar10):
     teacher = Teacher("resnet32", None, LARGE_TEACHER_KEYS[0, "resnet32"], None)
     assert spec_key(zoo.student_training("resnet8", 0, None).spec) == "49a64d2f5d7f317eb02c"
     assert spec_key(zoo.student_training("resnet8", 0, teacher).spec) == "c3f09ca808d6e8437c51"
-    fp32 = with_training(profile, precision="fp32")
-    assert spec_key(make_zoo(fp32, "cifar10", torch.device("cpu"))
-                    .teacher_training("resnet14", 0).spec) != LARGE_TEACHER_KEYS[0, "resnet14"]
+    fp32 = make_zoo(with_training(profile, precision="fp32"), "cifar10", torch.device("cpu"))
+    assert spec_key(fp32.teacher_training("resnet14", 0).spec) != LARGE_TEACHER_KEYS[0, "resnet14"]
+    for arch, key in LARGE_SEED1_FP32_KEYS.items():
+        assert spec_key(fp32.teacher_training(arch, 1).spec) == key, arch
+    assert spec_key(fp32.student_training("resnet8", 1, None).spec) == "492e79a28aa598995fe6"
+
+
+# Seed 1's teachers in fp32 (begun 2026-12-06 at 8d16d9e, on a CPU without native bf16).
+LARGE_SEED1_FP32_KEYS = {"resnet14": "49301edf7e9ab8a9b8d1", "resnet20": "cdb17a4176fa0f6255dd",
+                         "resnet32": "20369178f48afc092976"}
