@@ -184,7 +184,8 @@ class ModelCache:
         number, or a list for a stack of students), and ``train_loss_history``, one per epoch
         (absent from entries stored before it was kept).
         """
-        config = self.concrete_precision([spec], config, lambda: student_of(objective, model), train)
+        config = self.concrete_precision([spec], config, lambda: student_of(objective, model),
+                                         train)
         hit = self.load(spec)
         if hit is None:
             # Fail before training, not when storing the result after it.
@@ -241,7 +242,8 @@ class ModelCache:
         indices trained. ``new_run(i)`` gives model i untrained, prepared for the device, and its
         objective. meta also holds ``lockstep_with``, and ``train_s`` is the lockstep's time
         divided by its models."""
-        config = self.concrete_precision(specs, config, lambda: student_of(*reversed(new_run(0))), train)
+        config = self.concrete_precision(specs, config,
+                                         lambda: student_of(*reversed(new_run(0))), train)
         missing = [i for i, spec in enumerate(specs) if self.load(spec) is None]
         if not missing:
             return []
