@@ -35,14 +35,16 @@ study: $(STAMP)
 # (--record writes it to results/zoo_progress/ for the README; --carry copies the finished models
 # and the trainings left part-way into results/models, to commit: a machine that lost the model
 # cache goes on from them).
-# Each seed trains all its models in one precision (part of every key), so that no comparison
-# within a seed mixes precisions: seed 0 in bf16 (begun on an AMD EPYC with AVX512_BF16), seed 1
-# in fp32 (begun on an AMD EPYC without AVX512, where bf16 is emulated, about 17x slower than
-# fp32), seed 2 in bf16. A machine without native bf16 runs LARGE_SEEDS=1 alone.
+# Precision (part of every key): seed 0 in bf16, as its committed rows were trained (its models
+# are retrained from their seeds where the cache lost them, and must stay those of its rows);
+# seeds 1 and 2 auto, per model: bf16 where this CPU computes it natively and faster, else fp32
+# (bf16 emulated on an AMD EPYC without AVX512 was 17x slower), and a model begun in one
+# precision goes on in it (kd.experiment.cache). Rows record each. Without native bf16, run
+# LARGE_SEEDS="1 2": seed 0's bf16 would crawl.
 LARGE_SEEDS ?= 0 1 2
 LARGE_PRECISION_0 = bf16
-LARGE_PRECISION_1 = fp32
-LARGE_PRECISION_2 = bf16
+LARGE_PRECISION_1 = auto
+LARGE_PRECISION_2 = auto
 # The method zoo's large profile (priority 2, method_zoo.large_sizing) is over the
 # budget and not run by this target: python -m studies.method_zoo --profile large.
 large: $(STAMP)

@@ -58,8 +58,8 @@ def test_a_shipped_teacher_loads_through_the_cache_into_its_architecture():
 
 # The large run (issue 28) spans many sessions and resumes from the model cache and its
 # snapshots by these keys, computed by the code that started it (ae7a65e): a change that moves
-# them would silently retrain tens of CPU hours. The precision is part of the key: seeds 0 and 2
-# train in bf16, seed 1 in fp32 (the Makefile's LARGE_PRECISION_<seed>).
+# them would silently retrain tens of CPU hours. The precision is part of the key: seed 0 trains
+# in bf16, seeds 1 and 2 in auto's choice per model (the Makefile's LARGE_PRECISION_<seed>).
 LARGE_TEACHER_KEYS = {
     (0, "resnet14"): "43eae59e73bdb34912da", (0, "resnet20"): "5de0cdc5f9b58eb7d215",
     (0, "resnet32"): "3937b77db41162925d36", (1, "resnet14"): "8bdaf8e76b5af20188a6",
@@ -86,6 +86,6 @@ def test_the_large_runs_keys_stay_those_it_resumes_from(fake_cifar10):
     assert spec_key(fp32.student_training("resnet8", 1, None).spec) == "492e79a28aa598995fe6"
 
 
-# Seed 1's teachers in fp32 (begun 2026-12-06 at 8d16d9e, on a CPU without native bf16).
+# Seed 1's teachers in fp32 (auto's choice on a CPU without native bf16, where its first began).
 LARGE_SEED1_FP32_KEYS = {"resnet14": "49301edf7e9ab8a9b8d1", "resnet20": "cdb17a4176fa0f6255dd",
                          "resnet32": "20369178f48afc092976"}
