@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -207,6 +208,20 @@ def test_rows_name_the_threads_of_their_own_cell(registry):
     assert hardware("cpu").endswith(", 1 threads)")
     torch.set_num_threads(2)
     assert hardware("cpu").endswith(", 2 threads)")
+
+
+def test_rows_say_where_bf16_is_emulated(monkeypatch):
+    """One CPU model name covers machines with and without native bf16 (AMD EPYC: Zen 4 has
+    it, Zen 3 does not, 17x apart in a bf16 step): the row says which it was."""
+    from kd.experiment import results
+
+    monkeypatch.setattr(results, "cpu_model", lambda: "AMD EPYC")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    torch.set_num_threads(1)
+    monkeypatch.setattr(results, "native_bf16", lambda device: True)
+    assert results.hardware("cpu") == "AMD EPYC (2 cores, 1 threads)"
+    monkeypatch.setattr(results, "native_bf16", lambda device: False)
+    assert results.hardware("cpu") == "AMD EPYC without native bf16 (2 cores, 1 threads)"
 
 
 def test_a_thread_count_set_by_other_code_is_left_alone(registry, monkeypatch):

@@ -26,7 +26,7 @@ from kd.errors import (ConfigError, CorruptFileError, NonFiniteLossError, NotWri
                        check_writable_folder, reason)
 from kd.experiment.lock import hold
 from kd.experiment.threads import claim_threads
-from kd.train.precision import cpu_model, last_choice
+from kd.train.precision import cpu_model, last_choice, native_bf16
 from kd.train.snapshot import restored_time
 
 PROVENANCE_COLUMNS = ("wall_s", "device", "precision", "hardware", "torch", "git_commit",
@@ -252,11 +252,14 @@ def git_commit(root: Path = REPO_ROOT) -> str:
 
 
 def hardware(device_type: str) -> str:
-    """A readable name of the machine that ran: the GPU, or the CPU model, its core count and
-    the torch threads now (a study's threads may change between cells, kd.experiment.threads)."""
+    """A readable name of the machine that ran: the GPU, or the CPU model, whether it lacks
+    native bf16 (one model name covers CPUs with and without it, several times apart in speed),
+    its core count and the torch threads now (a study's threads may change between cells,
+    kd.experiment.threads)."""
     if device_type == "cuda":
         return torch.cuda.get_device_name()
-    return f"{cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    emulated = "" if native_bf16(torch.device("cpu")) else " without native bf16"
+    return f"{cpu_model()}{emulated} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def provenance(device: torch.device, wall_s: float, precision: str = "fp32") -> dict:
