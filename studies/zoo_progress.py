@@ -68,12 +68,6 @@ def planned_key(zoo: Zoo, t: Planned, families: dict, keys: dict[Planned, str]) 
     return keys[t]
 
 
-def stored(cache: ModelCache, key: str) -> list:
-    """Where the entry of ``key`` is: the cache, else the shipped models (none: [])."""
-    places = [cache.root] + ([cache.shipped] if cache.shipped is not None else [])
-    return [path for place in places if (path := place / f"{key}.pt").exists()][:1]
-
-
 def progress(name: str, dataset: str = CIFAR_DATASETS[0],
              cache: ModelCache | None = None) -> pd.DataFrame:
     """One row per planned training: seed, role, arch, taught by, its KD epochs, its key (in the
@@ -95,7 +89,7 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
     rows = []
     for t in planned:
         options = [keys[p][t] for p in PRECISIONS]
-        done = next((path for k in options for path in stored(cache, k)), None)
+        done = next((path for k in options if (path := cache.entry_path(k))), None)
         key = done.stem if done else next((k for k in options if k in part_way), options[0])
         meta = torch.load(done, map_location="cpu", weights_only=True)["meta"] if done else {}
         rows.append({"seed": t.seed, "role": t.role, "arch": t.arch, "taught_by": t.taught_by,

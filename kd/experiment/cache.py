@@ -136,21 +136,23 @@ class ModelCache:
 
     def stored(self, spec: dict) -> bool:
         """Whether a finished model of ``spec`` is in the cache or shipped (readable or not)."""
-        name = self.path(spec).name
-        return (self.root / name).exists() or (
-            self.shipped is not None and (self.shipped / name).exists())
+        return self.entry_path(spec_key(spec)) is not None
+
+    def entry_path(self, key: str) -> Path | None:
+        """Where the entry of ``key`` is: the cache, else the shipped models; None if neither."""
+        places = [self.root] + ([self.shipped] if self.shipped is not None else [])
+        return next((path for place in places if (path := place / f"{key}.pt").exists()), None)
 
     def load(self, spec: dict) -> dict | None:
         """``{"state_dict", "meta", "spec"}`` for a hit, from the cache or else from the shipped
         teachers (``results/models``); None for a miss. A truncated, corrupt or foreign entry
         is a miss too, said in one line on stderr: it is trained again and the cache entry is
         overwritten (it is derived data)."""
-        path = self.path(spec)
-        if not path.exists() and self.shipped is not None:
-            path = self.shipped / path.name
+        if (path := self.entry_path(spec_key(spec))) is None:
+            return None
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
+        except FileNotFoundError:  # removed since it was found
             return None
         # torch.load of a broken file raises RuntimeError (zip), UnpicklingError, EOFError, ...
         except Exception as error:
