@@ -18,7 +18,8 @@ which a session's stop may do.
 Hours left are the sizing's (``zoo_budget``, from the roofline's idle speeds) and, beside them,
 scaled by how the finished teachers' measured training time (``train_s`` in their cache meta)
 compares with their sizing: the pace this machine has kept so far. Students trained in lockstep
-share one time, so the pace is the teachers'. A key is looked up in both precisions (``auto``
+share one time, so the pace is the teachers'; it is also told per precision and machine, as
+the sizing assumed bf16 and a CPU that emulates it trains in fp32 at another pace. A key is looked up in both precisions (``auto``
 writes the one it measured into the key), so the listing does not need to know which won.
 Students training in lockstep keep one snapshot for the group (``python -m kd.experiment.cache
 list`` shows it): here they count as not started until they are stored.
@@ -71,8 +72,9 @@ def planned_key(zoo: Zoo, t: Planned, families: dict, keys: dict[Planned, str]) 
 def progress(name: str, dataset: str = CIFAR_DATASETS[0],
              cache: ModelCache | None = None) -> pd.DataFrame:
     """One row per planned training: seed, role, arch, taught by, its KD epochs, its key (in the
-    precision found, else the first), done, epochs done (part-way: its snapshot's), sized
-    hours, measured hours and the machine it trained on when done."""
+    precision found, else the first), done, epochs done (part-way: its snapshot's), the
+    precision it trains in (blank before it begins), sized hours, measured hours and the
+    machine it trained on when done."""
     cache = cache or ModelCache()
     profile = ZOO_PROFILES[name].resolved()
     planned = zoo_budget.trainings(name, profile, profile.seeds)
@@ -90,23 +92,45 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
     for t in planned:
         options = [keys[p][t] for p in PRECISIONS]
         done = next((path for k in options if (path := cache.entry_path(k))), None)
-        key = done.stem if done else next((k for k in options if k in part_way), options[0])
+        begun = done.stem if done else next((k for k in options if k in part_way), None)
+        key = begun or options[0]
         meta = torch.load(done, map_location="cpu", weights_only=True)["meta"] if done else {}
         rows.append({"seed": t.seed, "role": t.role, "arch": t.arch, "taught_by": t.taught_by,
                      "kd_epochs": t.kd_epochs, "key": key, "done": done is not None,
                      "epochs_done": t.epochs if done else part_way.get(key, 0),
                      "epochs": t.epochs,
+                     "precision": PRECISIONS[options.index(begun)] if begun else None,
                      "sized_h": zoo_budget.hours(t, speeds, passes.get(t, 0)),
                      "measured_h": meta.get("train_s", float("nan")) / 3600,
                      "trained_on": meta.get("trained_on")})
     return pd.DataFrame(rows)
 
 
+def finished_teachers(table: pd.DataFrame) -> pd.DataFrame:
+    return table[(table["role"] == "teacher") & table["done"].astype(bool)]
+
+
 def pace(table: pd.DataFrame) -> float | None:
     """Measured over sized hours of the finished teachers (None before one finishes)."""
-    teachers = table[(table["role"] == "teacher") & table["done"].astype(bool)]
+    teachers = finished_teachers(table)
     return float(teachers["measured_h"].sum() / teachers["sized_h"].sum()) \
         if not teachers.empty else None
+
+
+def paces(table: pd.DataFrame) -> pd.DataFrame:
+    """The pace of the finished teachers per precision and machine (``teachers``, ``pace``):
+    the sizing assumed bf16 where the CPU has it, so a machine that emulates it, and trains in
+    fp32, keeps another pace. A table recorded before the precision column counts as one
+    precision."""
+    teachers = finished_teachers(table)
+    blank = pd.Series(dtype=object)
+    teachers = teachers.assign(precision=teachers.get("precision", blank),
+                               trained_on=teachers.get("trained_on", blank))
+    return teachers.fillna({"precision": "?", "trained_on": "this machine"}).groupby(
+        ["precision", "trained_on"]).agg(
+        teachers=("done", "size"), measured_h=("measured_h", "sum"),
+        sized_h=("sized_h", "sum")).assign(
+        pace=lambda g: g["measured_h"] / g["sized_h"]).reset_index()
 
 
 def hours_left(table: pd.DataFrame) -> float:
@@ -127,6 +151,10 @@ def summary(table: pd.DataFrame) -> str:
     if ratio is not None:
         lines.append(f"finished teachers took {ratio:.2f}x their sizing: about "
                      f"{left_h * ratio:.1f} h left at that pace")
+        groups = paces(table)
+        if len(groups) > 1:
+            lines += [f"  {g.pace:.2f}x for {g.teachers} in {g.precision} on {g.trained_on}"
+                      for g in groups.itertuples()]
     return "\n".join(lines)
 
 
@@ -152,9 +180,15 @@ def status_line(table: pd.DataFrame) -> str:
             f"{left_h:.1f} h left as sized")
     ratio = pace(table)
     if ratio is not None:
-        machines = ", ".join(sorted(table.loc[done & teachers, "trained_on"].dropna().unique()))
-        text += (f", about {left_h * ratio:.1f} h at the pace the finished teachers "
-                 f"kept on {machines or 'this machine'}: {ratio:.2f}x their sizing")
+        groups = paces(table)
+        if len(groups) == 1:
+            text += (f", about {left_h * ratio:.1f} h at the pace the finished teachers "
+                     f"kept on {groups['trained_on'].iloc[0]}: {ratio:.2f}x their sizing")
+        else:
+            each = "; ".join(f"{g.pace:.2f}x for {g.teachers} in {g.precision} on {g.trained_on}"
+                             for g in groups.itertuples())
+            text += (f", about {left_h * ratio:.1f} h at the pace the finished teachers kept: "
+                     f"{ratio:.2f}x their sizing ({each})")
     when = pd.Timestamp(table["recorded_at"].iloc[0]).strftime("%Y-%m-%d %H:%M UTC")
     return f"{text}; recorded {when}"
 

@@ -198,6 +198,8 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     assert seed1.loc[seed1["role"] == "teacher", "done"].all() and not seed1["done"].all()
     assert not table.loc[table["seed"] == 2, "done"].any()
     assert table.loc[table["done"], "measured_h"].notna().all()
+    assert table.loc[table["done"], "precision"].isin(["bf16", "fp32"]).all()
+    assert table.loc[table["seed"] == 2, "precision"].isna().all()  # not begun: no precision
     assert f"{int(table['done'].sum())} of {len(table)} trainings done" in \
         zoo_progress.summary(table)
     recorded = zoo_progress.record(table, "smoke_large", tmp_path / "recorded")
@@ -325,6 +327,28 @@ def test_recorded_progress_reads_back_as_the_readmes_line_by_hand(tmp_path):
     with pytest.raises(ValueError, match="two rows share a cell and seed"):
         zoo_progress.record(pd.concat([hand_progress()] * 2), "large", tmp_path)
     assert len(ResultsTable("zoo_progress", "large", tmp_path).read()) == 1
+
+
+def test_the_pace_is_told_per_precision_and_machine_by_hand():
+    """Teachers that trained in two precisions (or on two machines) keep two paces: the line
+    gives the pooled one and each, so bf16's pace is not read as fp32's."""
+    table = pd.concat([hand_progress().assign(precision=["bf16", None, None]),
+                       hand_progress().iloc[:1].assign(
+                           key="k3", seed=1, precision="fp32", sized_h=0.5, measured_h=1.5,
+                           trained_on="CPU Y (2 cores, 2 threads)")], ignore_index=True)
+    groups = zoo_progress.paces(table).set_index("precision")
+    assert groups.loc["bf16", "pace"] == pytest.approx(1.2)  # 1.2 h of 1.0 sized
+    assert groups.loc["fp32", "pace"] == pytest.approx(3.0)  # 1.5 h of 0.5
+    assert zoo_progress.pace(table) == pytest.approx(2.7 / 1.5)  # pooled: 1.8
+    line = zoo_progress.status_line(table.assign(recorded_at="2026-12-06T10:00+00:00"))
+    assert ("3.5 h left as sized, about 6.3 h at the pace the finished teachers kept: 1.80x "
+            "their sizing (1.20x for 1 in bf16 on CPU X (2 cores, 2 threads); 3.00x for 1 in "
+            "fp32 on CPU Y (2 cores, 2 threads)); recorded 2026-12-06 10:00 UTC") in line
+    # a table recorded before the precision column: one group per machine, as before
+    old = hand_progress().assign(recorded_at="2026-12-06T10:00+00:00")
+    assert list(zoo_progress.paces(old)["precision"]) == ["?"]
+    assert "kept on CPU X (2 cores, 2 threads): 1.20x their sizing" in \
+        zoo_progress.status_line(old)
 
 
 def test_recording_over_a_broken_progress_file_is_one_line_before_the_cache_is_read(
