@@ -4,7 +4,8 @@ key, and the trainings left part-way in its snapshots.
 
     python -m studies.zoo_progress                 # the large profile
     python -m studies.zoo_progress --detail        # and every training, done or not
-    python -m studies.zoo_progress --record        # and write it to results/zoo_progress/
+    python -m studies.zoo_progress --record        # and write it to results/zoo_progress/,
+                                                   # and warn of rows of one model that disagree
     python -m studies.zoo_progress --carry         # and copy the run into results/models
 
 ``--record`` replaces ``results/zoo_progress/<profile>.csv`` (one row per planned training,
@@ -37,7 +38,7 @@ from kd.experiment.cache import ModelCache, carry, in_training, spec_key
 from kd.experiment.cli import run_main
 from kd.experiment.command import OneLineErrorParser, with_training
 from kd.experiment.results import ResultsTable, git_commit
-from studies import capacity_gap, early_stopping, zoo_budget
+from studies import capacity_gap, early_stopping, zoo_budget, zoo_rows
 from studies.cifar_zoo import CIFAR_DATASETS, ZOO_PROFILES, Teacher, Zoo, make_zoo
 from studies.zoo_budget import Planned
 
@@ -213,6 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     table = progress(args.profile, args.dataset, cache)
     if args.record:
         print(f"wrote {record(table, args.profile, args.results)}")
+        # recorded before rows are committed: rows of a model retrained otherwise show here
+        tables = {s: ResultsTable(s, args.profile, args.results).read() for s in zoo_rows.STUDIES}
+        if zoo_rows.report(args.profile, tables):
+            print("warning: the rows above describe two models under one name (studies.zoo_rows)")
     if args.carry:
         for path in carry(table.loc[table["done"], "key"].tolist(), cache):
             print(f"carried {path} ({path.stat().st_size / 1e6:.1f} MB)")
