@@ -50,24 +50,18 @@ def families_of(name: str) -> dict:
     return {f.name: f for f in (*capacity_gap.FAMILIES[name], *early_stopping.FAMILIES[name])}
 
 
-def planned_key(zoo: Zoo, t: Planned, families: dict, keys: dict[Planned, str]) -> str:
-    """The cache key the studies give ``t`` in ``zoo`` (its teacher's first, memoised in
-    ``keys``), as :meth:`Zoo.teacher_training` and :meth:`Zoo.student_training` spell it."""
-    if t in keys:
-        return keys[t]
+def training_key(zoo: Zoo, t: Planned, families: dict, teacher_key: str | None) -> str:
+    """The cache key the studies give ``t`` in ``zoo`` (its precision) when its teacher's key is
+    ``teacher_key``, as :meth:`Zoo.teacher_training` and :meth:`Zoo.student_training` spell it."""
     if t.role == "teacher":
-        spec = zoo.teacher_training(t.arch, t.seed).spec
-    else:
-        place = zoo.for_arch(families[t.family], t.arch)
-        teacher = None
-        if t.teacher is not None:
-            key = planned_key(zoo, t.teacher, families, keys)
-            at = "" if t.teacher_epoch is None else f"@{t.teacher_epoch}"
-            teacher = Teacher(t.teacher.arch, None, key + at, None)
-        kd_until = t.kd_epochs if teacher is not None and t.kd_epochs < t.epochs else None
-        spec = place.student_training(t.arch, t.seed, teacher, kd_until).spec
-    keys[t] = spec_key(spec)
-    return keys[t]
+        return spec_key(zoo.teacher_training(t.arch, t.seed).spec)
+    place = zoo.for_arch(families[t.family], t.arch)
+    teacher = None
+    if t.teacher is not None:
+        at = "" if t.teacher_epoch is None else f"@{t.teacher_epoch}"
+        teacher = Teacher(t.teacher.arch, None, teacher_key + at, None)
+    kd_until = t.kd_epochs if teacher is not None and t.kd_epochs < t.epochs else None
+    return spec_key(place.student_training(t.arch, t.seed, teacher, kd_until).spec)
 
 
 def progress(name: str, dataset: str = CIFAR_DATASETS[0],
@@ -83,24 +77,32 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
     speeds = zoo_budget.measured_speeds()
     families = families_of(name)
     part_way = {key: epoch for key, epoch, _ in in_training(cache)}
-    keys = {}
-    for precision in PRECISIONS:
-        zoo = make_zoo(with_training(profile, precision=precision), dataset,
-                       torch.device("cpu"))
-        found: dict[Planned, str] = {}
-        keys[precision] = {t: planned_key(zoo, t, families, found) for t in planned}
+    zoos = {p: make_zoo(with_training(profile, precision=p), dataset, torch.device("cpu"))
+            for p in PRECISIONS}
+    found: dict[Planned, tuple[str, str | None, Path | None]] = {}
+
+    def look_up(t: Planned) -> tuple[str, str | None, Path | None]:
+        """``t``'s key, the precision it began in (None: not begun) and its stored file. A
+        student's key holds its teacher's, and under ``auto`` the two may differ in precision
+        (an fp32 teacher, begun on a CPU without native bf16, teaching a bf16 student), so the
+        teacher's key is the one found, not the one of the student's precision."""
+        if t not in found:
+            teacher_key = look_up(t.teacher)[0] if t.teacher is not None else None
+            options = {p: training_key(zoos[p], t, families, teacher_key) for p in PRECISIONS}
+            stored = {p: path for p, k in options.items() if (path := cache.entry_path(k))}
+            begun = next(iter(stored), None) or next(
+                (p for p, k in options.items() if k in part_way), None)
+            found[t] = (options[begun or PRECISIONS[0]], begun, stored.get(begun))
+        return found[t]
+
     rows = []
     for t in planned:
-        options = [keys[p][t] for p in PRECISIONS]
-        done = next((path for k in options if (path := cache.entry_path(k))), None)
-        begun = done.stem if done else next((k for k in options if k in part_way), None)
-        key = begun or options[0]
+        key, precision, done = look_up(t)
         meta = torch.load(done, map_location="cpu", weights_only=True)["meta"] if done else {}
         rows.append({"seed": t.seed, "role": t.role, "arch": t.arch, "taught_by": t.taught_by,
                      "kd_epochs": t.kd_epochs, "key": key, "done": done is not None,
                      "epochs_done": t.epochs if done else part_way.get(key, 0),
-                     "epochs": t.epochs,
-                     "precision": PRECISIONS[options.index(begun)] if begun else None,
+                     "epochs": t.epochs, "precision": precision,
                      "sized_h": zoo_budget.hours(t, speeds, passes.get(t, 0)),
                      "measured_h": meta.get("train_s", float("nan")) / 3600,
                      "trained_on": meta.get("trained_on")})

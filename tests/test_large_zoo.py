@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from kd.experiment.cli import run_main
+from kd.experiment.command import with_training
 from kd.train.engine import TrainConfig
 from studies import capacity_gap, early_stopping, recipe, zoo_budget, zoo_progress
-from studies.cifar_zoo import (ZOO_PROFILES, Family, first_drop, teacher_checkpoints_for)
+from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, first_drop,
+                               teacher_checkpoints_for)
 from tests.conftest import REPO
 from tests.test_capacity_and_early_stopping import fits  # noqa: F401  (a fixture)
 from tests.test_notebooks import execute
@@ -389,3 +392,33 @@ def test_accuracy_against_issue_28s_targets_by_hand():
     assert "plateaued (`kd.metrics.PLATEAU_DROP`) in 2 of 7 rows' models" in targets_line(drops)
     assert "no `large` rows yet" in targets_line(None) and targets_line(None) == \
         targets_line(rows[rows["role"] == "kd"])
+
+
+def test_progress_finds_a_bf16_student_of_an_fp32_teacher(fake_cifar10, tmp_path):
+    """Under auto a teacher begun in fp32 (a CPU without native bf16) may teach students that
+    train in bf16 elsewhere: the student's key holds the fp32 teacher's key, and the listing
+    finds it there (and so carries it), not under an all-bf16 key."""
+    from kd.experiment.cache import ModelCache, spec_key
+    from studies.cifar_zoo import make_zoo
+
+    cache = ModelCache(tmp_path / "cache", shipped=None)
+    profile = ZOO_PROFILES["large"].resolved()
+    planned = zoo_budget.trainings("large", profile, profile.seeds)
+    student = next(t for t in planned if t.teacher is not None and t.teacher_epoch is None
+                   and t.kd_epochs == t.epochs and t.seed == 1)
+    zoo = {p: make_zoo(with_training(profile, precision=p), "cifar10", torch.device("cpu"))
+           for p in ("bf16", "fp32")}
+    teacher_key = spec_key(zoo["fp32"].teacher_training(student.teacher.arch, 1).spec)
+    place = zoo["bf16"].for_arch(zoo_progress.families_of("large")[student.family], student.arch)
+    student_key = spec_key(place.student_training(
+        student.arch, 1, Teacher(student.teacher.arch, None, teacher_key, None), None).spec)
+    cache.root.mkdir(parents=True)
+    for key, hours in ((teacher_key, 2.0), (student_key, 0.5)):
+        torch.save({"meta": {"train_s": hours * 3600, "trained_on": "CPU X"}},
+                   cache.root / f"{key}.pt")
+    table = zoo_progress.progress("large", cache=cache).set_index("key")
+    assert table.loc[teacher_key, ["done", "precision", "measured_h"]].tolist() == [
+        True, "fp32", 2.0]
+    assert table.loc[student_key, ["done", "precision", "measured_h"]].tolist() == [
+        True, "bf16", 0.5]
+    assert int(table["done"].sum()) == 2
