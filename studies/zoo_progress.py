@@ -20,8 +20,9 @@ Hours left are the sizing's (``zoo_budget``, from the roofline's idle speeds) an
 scaled by how the finished teachers' measured training time (``train_s`` in their cache meta)
 compares with their sizing: the pace this machine has kept so far. Students trained in lockstep
 share one time, so the pace is the teachers'; it is also told per precision and machine, as
-the sizing assumed bf16 and a CPU that emulates it trains in fp32 at another pace. A key is looked up in both precisions (``auto``
-writes the one it measured into the key), so the listing does not need to know which won.
+the sizing assumed bf16 and a CPU that emulates it trains in fp32 at another pace. A key is
+looked up in both precisions (``auto`` writes the one it chose into the key), a student's with
+its teacher's key as found, so the listing does not need to know which won.
 Students training in lockstep keep one snapshot for the group (``python -m kd.experiment.cache
 list`` shows it): here they count as not started until they are stored.
 """
