@@ -47,8 +47,8 @@ def canonical(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def teacher_cell(cell: str) -> str:
-    """The cell of a student's teacher: ``kd/T/S`` -> ``teacher/T``, ``eskd/T/S`` ->
-    ``teacher/T``, ``ta/T/A`` -> ``teacher/T``, ``kd/T/A/S`` (through an assistant) -> ``ta/T/A``."""
+    """The cell of a student's teacher: ``kd/T/S``, ``eskd/T/S`` and ``ta/T/A`` ->
+    ``teacher/T``; ``kd/T/A/S`` (through an assistant) -> ``ta/T/A``."""
     between = cell.split("/")[1:-1]
     return ("teacher/" if len(between) == 1 else "ta/") + "/".join(between)
 
