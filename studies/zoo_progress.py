@@ -157,8 +157,8 @@ def summary(table: pd.DataFrame) -> str:
                      f"{left_h * ratio:.1f} h left at that pace")
         groups = paces(table)
         if len(groups) > 1:
-            lines += [f"  {g.pace:.2f}x for {g.teachers} in {g.precision} on {g.trained_on}"
-                      for g in groups.itertuples()]
+            lines += [f"  {g.pace:.2f}x for {g.teachers} in {g.precision} on {g.trained_on}: "
+                      f"{left_h * g.pace:.1f} h left at that pace" for g in groups.itertuples()]
     return "\n".join(lines)
 
 
@@ -189,7 +189,8 @@ def status_line(table: pd.DataFrame) -> str:
             text += (f", about {left_h * ratio:.1f} h at the pace the finished teachers "
                      f"kept on {groups['trained_on'].iloc[0]}: {ratio:.2f}x their sizing")
         else:
-            each = "; ".join(f"{g.pace:.2f}x for {g.teachers} in {g.precision} on {g.trained_on}"
+            each = "; ".join(f"{g.pace:.2f}x for {g.teachers} in {g.precision} on "
+                             f"{g.trained_on}, {left_h * g.pace:.1f} h at that pace"
                              for g in groups.itertuples())
             text += (f", about {left_h * ratio:.1f} h at the pace the finished teachers kept: "
                      f"{ratio:.2f}x their sizing ({each})")

@@ -345,8 +345,9 @@ def test_the_pace_is_told_per_precision_and_machine_by_hand():
     assert zoo_progress.pace(table) == pytest.approx(2.7 / 1.5)  # pooled: 1.8
     line = zoo_progress.status_line(table.assign(recorded_at="2026-12-06T10:00+00:00"))
     assert ("3.5 h left as sized, about 6.3 h at the pace the finished teachers kept: 1.80x "
-            "their sizing (1.20x for 1 in bf16 on CPU X (2 cores, 2 threads); 3.00x for 1 in "
-            "fp32 on CPU Y (2 cores, 2 threads)); recorded 2026-12-06 10:00 UTC") in line
+            "their sizing (1.20x for 1 in bf16 on CPU X (2 cores, 2 threads), 4.2 h at that "
+            "pace; 3.00x for 1 in fp32 on CPU Y (2 cores, 2 threads), 10.5 h at that pace); "
+            "recorded 2026-12-06 10:00 UTC") in line
     # a table recorded before the precision column: one group per machine, as before
     old = hand_progress().assign(recorded_at="2026-12-06T10:00+00:00")
     assert list(zoo_progress.paces(old)["precision"]) == ["?"]
