@@ -439,7 +439,20 @@ def run_lines(rows: pd.DataFrame) -> list[str]:
     return [f"- seed values in the rows: {values(rows['seed'], lambda s: str(int(s)))}",
             f"- hardware: {values(rows['hardware'], str)}; device {values(rows['device'], str)}; "
             f"precision {values(rows['precision'], str)}; torch {values(rows['torch'], str)}",
-            wall, f"- git commits: {values(rows['git_commit'].astype(str), str)}"]
+            *machine_by_seed(rows), wall,
+            f"- git commits: {values(rows['git_commit'].astype(str), str)}"]
+
+
+def machine_by_seed(rows: pd.DataFrame) -> list[str]:
+    """Where a table's rows ran in more than one precision or on more than one machine (a long
+    run resumed on another CPU), which seed's rows ran where: one line, else none."""
+    where = rows[["seed", "precision", "hardware"]].astype(str)
+    if len(where[["precision", "hardware"]].drop_duplicates()) < 2:
+        return []
+    groups = where.groupby(["seed", "precision", "hardware"], sort=True).size()
+    return ["- by seed: " + "; ".join(
+        f"seed {seed}: {n} row{'s' if n > 1 else ''} in {precision} on {hardware}"
+        for (seed, precision, hardware), n in groups.items())]
 
 
 def claim_tables(scorecard: pd.DataFrame, study: str, profile: str) -> list[str]:

@@ -294,3 +294,14 @@ def test_training_minutes_count_each_trained_model_once_by_hand():
     keyed = rows.drop(columns="run_train_s").assign(model_key=["a", "a", "b", "c", "d", "d"])
     assert docs.training_minutes(keyed) == pytest.approx(130 / 60)
     assert docs.training_minutes(rows.drop(columns="train_s")) is None
+
+
+def test_rows_of_two_precisions_or_machines_say_which_seed_ran_where():
+    """A long run resumed on another CPU: the regime names each seed's precision and machine;
+    rows of one precision on one machine add no line."""
+    rows = pd.DataFrame({"seed": [0, 0, 1, 1], "precision": ["bf16", "bf16", "fp32", "bf16"],
+                         "hardware": ["CPU X", "CPU X", "CPU Y", "CPU X"]})
+    assert docs.machine_by_seed(rows) == [
+        "- by seed: seed 0: 2 rows in bf16 on CPU X; seed 1: 1 row in bf16 on CPU X; "
+        "seed 1: 1 row in fp32 on CPU Y"]
+    assert docs.machine_by_seed(rows.iloc[:2]) == []
