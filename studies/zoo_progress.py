@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kd.experiment.cache import ModelCache, carry, in_training, spec_key
+from kd.experiment.cache import ModelCache, carry, drop_finished, in_training, spec_key
 from kd.experiment.cli import run_main
 from kd.experiment.command import OneLineErrorParser, with_training
 from kd.experiment.results import ResultsTable, git_commit
@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.carry:
         for path in carry(table.loc[table["done"], "key"].tolist(), cache):
             print(f"carried {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        for path in drop_finished(cache):
+            print(f"dropped {path}: its training has finished and is carried")
     print(f"capacity_gap + early_stopping [{args.profile}]: the model cache "
           f"({cache.root})")
     print(summary(table))

@@ -276,3 +276,34 @@ def test_a_carried_snapshot_that_cannot_be_read_is_one_error_naming_it(tmp_path)
         cache.fit(spec, net(1), images(), CrossEntropy(), CONFIG, seed=7)
     assert carried.read_bytes() == b"PK\x03\x04 half a zip"
     assert not cache.snapshot_path([spec]).exists() and not cache.path(spec).exists()
+
+
+def test_a_carried_snapshot_of_a_training_finished_in_another_checkout_is_dropped(tmp_path):
+    """A run in a worktree forgets its own carried copy when its training ends; the checkout
+    that carried it drops its copy once the model is stored, and keeps those still needed."""
+    from kd.experiment.cache import ModelCache, carry, drop_finished, spec_key
+
+    done = {"arch": "test-net", "seed": 1, "train": {"epochs": CONFIG.epochs}}
+    going = {"arch": "test-net", "seed": 2, "train": {"epochs": CONFIG.epochs}}
+    shipped = tmp_path / "checkout" / "results" / "models"
+    cache = ModelCache(tmp_path / "cache", shipped=shipped, snapshot_every_s=0)
+
+    def fit(spec, objective, on=cache):
+        torch.manual_seed(123)
+        return on.fit(spec, net(1), images(), objective, CONFIG, seed=7, augment=RandomCropFlip())
+
+    for spec in (done, going):
+        with pytest.raises(Killed):
+            fit(spec, killed_at(CrossEntropy(), 2))
+    carried = sorted(carry([], cache))
+    assert [p.stem for p in carried] == sorted(
+        cache.snapshot_path([s]).stem for s in (done, going))
+    assert drop_finished(cache) == []  # neither finished: both carried copies stay
+    # the first finishes in a worktree: same cache, another checkout
+    fit(done, CrossEntropy(), ModelCache(tmp_path / "cache", shipped=tmp_path / "worktree"))
+    assert cache.entry_path(spec_key(done)) is not None
+    assert drop_finished(cache) == [shipped / "snapshots" / f"{spec_key(done)}.pt"]
+    assert [p.name for p in (shipped / "snapshots").iterdir()] == [
+        cache.snapshot_path([going]).name]
+    # a fresh machine (no cache) keeps what it resumes from
+    assert drop_finished(ModelCache(tmp_path / "fresh", shipped=shipped)) == []

@@ -336,6 +336,21 @@ def carry(keys: list[str], cache: ModelCache) -> list[Path]:
     return written
 
 
+def drop_finished(cache: ModelCache) -> list[Path]:
+    """Delete the carried snapshots (``<shipped>/snapshots``) of trainings that have finished
+    since: a stored model of that key, and no snapshot of it left in the cache. A run in
+    another checkout (a worktree) forgets its own carried copy, not this one's. Returns the
+    paths deleted. (A lockstep group's snapshot is named by its specs, not a key: it stays.)"""
+    if cache.shipped is None:
+        return []
+    stale = [path for path in sorted((cache.shipped / "snapshots").glob("*.pt"))
+             if cache.entry_path(path.stem) is not None
+             and not (cache.snapshots / path.name).exists()]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def entries(cache: ModelCache | None = None) -> list[tuple[str, dict, int]]:
     """(key, spec, bytes) of every entry in the cache, newest first; unreadable ones skipped."""
     cache = cache or ModelCache()
