@@ -307,3 +307,26 @@ def test_a_carried_snapshot_of_a_training_finished_in_another_checkout_is_droppe
         cache.snapshot_path([going]).name]
     # a fresh machine (no cache) keeps what it resumes from
     assert drop_finished(ModelCache(tmp_path / "fresh", shipped=shipped)) == []
+
+
+def test_a_carried_lockstep_snapshot_is_dropped_once_its_group_finishes(tmp_path):
+    """A lockstep group's snapshot is named by its specs, not a key: the cache notes it as
+    finished, and the checkout that carried it drops its copy."""
+    from kd.experiment.cache import ModelCache, carry, drop_finished
+
+    specs = [{"arch": "test-net", "seed": s, "train": {"epochs": CONFIG.epochs}} for s in (3, 4)]
+    shipped = tmp_path / "checkout" / "results" / "models"
+    cache = ModelCache(tmp_path / "cache", shipped=shipped, snapshot_every_s=0)
+
+    def lockstep(on, kill=False):
+        torch.manual_seed(123)
+        run = lambda i: (net(i), killed_at(CrossEntropy(), 2) if kill else CrossEntropy())
+        return on.fit_lockstep(specs, run, images(), CONFIG, seed=7)
+
+    with pytest.raises(Killed):
+        lockstep(cache, kill=True)
+    [carried] = carry([], cache)
+    assert carried.stem == cache.snapshot_path(specs).stem and drop_finished(cache) == []
+    assert lockstep(ModelCache(tmp_path / "cache", shipped=tmp_path / "worktree")) == [0, 1]
+    assert cache.finished_log.read_text().split() == [carried.stem]
+    assert drop_finished(cache) == [carried] and not carried.exists()

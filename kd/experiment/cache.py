@@ -63,6 +63,7 @@ class ModelCache:
         self.root = (cache_root() if root is None else Path(root)) / "models"
         self.shipped, self.snapshot_every_s = shipped, snapshot_every_s
         self.snapshots = self.root.parent / "snapshots"  # trainings left part-way
+        self.finished_log = self.snapshots / "finished.txt"  # names of those since finished
 
     def path(self, spec: dict) -> Path:
         return self.root / f"{spec_key(spec)}.pt"
@@ -93,7 +94,11 @@ class ModelCache:
 
     def _stored(self, snapshot: Path) -> None:
         """Forget a finished training's snapshot, and its carried copy where it can (a
-        read-only checkout keeps a stale one: resuming from it trains the same steps)."""
+        read-only checkout keeps a stale one: resuming from it trains the same steps), and
+        note its name in :attr:`finished_log`, for :func:`drop_finished`."""
+        if snapshot.exists():
+            with contextlib.suppress(OSError), self.finished_log.open("a") as log:
+                log.write(f"{snapshot.stem}\n")
         snapshot.unlink(missing_ok=True)
         if (carried := self.carried(snapshot)) is not None:
             with contextlib.suppress(OSError):
@@ -338,13 +343,16 @@ def carry(keys: list[str], cache: ModelCache) -> list[Path]:
 
 def drop_finished(cache: ModelCache) -> list[Path]:
     """Delete the carried snapshots (``<shipped>/snapshots``) of trainings that have finished
-    since: a stored model of that key, and no snapshot of it left in the cache. A run in
-    another checkout (a worktree) forgets its own carried copy, not this one's. Returns the
-    paths deleted. (A lockstep group's snapshot is named by its specs, not a key: it stays.)"""
+    since, and are not left part-way in the cache: those this cache noted as finished (a
+    lockstep group's too, whose snapshot is named by its specs) and those of a key with a stored
+    model. A run in another checkout (a worktree) forgets its own carried copy, not this one's.
+    Returns the paths deleted."""
     if cache.shipped is None:
         return []
+    finished = set(cache.finished_log.read_text().split()) if cache.finished_log.exists() \
+        else set()
     stale = [path for path in sorted((cache.shipped / "snapshots").glob("*.pt"))
-             if cache.entry_path(path.stem) is not None
+             if (path.stem in finished or cache.entry_path(path.stem) is not None)
              and not (cache.snapshots / path.name).exists()]
     for path in stale:
         path.unlink()
