@@ -329,4 +329,6 @@ def test_a_carried_lockstep_snapshot_is_dropped_once_its_group_finishes(tmp_path
     assert carried.stem == cache.snapshot_path(specs).stem and drop_finished(cache) == []
     assert lockstep(ModelCache(tmp_path / "cache", shipped=tmp_path / "worktree")) == [0, 1]
     assert cache.finished_log.read_text().split() == [carried.stem]
+    with cache.finished_log.open("ab") as log:  # a garbled line: read past, matches nothing
+        log.write(b"\xff\xfe\x00 half a name")
     assert drop_finished(cache) == [carried] and not carried.exists()

@@ -349,8 +349,8 @@ def drop_finished(cache: ModelCache) -> list[Path]:
     Returns the paths deleted."""
     if cache.shipped is None:
         return []
-    finished = set(cache.finished_log.read_text().split()) if cache.finished_log.exists() \
-        else set()
+    finished = set(cache.finished_log.read_text(errors="replace").split()) \
+        if cache.finished_log.exists() else set()  # a garbled line matches no name
     stale = [path for path in sorted((cache.shipped / "snapshots").glob("*.pt"))
              if (path.stem in finished or cache.entry_path(path.stem) is not None)
              and not (cache.snapshots / path.name).exists()]
