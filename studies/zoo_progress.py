@@ -111,6 +111,7 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
 
 
 def finished_teachers(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of teachers that have finished: the pace is theirs."""
     return table[(table["role"] == "teacher") & table["done"].astype(bool)]
 
 
@@ -137,6 +138,12 @@ def paces(table: pd.DataFrame) -> pd.DataFrame:
         pace=lambda g: g["measured_h"] / g["sized_h"]).reset_index()
 
 
+def each_pace(group, left_h: float) -> str:
+    """One row of :func:`paces` in words, with the hours ``left_h`` would take at its pace."""
+    return (f"{group.pace:.2f}x for {group.teachers} in {group.precision} on "
+            f"{group.trained_on}, {left_h * group.pace:.1f} h at that pace")
+
+
 def hours_left(table: pd.DataFrame) -> float:
     """Sized hours of what is not done; a training left part-way has that share behind it."""
     left = table[~table["done"].astype(bool)]
@@ -157,8 +164,7 @@ def summary(table: pd.DataFrame) -> str:
                      f"{left_h * ratio:.1f} h left at that pace")
         groups = paces(table)
         if len(groups) > 1:
-            lines += [f"  {g.pace:.2f}x for {g.teachers} in {g.precision} on {g.trained_on}: "
-                      f"{left_h * g.pace:.1f} h left at that pace" for g in groups.itertuples()]
+            lines += [f"  {each_pace(g, left_h)}" for g in groups.itertuples()]
     return "\n".join(lines)
 
 
@@ -189,9 +195,7 @@ def status_line(table: pd.DataFrame) -> str:
             text += (f", about {left_h * ratio:.1f} h at the pace the finished teachers "
                      f"kept on {groups['trained_on'].iloc[0]}: {ratio:.2f}x their sizing")
         else:
-            each = "; ".join(f"{g.pace:.2f}x for {g.teachers} in {g.precision} on "
-                             f"{g.trained_on}, {left_h * g.pace:.1f} h at that pace"
-                             for g in groups.itertuples())
+            each = "; ".join(each_pace(g, left_h) for g in groups.itertuples())
             text += (f", about {left_h * ratio:.1f} h at the pace the finished teachers kept: "
                      f"{ratio:.2f}x their sizing ({each})")
     when = pd.Timestamp(table["recorded_at"].iloc[0]).strftime("%Y-%m-%d %H:%M UTC")
@@ -219,8 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.record:
         print(f"wrote {record(table, args.profile, args.results)}")
         # recorded before rows are committed: rows of a model retrained otherwise show here
-        tables = {s: ResultsTable(s, args.profile, args.results).read() for s in zoo_rows.STUDIES}
-        if zoo_rows.report(args.profile, tables):
+        if zoo_rows.report(args.profile, zoo_rows.tables(args.profile, args.results)):
             print("warning: the rows above describe two models under one name (studies.zoo_rows)")
     if args.carry:
         for path in carry(table.loc[table["done"], "key"].tolist(), cache):

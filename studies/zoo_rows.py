@@ -25,6 +25,7 @@ import pandas as pd
 from kd.experiment.cli import run_main
 from kd.experiment.command import OneLineErrorParser
 from kd.experiment.results import ResultsTable, results_root
+from studies.cifar_zoo import ZOO_PROFILES
 
 STUDIES = ("capacity_gap", "early_stopping")
 TOLERANCE = 5e-4  # 5 of CIFAR-10's 10,000 test images
@@ -40,7 +41,7 @@ def canonical(rows: pd.DataFrame) -> pd.DataFrame:
             in zip(checkpoints["seed"], checkpoints["model"], checkpoints["run_epochs"])}
 
     def name(cell: str, seed: int) -> str:
-        return re.sub(r"([\w]+)@(\d+)", lambda m: m[1] if last.get((seed, m[1])) == int(m[2])
+        return re.sub(r"(\w+)@(\d+)", lambda m: m[1] if last.get((seed, m[1])) == int(m[2])
                       else m[0], cell)
 
     return rows.assign(cell=[name(c, s) for c, s in zip(rows["cell"], rows["seed"])])
@@ -79,11 +80,17 @@ def disagreements(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(found, columns=columns)
 
 
+def tables(name: str, root: Path | None = None) -> dict[str, pd.DataFrame]:
+    """study -> its rows of profile ``name`` (none: an empty frame)."""
+    return {s: ResultsTable(s, name, root).read() for s in STUDIES}
+
+
 def profile_tables(root: Path | None = None) -> dict[str, dict[str, pd.DataFrame]]:
-    """profile -> study -> its committed rows, for every profile either study has."""
+    """profile -> study -> its committed rows, for every zoo profile either study has (not
+    the other tables beside them, such as a profile's ``_failures``)."""
     root = Path(root) if root is not None else results_root()
-    profiles = sorted({p.stem for s in STUDIES for p in (root / s).glob("*.csv")})
-    return {name: {s: ResultsTable(s, name, root).read() for s in STUDIES} for name in profiles}
+    return {name: tables(name, root) for name in ZOO_PROFILES
+            if any((root / s / f"{name}.csv").exists() for s in STUDIES)}
 
 
 def main(argv: list[str] | None = None) -> None:

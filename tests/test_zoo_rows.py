@@ -112,3 +112,14 @@ def test_recording_the_runs_progress_warns_of_rows_that_disagree(tmp_path, capsy
     (tmp_path / "early_stopping" / "large.csv").unlink()  # agreeing rows: no warning
     zoo_progress.main(["--record", "--results", str(tmp_path)])
     assert "warning" not in capsys.readouterr().out
+
+
+def test_only_the_zoo_profiles_are_read_not_the_tables_beside_them(tmp_path):
+    """A profile's failures table (other columns) sits beside its rows: it is no profile."""
+    for study, rows in hand_tables().items():
+        (tmp_path / study).mkdir()
+        rows.assign(study=study, profile="large").to_csv(tmp_path / study / "large.csv",
+                                                         index=False)
+    (tmp_path / "capacity_gap" / "large_failures.csv").write_text(
+        "study,profile,cell,seed,error\\ncapacity_gap,large,kd/x/y,0,nan loss\\n")
+    assert list(zoo_rows.profile_tables(tmp_path)) == ["large"]
