@@ -24,7 +24,8 @@ the sizing assumed bf16 and a CPU that emulates it trains in fp32 at another pac
 looked up in both precisions (``auto`` writes the one it chose into the key), a student's with
 its teacher's key as found, so the listing does not need to know which won.
 Students training in lockstep keep one snapshot for the group (``python -m kd.experiment.cache
-list`` shows it): here they count as not started until they are stored.
+list`` shows it) and their keys beside it, so each counts its epochs done; a group begun under
+code older than those keys counts as not started until its models are stored.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kd.experiment.cache import ModelCache, carry, drop_finished, in_training, spec_key
+from kd.experiment.cache import ModelCache, carry, drop_finished, part_way, spec_key
 from kd.experiment.cli import run_main
 from kd.experiment.command import OneLineErrorParser, with_training
 from kd.experiment.results import ResultsTable, git_commit
@@ -77,7 +78,7 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
     passes = zoo_budget.teacher_passes(planned, profile)
     speeds = zoo_budget.measured_speeds()
     families = families_of(name)
-    part_way = {key: epoch for key, epoch, _ in in_training(cache)}
+    epochs_begun = part_way(cache)
     zoos = {p: make_zoo(with_training(profile, precision=p), dataset, torch.device("cpu"))
             for p in PRECISIONS}
     found: dict[Planned, tuple[str, str | None, Path | None]] = {}
@@ -92,7 +93,7 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
             options = {p: training_key(zoos[p], t, families, teacher_key) for p in PRECISIONS}
             stored = {p: path for p, k in options.items() if (path := cache.entry_path(k))}
             begun = next(iter(stored), None) or next(
-                (p for p, k in options.items() if k in part_way), None)
+                (p for p, k in options.items() if k in epochs_begun), None)
             found[t] = (options[begun or PRECISIONS[0]], begun, stored.get(begun))
         return found[t]
 
@@ -102,7 +103,7 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
         meta = torch.load(done, map_location="cpu", weights_only=True)["meta"] if done else {}
         rows.append({"seed": t.seed, "role": t.role, "arch": t.arch, "taught_by": t.taught_by,
                      "kd_epochs": t.kd_epochs, "key": key, "done": done is not None,
-                     "epochs_done": t.epochs if done else part_way.get(key, 0),
+                     "epochs_done": t.epochs if done else epochs_begun.get(key, 0),
                      "epochs": t.epochs, "precision": precision,
                      "sized_h": zoo_budget.hours(t, speeds, passes.get(t, 0)),
                      "measured_h": meta.get("train_s", float("nan")) / 3600,

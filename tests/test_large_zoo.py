@@ -216,6 +216,16 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     fresh = zoo_progress.progress("smoke_large", cache=ModelCache(
         tmp_path / "fresh", shipped=tmp_path / "checkout"))
     pd.testing.assert_frame_equal(fresh, table)
+    # a lockstep group left part-way (its snapshot named by its specs, its students' keys
+    # beside it): each of its students counts the group's epochs, and the hours left shrink
+    waiting = table.loc[~table["done"] & (table["role"] != "teacher"), "key"].head(2).tolist()
+    group = ModelCache().snapshots / "a-group.pt"
+    torch.save({"version": 1, "epoch": 1, "wall_s": 3.0, "trainings": []}, group)
+    ModelCache.members_path(group).write_text("\n".join(waiting))
+    again = zoo_progress.progress("smoke_large").set_index("key")
+    assert again.loc[waiting, "epochs_done"].tolist() == [1, 1]
+    assert zoo_progress.hours_left(again) < zoo_progress.hours_left(table)
+    group.unlink()
 
     # the notebooks draw these rows: per-seed teachers, their spread on the teacher axis
     monkeypatch.setenv("KD_PROFILE", "smoke_large")

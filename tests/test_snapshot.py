@@ -325,10 +325,49 @@ def test_a_carried_lockstep_snapshot_is_dropped_once_its_group_finishes(tmp_path
 
     with pytest.raises(Killed):
         lockstep(cache, kill=True)
-    [carried] = carry([], cache)
+    carried, keys = carry([], cache)  # the snapshot and, beside it, its members' keys
     assert carried.stem == cache.snapshot_path(specs).stem and drop_finished(cache) == []
+    assert keys == cache.members_path(carried)
     assert lockstep(ModelCache(tmp_path / "cache", shipped=tmp_path / "worktree")) == [0, 1]
     assert cache.finished_log.read_text().split() == [carried.stem]
+    assert list(cache.snapshots.glob(f"{carried.stem}.*")) == []  # the cache's keys went too
     with cache.finished_log.open("ab") as log:  # a garbled line: read past, matches nothing
         log.write(b"\xff\xfe\x00 half a name")
-    assert drop_finished(cache) == [carried] and not carried.exists()
+    assert drop_finished(cache) == [carried] and not carried.exists() and not keys.exists()
+
+
+def test_each_model_of_a_group_left_part_way_is_listed_by_its_key(tmp_path, monkeypatch,
+                                                                   capsys):
+    """A lockstep group's snapshot is named by its specs; the keys kept beside it say whose
+    epochs it holds, in the cache and carried into a checkout, until the group is stored."""
+    from kd.experiment import cache as cache_module
+    from kd.experiment.cache import ModelCache, carry, part_way, spec_key
+
+    specs = [{"arch": "test-net", "seed": s, "train": {"epochs": CONFIG.epochs}} for s in (3, 4)]
+    alone = {"arch": "test-net", "seed": 5, "train": {"epochs": CONFIG.epochs}}
+    monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "checkout" / "results" / "models"
+    cache = ModelCache(shipped=shipped, snapshot_every_s=0)
+
+    def lockstep(on, kill_at=None):
+        torch.manual_seed(123)
+        run = lambda i: (net(i), killed_at(CrossEntropy(), kill_at) if kill_at else CrossEntropy())
+        return on.fit_lockstep(specs, run, images(), CONFIG, seed=7)
+
+    with pytest.raises(Killed):
+        lockstep(cache, kill_at=3)
+    with pytest.raises(Killed):
+        cache.fit(alone, net(5), images(), killed_at(CrossEntropy(), 2), CONFIG, seed=7)
+    keys = [spec_key(spec) for spec in specs]
+    assert part_way(cache) == {keys[0]: 2, keys[1]: 2, spec_key(alone): 1}
+    cache_module.main(["list"])
+    assert f"{cache.snapshot_path(specs).stem}  in training (2 models together): 2 epochs" in \
+        capsys.readouterr().out
+    carry([], cache)
+    fresh = ModelCache(tmp_path / "fresh", shipped=shipped)  # a machine without the cache
+    assert part_way(fresh) == part_way(cache)
+    (cache.snapshots / "old-group.pt").write_bytes((cache.snapshot_path(specs)).read_bytes())
+    assert part_way(cache)["old-group"] == 2  # begun before keys were kept: its name alone
+    assert lockstep(fresh) == [0, 1]
+    assert set(part_way(fresh)) == {spec_key(alone)} and not list(
+        fresh.snapshots.glob("*.keys")) and not list((shipped / "snapshots").glob("*.keys"))

@@ -24,7 +24,8 @@ from kd.errors import ConfigError, check_writable_folder, reason
 from kd.experiment.results import hardware
 from kd.train.batched import StackedModels
 from kd.train.engine import PRECISIONS, fit, fit_lockstep, prepare_model, resolve_auto
-from kd.train.snapshot import copy_atomically, read_snapshot, save_atomically
+from kd.train.snapshot import (copy_atomically, read_snapshot, save_atomically,
+                               write_text_atomically)
 
 CACHE_VERSION = 2  # 2: fused Adam
 # Trained teachers committed with the results they produced (named by their key): a fresh
@@ -76,6 +77,23 @@ class ModelCache:
             {"together": [spec_key(spec) for spec in specs]})
         return self.snapshots / f"{name}.pt"
 
+    @staticmethod
+    def members_path(snapshot: Path) -> Path:
+        """Beside the snapshot of several models trained together (a lockstep group or a
+        stack, named by their specs, not a key): their keys, one a line, for the listings
+        (:func:`part_way`)."""
+        return snapshot.with_suffix(".keys")
+
+    def members(self, name: str) -> list[str] | None:
+        """The keys of the models whose training left the snapshot ``name`` (here, else
+        carried); None where it is one model's (named by its key) or a group begun before its
+        members were kept."""
+        here = self.members_path(self.snapshots / f"{name}.pt")
+        for path in (here, self.carried(here)):
+            if path is not None and path.exists():
+                return path.read_text(errors="replace").split()  # a garbled key matches none
+        return None
+
     def carried(self, snapshot: Path) -> Path | None:
         """Where a checkout carries ``snapshot`` (``<shipped>/snapshots``, written by
         :func:`carry`): a fresh machine's empty cache resumes the training from it."""
@@ -88,8 +106,12 @@ class ModelCache:
         path = self.snapshot_path(specs)
         carried = self.carried(path)
         if not path.exists() and carried is not None and carried.exists():
-            read_snapshot(carried)  # (a stack of specs is one training: no count)
+            read_snapshot(carried)  # (a group of specs is one training: no count)
             copy_atomically(carried, path, "training snapshot", "set KD_CACHE to a writable folder")
+        if len(specs) > 1:
+            write_text_atomically("".join(f"{spec_key(spec)}\n" for spec in specs),
+                                  self.members_path(path), "the keys of a training snapshot",
+                                  "set KD_CACHE to a writable folder")
         return path
 
     def _stored(self, snapshot: Path) -> None:
@@ -99,10 +121,11 @@ class ModelCache:
         if snapshot.exists():
             with contextlib.suppress(OSError), self.finished_log.open("a") as log:
                 log.write(f"{snapshot.stem}\n")
-        snapshot.unlink(missing_ok=True)
-        if (carried := self.carried(snapshot)) is not None:
-            with contextlib.suppress(OSError):
-                carried.unlink(missing_ok=True)
+        for path in (snapshot, self.members_path(snapshot)):
+            path.unlink(missing_ok=True)
+            if (carried := self.carried(path)) is not None:
+                with contextlib.suppress(OSError):
+                    carried.unlink(missing_ok=True)
 
     def concrete_precision(self, specs: list[dict], config, probe: Callable[[], nn.Module],
                            train):
@@ -331,13 +354,16 @@ def carry(keys: list[str], cache: ModelCache) -> list[Path]:
     """Copy into ``cache.shipped`` what a checkout must hold for a long run to go on on a
     machine without this cache: the entries of ``keys`` it lacks (with their checkpoints, which
     later trainings may read), and every training left part-way (its snapshot, which
-    :meth:`ModelCache.fit` resumes from; an older copy is replaced). Returns the paths written."""
+    :meth:`ModelCache.fit` resumes from, and a group's member keys; an older copy is
+    replaced). Returns the paths written."""
     written = [ship_key(key, cache, cache.shipped, checkpoints=True) for key in keys
                if (cache.root / f"{key}.pt").exists()
                and not (cache.shipped / f"{key}.pt").exists()]
     for snapshot in sorted(cache.snapshots.glob("*.pt")):
-        written.append(copy_atomically(snapshot, cache.carried(snapshot), "training snapshot",
-                                       f"make {cache.shipped} writable"))
+        for path in (snapshot, cache.members_path(snapshot)):
+            if path.exists():
+                written.append(copy_atomically(path, cache.carried(path), "training snapshot",
+                                               f"make {cache.shipped} writable"))
     return written
 
 
@@ -356,6 +382,7 @@ def drop_finished(cache: ModelCache) -> list[Path]:
              and not (cache.snapshots / path.name).exists()]
     for path in stale:
         path.unlink()
+        cache.members_path(path).unlink(missing_ok=True)
     return stale
 
 
@@ -391,6 +418,18 @@ def in_training(cache: ModelCache | None = None) -> list[tuple[str, int, float]]
     return out
 
 
+def part_way(cache: ModelCache | None = None) -> dict[str, int]:
+    """Epochs done of every model left part-way (:func:`in_training`), by its key: one model's
+    snapshot is named by its key; a group's names its members in the keys beside it
+    (:meth:`ModelCache.members`)."""
+    cache = cache or ModelCache()
+    done: dict[str, int] = {}
+    for name, epoch, _ in in_training(cache):  # the cache's own first, then carried ones
+        for key in cache.members(name) or [name]:
+            done.setdefault(key, epoch)
+    return done
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m kd.experiment.cache list`` shows the trained models in the cache; ``python -m
     kd.experiment.cache ship KEY [KEY ...]`` copies them (final weights; ``--checkpoints`` adds the
@@ -414,7 +453,9 @@ def main(argv: list[str] | None = None) -> None:
                 summary += f", precision={spec['train']['precision']}"  # part of the key
             print(f"{key}  {size / 1e6:6.1f} MB  {summary}")
         for name, epoch, wall_s in in_training(cache):
-            print(f"{name}  in training: {epoch} epochs done, {wall_s / 60:.0f} min so far "
+            group = cache.members(name)
+            print(f"{name}  in training{f' ({len(group)} models together)' if group else ''}: "
+                  f"{epoch} epochs done, {wall_s / 60:.0f} min so far "
                   f"(a rerun of its study resumes it)")
         return
     for key in args.keys:

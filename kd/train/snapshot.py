@@ -62,6 +62,13 @@ def save_atomically(obj, path: Path, what: str, hint: str) -> Path:
     return path
 
 
+def write_text_atomically(text: str, path: Path, what: str, hint: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`_written_atomically`)."""
+    with _written_atomically(path, what, hint) as tmp:
+        tmp.write_text(text)
+    return path
+
+
 def copy_atomically(source: Path, path: Path, what: str, hint: str) -> Path:
     """Copy the file ``source`` to ``path`` atomically (:func:`_written_atomically`)."""
     with _written_atomically(path, what, hint) as tmp:
