@@ -121,5 +121,5 @@ def test_only_the_zoo_profiles_are_read_not_the_tables_beside_them(tmp_path):
         rows.assign(study=study, profile="large").to_csv(tmp_path / study / "large.csv",
                                                          index=False)
     (tmp_path / "capacity_gap" / "large_failures.csv").write_text(
-        "study,profile,cell,seed,error\\ncapacity_gap,large,kd/x/y,0,nan loss\\n")
+        "study,profile,cell,seed,error\ncapacity_gap,large,kd/x/y,0,nan loss\n")
     assert list(zoo_rows.profile_tables(tmp_path)) == ["large"]
