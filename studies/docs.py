@@ -327,15 +327,20 @@ def rows_at(scorecard: pd.DataFrame, profile: str, claims: pd.DataFrame) -> pd.D
     return scorecard[(scorecard["profile"] == profile) & scorecard["claim"].isin(claims["id"])]
 
 
+SEED_RULE = ("`large` verdicts read the first 3 seeds to complete every cell of both studies, "
+             "[rules, 5](docs/scorecard_rules.md)")
+
+
 def change_count_line(scorecard: pd.DataFrame, claims: pd.DataFrame) -> str:
     decided, waiting = verdict_counts(scorecard, "large", claims)
     if not decided:
-        return "- From `full` to `large`: no claim has a `large` verdict yet."
+        return (f"- From `full` to `large`: no claim has a `large` verdict yet ({SEED_RULE}: "
+                f"none is yet).")
     changed = verdict_changes(scorecard, claims)
     if waiting == decided:
         return (f"- From `full` to `large`: not compared yet: {waiting} claim(s) have `large` "
                 f"rows on fewer than {rule.MIN_SEEDS} seeds (inconclusive until the later seeds "
-                f"land).")
+                f"land; {SEED_RULE}).")
     later = (f"; {waiting} more on fewer than {rule.MIN_SEEDS} seeds so far (inconclusive until "
              f"the later seeds land), not compared yet" if waiting else "")
     return (f"- From `full` to `large`: {len(changed)} sign verdict(s) changed, each named with "

@@ -54,6 +54,7 @@ from kd.experiment.cli import OneLineErrorParser, run_main
 from kd.experiment.results import markdown_table, results_root
 from studies import regime
 from studies import scorecard_figures as figures
+from studies import verdict_seeds
 
 CLAIMS = Path(__file__).with_name("claims.csv")
 REPO = Path(__file__).resolve().parents[1]  # notebooks run in notebooks/
@@ -750,7 +751,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if not tables:
         raise ConfigError(f"no study results under {root}: run a study first "
                           f"(make study STUDY=<name> PROFILE=<profile>)")
-    scorecard = score(claims, tables, extra_profiles=BUDGET_RUNS)
+    # large reads only its first complete seeds (studies.verdict_seeds)
+    scorecard = score(claims, verdict_seeds.restrict(tables), extra_profiles=BUDGET_RUNS)
     root.mkdir(parents=True, exist_ok=True)
     scorecard.to_csv(root / SCORECARD, index=False)
     folder = Path(args.figures) if args.figures else figures_root()

@@ -230,7 +230,9 @@ def test_verdict_changes_name_each_changed_claim_with_both_intervals():
     assert changes_lines(waiting[waiting["claim"] != "a"], claims) == [
         "Cut from `large` by its budget: no `large` verdicts."]
     from studies.docs import change_count_line, verdict_cell
-    assert change_count_line(waiting, claims).endswith("no claim has a `large` verdict yet.")
+    assert change_count_line(waiting, claims).endswith(
+        "no claim has a `large` verdict yet (`large` verdicts read the first 3 seeds to complete "
+        "every cell of both studies, [rules, 5](docs/scorecard_rules.md): none is yet).")
     cut = waiting[(waiting["claim"] == "b") & (waiting["profile"] == "large")]
     assert verdict_cell(next(cut.itertuples())) == "✂"
 
@@ -255,7 +257,8 @@ def test_a_verdict_on_fewer_seeds_than_a_decision_needs_is_not_yet_a_change():
         "inconclusive until the later seeds land."]
     assert change_count_line(one_seed, claims) == (
         "- From `full` to `large`: not compared yet: 2 claim(s) have `large` rows on fewer than "
-        "3 seeds (inconclusive until the later seeds land).")
+        "3 seeds (inconclusive until the later seeds land; `large` verdicts read the first 3 "
+        "seeds to complete every cell of both studies, [rules, 5](docs/scorecard_rules.md)).")
     # one claim decided on three seeds, the other still on two
     mixed = pd.DataFrame(full + [row("a", "large", "inconclusive", 3),
                                  row("b", "large", "inconclusive", 2)])
