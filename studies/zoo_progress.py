@@ -16,7 +16,8 @@ snapshots of trainings left part-way into ``results/models`` (:func:`kd.experime
 committed, they let the run go on from a fresh checkout whose machine lost the model cache,
 which a session's stop may do.
 
-Hours left are the sizing's (``zoo_budget``, from the roofline's idle speeds) and, beside them,
+Hours left are the sizing's (``zoo_budget``, from the roofline's idle speeds), in all and per seed (the
+large verdicts read the first seeds to complete: :mod:`studies.verdict_seeds`), and, beside them,
 scaled by how the finished teachers' measured training time (``train_s`` in their cache meta)
 compares with their sizing: the pace this machine has kept so far. Students trained in lockstep
 share one time, so the pace is the teachers'; it is also told per precision and machine, as
@@ -147,8 +148,20 @@ def each_pace(group, left_h: float) -> str:
 
 def hours_left(table: pd.DataFrame) -> float:
     """Sized hours of what is not done; a training left part-way has that share behind it."""
+    return float(hours_left_by_seed(table).sum())
+
+
+def hours_left_by_seed(table: pd.DataFrame) -> pd.Series:
+    """:func:`hours_left` of each seed with anything left: the large verdicts read the first
+    seeds to complete (studies.verdict_seeds), so what matters is each seed's remainder."""
     left = table[~table["done"].astype(bool)]
-    return float((left["sized_h"] * (1 - left["epochs_done"] / left["epochs"])).sum())
+    hours = left["sized_h"] * (1 - left["epochs_done"] / left["epochs"])
+    return hours.groupby(left["seed"]).sum()
+
+
+def seeds_left(table: pd.DataFrame) -> str:
+    """``seed 0 1.5 h, seed 1 2.0 h``: sized hours left per seed."""
+    return ", ".join(f"seed {seed} {h:.1f} h" for seed, h in hours_left_by_seed(table).items())
 
 
 def summary(table: pd.DataFrame) -> str:
@@ -158,7 +171,7 @@ def summary(table: pd.DataFrame) -> str:
     left_h = hours_left(table)
     lines = [by_seed.reset_index().to_string(index=False), "",
              f"{int(table['done'].sum())} of {len(table)} trainings done; "
-             f"{left_h:.1f} h left as sized (idle speeds)"]
+             f"{left_h:.1f} h left as sized (idle speeds; {seeds_left(table)})"]
     ratio = pace(table)
     if ratio is not None:
         lines.append(f"finished teachers took {ratio:.2f}x their sizing: about "
@@ -188,7 +201,7 @@ def status_line(table: pd.DataFrame) -> str:
     left_h = hours_left(table)
     text = (f"{int(done.sum())} of {len(table)} trainings done ({int((done & teachers).sum())} "
             f"of {int(teachers.sum())} teachers: seed(s) {', '.join(map(str, seeds)) or 'none'}); "
-            f"{left_h:.1f} h left as sized")
+            f"{left_h:.1f} h left as sized ({seeds_left(table)})")
     ratio = pace(table)
     if ratio is not None:
         groups = paces(table)

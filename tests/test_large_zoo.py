@@ -326,11 +326,12 @@ def test_recorded_progress_reads_back_as_the_readmes_line_by_hand(tmp_path):
     assert list(read["cell"]) == ["k0", "k1", "k2"] and read["git_commit"].notna().all()
     line = zoo_progress.status_line(read)
     assert line.startswith("1 of 3 trainings done (1 of 2 teachers: seed(s) 0); 3.5 h left as "
-                           "sized, about 4.2 h at the pace the finished teachers kept on CPU X "
+                           "sized (seed 0 1.5 h, seed 1 2.0 h), about 4.2 h at the pace the finished teachers kept on CPU X "
                            "(2 cores, 2 threads): 1.20x their sizing; recorded 20")
     assert line.endswith(" UTC")
     assert zoo_progress.status_line(read[read["cell"] != "k0"]).startswith(
-        "0 of 2 trainings done (0 of 1 teachers: seed(s) none); 3.5 h left as sized; recorded")
+        "0 of 2 trainings done (0 of 1 teachers: seed(s) none); 3.5 h left as sized (seed 0 1.5 "
+        "h, seed 1 2.0 h); recorded")
     assert docs.progress_lines(None) == [] and docs.progress_lines(read.iloc[:0]) == []
     assert docs.progress_lines(read) == [
         f"- `make large` so far (`python -m studies.zoo_progress --record`): {line}."]
@@ -354,7 +355,7 @@ def test_the_pace_is_told_per_precision_and_machine_by_hand():
     assert groups.loc["fp32", "pace"] == pytest.approx(3.0)  # 1.5 h of 0.5
     assert zoo_progress.pace(table) == pytest.approx(2.7 / 1.5)  # pooled: 1.8
     line = zoo_progress.status_line(table.assign(recorded_at="2026-12-06T10:00+00:00"))
-    assert ("3.5 h left as sized, about 6.3 h at the pace the finished teachers kept: 1.80x "
+    assert ("3.5 h left as sized (seed 0 1.5 h, seed 1 2.0 h), about 6.3 h at the pace the finished teachers kept: 1.80x "
             "their sizing (1.20x for 1 in bf16 on CPU X (2 cores, 2 threads), 4.2 h at that "
             "pace; 3.00x for 1 in fp32 on CPU Y (2 cores, 2 threads), 10.5 h at that pace); "
             "recorded 2026-12-06 10:00 UTC") in line
