@@ -16,14 +16,14 @@ snapshots of trainings left part-way into ``results/models`` (:func:`kd.experime
 committed, they let the run go on from a fresh checkout whose machine lost the model cache,
 which a session's stop may do.
 
-Hours left are the sizing's (``zoo_budget``, from the roofline's idle speeds), in all and per seed (the
-large verdicts read the first seeds to complete: :mod:`studies.verdict_seeds`), and, beside them,
-scaled by how the finished teachers' measured training time (``train_s`` in their cache meta)
-compares with their sizing: the pace this machine has kept so far. Students trained in lockstep
-share one time, so the pace is the teachers'; it is also told per precision and machine, as
-the sizing assumed bf16 and a CPU that emulates it trains in fp32 at another pace. A key is
-looked up in both precisions (``auto`` writes the one it chose into the key), a student's with
-its teacher's key as found, so the listing does not need to know which won.
+Hours left are the sizing's (``zoo_budget``, from the roofline's idle speeds), in all and per
+seed (the large verdicts read the first seeds to complete: :mod:`studies.verdict_seeds`), and,
+beside them, scaled by how the finished teachers' measured training time (``train_s`` in their
+cache meta) compares with their sizing: the pace this machine has kept so far. Students trained
+in lockstep share one time, so the pace is the teachers'; it is also told per precision and
+machine, as the sizing assumed bf16 and a CPU that emulates it trains in fp32 at another pace. A
+key is looked up in both precisions (``auto`` writes the one it chose into the key), a student's
+with its teacher's key as found, so the listing does not need to know which won.
 Students training in lockstep keep one snapshot for the group (``python -m kd.experiment.cache
 list`` shows it) and their keys beside it, so each counts its epochs done; a group begun under
 code older than those keys counts as not started until its models are stored.

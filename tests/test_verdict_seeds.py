@@ -42,7 +42,8 @@ def tables(*parts):
 
 def both(seed, hour, gain=1.0, late=0):
     """A complete seed: its capacity gap rows at ``hour``, early stopping's ``late`` hours on."""
-    return [("capacity_gap", seed, hour, None, gain), ("early_stopping", seed, hour + late, None, gain)]
+    return [("capacity_gap", seed, hour, None, gain),
+            ("early_stopping", seed, hour + late, None, gain)]
 
 
 def test_first_three_complete_seeds_in_the_order_their_last_row_landed():
