@@ -34,6 +34,7 @@ from kd.train.batched import GroupedModels
 from kd.train.distill import CrossEntropy, Distill
 from kd.train.engine import NonFiniteLossError, TrainConfig
 from studies.recipe import large_config, recipe_name
+from studies.verdict_seeds import rows_read
 
 # Mirzadeh et al. 2020: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at epochs 80
 # and 120 of 150. The 1-epoch warm-up is ours: lr 0.1 from the first step kills the 2-layer CNN.
@@ -545,7 +546,7 @@ def zoo_study_main(argv: list[str] | None, *, study: str, description: str,
     lockstep first, with ``companions(command, zoo, seed)``: the students another study will ask
     the same cache for (trained here, found there)."""
     command = open_study(argv, study=study, description=description, profiles=ZOO_PROFILES,
-                         report=report, datasets=CIFAR_DATASETS)
+                         report=report, datasets=CIFAR_DATASETS, select=rows_read)
     if command is None:
         return
     command = resolved_command(command)  # the large recipes, or one line and exit 2

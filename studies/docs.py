@@ -28,7 +28,7 @@ from kd.experiment import verdict as rule
 from kd.experiment.cli import OneLineErrorParser, report_text, run_main
 from kd.experiment.results import ResultsTable, markdown_table
 from kd.metrics import PLATEAU_DROP
-from studies import speed_docs
+from studies import speed_docs, verdict_seeds
 from studies.scorecard import CUT, NOT_PLANNED, SCORECARD, expected_false_calls, read_claims
 
 STUDIES = ("hinton_mnist", "alpha_temperature", "capacity_gap", "early_stopping", "fidelity",
@@ -544,7 +544,7 @@ def profile_section(study: str, profile: str, results: Path, scorecard: pd.DataF
     return [f"## Profile `{profile}` (`results/{study}/{profile}.csv`)", "",
             "### Regime", "", *run_lines(rows), "", model_table(rows, study), "",
             f"### Paper vs ours (`python -m studies.{study} --profile {profile} --report`)", "",
-            report_text(table, module.report), "",
+            report_text(table, module.report, verdict_seeds.rows_read), "",
             "### Claims (`results/scorecard.csv`)", "", *claim_tables(scorecard, study, profile),
             ""]
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+
+from kd.experiment.results import ResultsTable
 
 
 @dataclass(frozen=True)
@@ -28,9 +31,11 @@ def planned_cells(study: str, profile: str) -> set[str]:
 
 
 def complete_seeds(tables: dict[tuple[str, str], pd.DataFrame], profile: str, rule: SeedRule,
-                   planned: Callable[[str, str], set[str]] = planned_cells) -> list[int]:
+                   planned: Callable[[str, str], set[str]] | None = None) -> list[int]:
     """The seeds with a row for every planned cell of every study of ``rule``, in the order
-    their last row landed (ties by seed)."""
+    their last row landed (ties by seed). ``planned(study, profile)``: the cells a seed needs
+    (default :func:`planned_cells`)."""
+    planned = planned or planned_cells
     landed: dict[int, pd.Timestamp] = {}
     for seed in sorted(seeds_in(tables, profile, rule)):
         last = []
@@ -50,7 +55,7 @@ def seeds_in(tables, profile: str, rule: SeedRule) -> set[int]:
             for s in tables[(study, profile)]["seed"]}
 
 
-def verdict_seeds(tables, profile: str, planned=planned_cells) -> list[int] | None:
+def verdict_seeds(tables, profile: str, planned=None) -> list[int] | None:
     """The seeds the profile's verdicts read, or None where no rule restricts them."""
     rule = RULES.get(profile)
     if rule is None:
@@ -59,7 +64,7 @@ def verdict_seeds(tables, profile: str, planned=planned_cells) -> list[int] | No
 
 
 def restrict(tables: dict[tuple[str, str], pd.DataFrame],
-             planned=planned_cells) -> dict[tuple[str, str], pd.DataFrame]:
+             planned=None) -> dict[tuple[str, str], pd.DataFrame]:
     """``tables`` with each ruled study's rows cut to its profile's :func:`verdict_seeds`."""
     out = dict(tables)
     for profile, rule in RULES.items():
@@ -69,3 +74,32 @@ def restrict(tables: dict[tuple[str, str], pd.DataFrame],
                 frame = out[(study, profile)]
                 out[(study, profile)] = frame[frame["seed"].astype(int).isin(seeds)]
     return out
+
+
+def rows_read(table, rows: pd.DataFrame, planned=None) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of ``table`` (a :class:`kd.experiment.results.ResultsTable`, read as ``rows``)
+    that its profile's verdicts read, and a line that says which seeds those are, for a report
+    (``--report``, the study pages, the notebooks): every row where no rule applies."""
+    rule = RULES.get(table.profile)
+    if rule is None or table.study not in rule.studies:
+        return rows, []
+    tables = {(table.study, table.profile): rows}
+    for study in rule.studies:
+        beside = ResultsTable(study, table.profile, table.path.parent.parent)
+        if study != table.study and beside.path.exists():
+            tables[(study, table.profile)] = beside.read_or_fail()
+    seeds = verdict_seeds(tables, table.profile, planned)
+    others = sorted({int(s) for s in rows["seed"]} - set(seeds))
+    left_out = (f"; rows here of seed(s) {', '.join(map(str, others))} are read by neither"
+                if others else "")
+    which = (f"seed(s) {', '.join(map(str, seeds))}" if seeds else "no seed yet")
+    note = (f"The `{table.profile}` verdicts and this report read {which}: they read the first "
+            f"{rule.count} seeds to complete every cell of {' and '.join(rule.studies)} "
+            f"(docs/scorecard_rules.md, 5){left_out}.")
+    return rows[rows["seed"].astype(int).isin(seeds)], [note]
+
+
+def read_table(study: str, profile: str, root: Path | None = None) -> pd.DataFrame:
+    """``<root>/<study>/<profile>.csv`` cut to the seeds its verdicts read (:func:`rows_read`)."""
+    table = ResultsTable(study, profile, root)
+    return rows_read(table, table.read_or_fail())[0]

@@ -109,3 +109,55 @@ def test_the_verdict_seeds_of_the_committed_large_rows_are_complete():
             assert vs.planned_cells(study, "large") <= set(table.loc[table["seed"] == seed, "cell"])
     capacity = committed[("capacity_gap", "large")]
     assert (0 in seeds) == ((capacity["seed"] == 0).sum() >= 9)
+
+
+def write(root, t):
+    for (study, profile), frame in t.items():
+        (root / study).mkdir(parents=True, exist_ok=True)
+        frame.to_csv(root / study / f"{profile}.csv", index=False)
+
+
+def test_a_report_reads_the_verdict_seeds_and_says_which(tmp_path):
+    """--report, the study pages and the notebooks read what the verdicts read, with one line
+    naming the seeds; the other study's table is found beside this one."""
+    from kd.experiment.cli import report_text
+    from kd.experiment.results import ResultsTable
+
+    write(tmp_path, tables(("capacity_gap", 0, 1), *both(1, 2), *both(2, 3)))
+    table = ResultsTable("capacity_gap", "large", tmp_path)
+    rows, notes = vs.rows_read(table, table.read(), planned)
+    assert sorted(rows["seed"].unique()) == [1, 2]
+    assert notes == ["The `large` verdicts and this report read seed(s) 1, 2: they read the "
+                     "first 3 seeds to complete every cell of capacity_gap and early_stopping "
+                     "(docs/scorecard_rules.md, 5); rows here of seed(s) 0 are read by neither."]
+    seen = []
+    report = lambda frame: seen.append(sorted(frame["seed"].unique())) or "REPORT"
+    select = lambda t, r: vs.rows_read(t, r, planned)
+    assert report_text(table, report, select) == f"{notes[0]}\nREPORT" and seen == [[1, 2]]
+    # no complete seed: the line alone, the report is not asked
+    write(tmp_path, tables(("capacity_gap", 0, 1), ("early_stopping", 0, 1, {"scratch/resnet8"})))
+    assert report_text(table, report, select).startswith(
+        "The `large` verdicts and this report read no seed yet:") and len(seen) == 1
+    # a profile or study without a rule: every row, no line
+    full = ResultsTable("capacity_gap", "full", tmp_path)
+    write(tmp_path, {("capacity_gap", "full"): rows.assign(profile="full")})
+    assert vs.rows_read(full, full.read())[1] == [] and len(vs.rows_read(full, full.read())[0]) == 6
+    assert report_text(full, report) == "REPORT" and seen[-1] == [1, 2]
+
+
+def test_read_table_cuts_to_the_verdict_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(vs, "planned_cells", planned)
+    write(tmp_path, tables(("capacity_gap", 0, 1), *both(3, 2)))
+    assert vs.read_table("capacity_gap", "large", tmp_path)["seed"].unique().tolist() == [3]
+    assert vs.read_table("early_stopping", "large", tmp_path)["seed"].unique().tolist() == [3]
+
+
+def test_a_corrupt_table_beside_is_one_line(tmp_path):
+    from kd.errors import CorruptFileError
+    from kd.experiment.results import ResultsTable
+
+    write(tmp_path, tables(*both(1, 2)))
+    (tmp_path / "early_stopping" / "large.csv").write_bytes(b"\x00\xff garbage\n\"unclosed")
+    table = ResultsTable("capacity_gap", "large", tmp_path)
+    with pytest.raises(CorruptFileError, match="early_stopping/large.csv"):
+        vs.rows_read(table, table.read(), planned)

@@ -78,17 +78,25 @@ class StudyCommand:
     executor: str = "local"  # --executor: local, or ray (kd.experiment.executor)
 
 
-def report_text(table, report: Callable) -> str:
+def report_text(table, report: Callable, select: Callable | None = None) -> str:
     """What ``--report`` prints for a results table: ``report(rows)`` and a line per failed
-    cell. ``studies.docs`` writes the same text into the study pages."""
-    return "\n".join([report(table.read_or_fail()), *failure_lines(table)])
+    cell. ``select(table, rows)`` gives the rows the report reads and lines said before it (a
+    profile whose verdicts read some seeds only); no rows left: the lines alone.
+    ``studies.docs`` writes the same text into the study pages."""
+    rows, notes = table.read_or_fail(), []
+    if select is not None:
+        rows, notes = select(table, rows)
+    return "\n".join([*notes, *([report(rows)] if not rows.empty else []),
+                      *failure_lines(table)])
 
 
 def open_study(argv: list[str] | None, *, study: str, description: str, profiles: dict,
                report: Callable, datasets: Sequence[str] = (),
-               dataset_help: str | None = None) -> StudyCommand | None:
+               dataset_help: str | None = None,
+               select: Callable | None = None) -> StudyCommand | None:
     """Parse a study's command line (:func:`study_parser`). With ``--report``, print
-    ``report(rows)`` for the profile's results and return None; otherwise return what the study
+    ``report(rows)`` for the profile's results (``select``: :func:`report_text`) and return
+    None; otherwise return what the study
     runs with. ``datasets`` adds ``--dataset`` (default the first); the rows of another data
     set go to ``<profile>_<dataset>.csv``."""
     from kd.experiment.threads import claim_threads
@@ -103,7 +111,7 @@ def open_study(argv: list[str] | None, *, study: str, description: str, profiles
     name = f"{args.profile}_{args.dataset}" if other_data else args.profile
     table = ResultsTable(study, name, args.results and Path(args.results))
     if args.report:
-        print(report_text(table, report))
+        print(report_text(table, report, select))
         return None
     if args.threads is not None:
         os.environ["KD_THREADS"] = str(args.threads)  # kept by every later claim
