@@ -354,6 +354,9 @@ class ZooProfile:
     augment_students: bool  # False: teachers' logits computed once and looked up
     seeds: int
     train_limit: int | None = None
+    # Seeds after ``seeds`` that run only in place of one that cannot finish (large: seed 3,
+    # docs/scorecard_rules.md 5); zoo_progress counts one once it has begun.
+    spare_seeds: int = 0
     test_limit: int | None = None
     teacher_seed: int | None = None  # one teacher per architecture for all seeds (None: per seed)
     # Train the models of one kind of every pending seed (and teacher checkpoint) as one stack
@@ -448,7 +451,7 @@ ZOO_PROFILES = {
         description="issue 28's regime: all 50,000 training images for every model, crop + "
                     "flip, the large recipes (studies.recipe: students and assistants, "
                     "teachers), each of 3 seeds its own teachers",
-        config=None, teacher_checkpoints=(), augment_students=True, seeds=3,
+        config=None, teacher_checkpoints=(), augment_students=True, seeds=3, spare_seeds=1,
         from_recipes=True, lockstep=True),
 }
 

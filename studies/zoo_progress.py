@@ -75,7 +75,7 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
     machine it trained on when done."""
     cache = cache or ModelCache()
     profile = ZOO_PROFILES[name].resolved()
-    planned = zoo_budget.trainings(name, profile, profile.seeds)
+    planned = zoo_budget.trainings(name, profile, profile.seeds + profile.spare_seeds)
     passes = zoo_budget.teacher_passes(planned, profile)
     speeds = zoo_budget.measured_speeds()
     families = families_of(name)
@@ -109,7 +109,15 @@ def progress(name: str, dataset: str = CIFAR_DATASETS[0],
                      "sized_h": zoo_budget.hours(t, speeds, passes.get(t, 0)),
                      "measured_h": meta.get("train_s", float("nan")) / 3600,
                      "trained_on": meta.get("trained_on")})
-    return pd.DataFrame(rows)
+    return without_spares_not_begun(pd.DataFrame(rows), profile.seeds)
+
+
+def without_spares_not_begun(table: pd.DataFrame, seeds: int) -> pd.DataFrame:
+    """``table`` without the spare seeds (``seeds`` and after: ``ZooProfile.spare_seeds``) of
+    which no training is done or part-way: a spare runs only in place of a seed that cannot
+    finish, so it counts once it has begun."""
+    begun = table[table["done"].astype(bool) | (table["epochs_done"] > 0)]["seed"]
+    return table[(table["seed"] < seeds) | table["seed"].isin(set(begun))].reset_index(drop=True)
 
 
 def finished_teachers(table: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,8 @@ import torch
 from kd.experiment.cli import run_main
 from kd.experiment.command import with_training
 from kd.train.engine import TrainConfig
-from studies import capacity_gap, early_stopping, recipe, zoo_budget, zoo_progress
+from studies import (capacity_gap, early_stopping, recipe, verdict_seeds, zoo_budget,
+                     zoo_progress)
 from studies.cifar_zoo import (ZOO_PROFILES, Family, Teacher, first_drop,
                                teacher_checkpoints_for)
 from tests.conftest import REPO
@@ -234,7 +235,9 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
     figures = Path(os.environ["KD_FIGURES"])
     for name in ("capacity_gap_teachers.png", "early_stopping_eskd.png"):
         assert (figures / name).stat().st_size > 10_000, name
-    # without KD_PROFILE, large drawn beside full where both exist (here both these rows)
+    # without KD_PROFILE, large is drawn beside full where both exist; these rows complete no
+    # seed of large's real plan, so large reads none of them (studies.verdict_seeds) and the
+    # notebooks draw full alone
     monkeypatch.delenv("KD_PROFILE")
     for study, table, figure in (("capacity_gap", rows, "capacity_gap_teachers.png"),
                                  ("early_stopping", es, "early_stopping_eskd.png")):
@@ -244,15 +247,11 @@ def test_a_smoke_profile_built_like_large_runs_end_to_end(fake_cifar10, tmp_path
         (figures / figure).unlink()
         execute(REPO / "notebooks" / f"{study}.ipynb")
         assert (figures / figure).stat().st_size > 10_000
-    # large lands seed by seed: its first seed alone (no spread over seeds yet) is drawn too
-    rows[rows["seed"] == 0].assign(profile="large").to_csv(
-        tmp_path / "results" / "capacity_gap" / "large.csv", index=False)
-    (figures / "capacity_gap_teachers.png").unlink()
-    execute(REPO / "notebooks" / "capacity_gap.ipynb")
-    assert (figures / "capacity_gap_teachers.png").stat().st_size > 10_000
-    # and before it: the teachers' rows land first, no distilled student yet
-    rows[(rows["seed"] == 0) & (rows["role"] == "teacher")].assign(profile="large").to_csv(
-        tmp_path / "results" / "capacity_gap" / "large.csv", index=False)
+        assert verdict_seeds.read_table(study, "large", tmp_path / "results").empty
+    # one seed alone (no spread over seeds yet) is drawn too
+    monkeypatch.setenv("KD_PROFILE", "smoke_large")
+    rows[rows["seed"] == 0].to_csv(tmp_path / "results" / "capacity_gap" / "smoke_large.csv",
+                                   index=False)
     (figures / "capacity_gap_teachers.png").unlink()
     execute(REPO / "notebooks" / "capacity_gap.ipynb")
     assert (figures / "capacity_gap_teachers.png").stat().st_size > 10_000
@@ -434,3 +433,22 @@ def test_progress_finds_a_bf16_student_of_an_fp32_teacher(fake_cifar10, tmp_path
     assert table.loc[student_key, ["done", "precision", "measured_h"]].tolist() == [
         True, "bf16", 0.5]
     assert int(table["done"].sum()) == 2
+
+
+def test_a_spare_seed_counts_once_it_has_begun_by_hand():
+    """large's seed 3 runs only in place of a seed that cannot finish (docs/scorecard_rules.md
+    5): the progress leaves it out until one of its trainings is done or part-way."""
+    assert ZOO_PROFILES["large"].seeds == 3 and ZOO_PROFILES["large"].spare_seeds == 1
+    table = pd.concat([hand_progress(), hand_progress().assign(
+        key=["s0", "s1", "s2"], seed=3, done=False, epochs_done=0)], ignore_index=True)
+    assert zoo_progress.without_spares_not_begun(table, 3)["key"].tolist() == ["k0", "k1", "k2"]
+    table.loc[table["key"] == "s2", "epochs_done"] = 1  # part-way: seed 3 counts, all of it
+    kept = zoo_progress.without_spares_not_begun(table, 3)
+    assert kept["key"].tolist() == ["k0", "k1", "k2", "s0", "s1", "s2"]
+    assert zoo_progress.hours_left_by_seed(kept).to_dict() == pytest.approx(
+        {0: 1.5, 1: 2.0, 3: 1.0 + 2.0 + 2.0 * 59 / 60})
+    table.loc[table["key"] == "s2", ["epochs_done", "done"]] = [60, True]  # or done
+    assert len(zoo_progress.without_spares_not_begun(table, 3)) == 6
+    not_begun = table.assign(done=table["key"].str.startswith("k"), epochs_done=0)
+    assert len(zoo_progress.without_spares_not_begun(not_begun, 3)) == 3
+    assert len(zoo_progress.without_spares_not_begun(not_begun, 4)) == 6  # seed 3 planned

@@ -248,6 +248,14 @@ def test_notebooks_show_the_first_complete_table(tmp_path):
     assert profile_to_show(tmp_path, planned) == "paper"  # partial, but the only one
     write("large", [("teacher", 0)])  # partial too, fewer rows: the fuller partial one
     assert profile_to_show(tmp_path, planned) == "paper"
+    # a reader that draws some seeds only (large's verdict seeds): counted as it reads them
+    write("large", [("teacher", 0), ("student", 0), ("student", 1), ("teacher", 1)])
+    assert profile_to_show(tmp_path, planned) == "large"
+    whole = lambda profile: pd.read_csv(tmp_path / f"{profile}.csv")
+    none_of_large = lambda profile: whole(profile).iloc[:0 if profile == "large" else None]
+    assert profile_to_show(tmp_path, planned, read=none_of_large) == "paper"
+    seed_1 = lambda profile: whole(profile).query("seed == 1")
+    assert profile_to_show(tmp_path, planned, read=seed_1) == "large"  # paper reads none
 
 
 def test_tables_of_split_seeds_merge_unchanged_and_refuse_duplicates(tmp_path, capsys):

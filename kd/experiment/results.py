@@ -311,13 +311,16 @@ def pending(cells: Iterable, seeds: int | range, table: ResultsTable
 
 
 def profile_to_show(folder: Path, planned: Callable[[str], Iterable[tuple[str, int]]],
-                    order: Sequence[str] = ("paper", "large", "full", "quick", "smoke")) -> str | None:
+                    order: Sequence[str] = ("paper", "large", "full", "quick", "smoke"),
+                    read: Callable[[str], pd.DataFrame] | None = None) -> str | None:
     """Which of a study's tables a notebook draws: the first in ``order`` whose CSV holds every
     ``(cell, seed)`` its profile plans (``planned(profile)``); else the partial table with the
-    most rows; None when there is none."""
+    most rows; None when there is none. ``read(profile)``: the rows the notebook would draw
+    (default: the whole CSV), where a profile reads some seeds only."""
     existing = [p for p in order if (folder / f"{p}.csv").exists()]
     def pairs(profile: str) -> set:
-        rows = pd.read_csv(folder / f"{profile}.csv", usecols=["cell", "seed"])
+        rows = (read(profile) if read is not None
+                else pd.read_csv(folder / f"{profile}.csv", usecols=["cell", "seed"]))
         return set(zip(rows["cell"], rows["seed"]))
 
     done = {p: pairs(p) for p in existing}
