@@ -508,6 +508,12 @@ def find_tables(root: Path, studies) -> dict[tuple[str, str], pd.DataFrame]:
     return tables
 
 
+def read_tables(root: Path, studies) -> dict[tuple[str, str], pd.DataFrame]:
+    """The tables the verdicts read: :func:`find_tables`, with each profile that a seed rule
+    governs (``large``) cut to the seeds it reads (:mod:`studies.verdict_seeds`)."""
+    return verdict_seeds.restrict(find_tables(root, studies))
+
+
 def interval_columns(prefix: str, interval: rule.Interval) -> dict:
     return {f"{prefix}n": interval.n, f"{prefix}effect": interval.mean,
             f"{prefix}ci_low": interval.low, f"{prefix}ci_high": interval.high,
@@ -747,12 +753,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     matplotlib.use("Agg")  # a file, no window
     root = Path(args.results) if args.results else results_root()
     claims = read_claims(args.claims)
-    tables = find_tables(root, claims["study"].unique())
+    tables = read_tables(root, claims["study"].unique())
     if not tables:
         raise ConfigError(f"no study results under {root}: run a study first "
                           f"(make study STUDY=<name> PROFILE=<profile>)")
-    # large reads only its first complete seeds (studies.verdict_seeds)
-    scorecard = score(claims, verdict_seeds.restrict(tables), extra_profiles=BUDGET_RUNS)
+    scorecard = score(claims, tables, extra_profiles=BUDGET_RUNS)
     root.mkdir(parents=True, exist_ok=True)
     scorecard.to_csv(root / SCORECARD, index=False)
     folder = Path(args.figures) if args.figures else figures_root()

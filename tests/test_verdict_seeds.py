@@ -161,3 +161,17 @@ def test_a_corrupt_table_beside_is_one_line(tmp_path):
     table = ResultsTable("capacity_gap", "large", tmp_path)
     with pytest.raises(CorruptFileError, match="early_stopping/large.csv"):
         vs.rows_read(table, table.read(), planned)
+
+
+def test_the_scorecard_command_and_notebook_read_the_same_cut_tables(tmp_path, monkeypatch):
+    """`make scorecard` and notebooks/scorecard.ipynb both take their tables from
+    ``sc.read_tables``: a part-way seed 0 is left out of large, other profiles are whole."""
+    monkeypatch.setattr(vs, "planned_cells", planned)
+    t = tables(("capacity_gap", 0, 1), *both(1, 2))
+    t[("capacity_gap", "full")] = t[("capacity_gap", "large")].assign(profile="full")
+    write(tmp_path, t)
+    read = sc.read_tables(tmp_path, ["capacity_gap", "early_stopping"])
+    assert sorted(read[("capacity_gap", "large")]["seed"].unique()) == [1]
+    assert sorted(read[("capacity_gap", "full")]["seed"].unique()) == [0, 1]
+    notebook = (REPO / "notebooks" / "scorecard.ipynb").read_text()
+    assert "sc.read_tables(results" in notebook and "sc.find_tables(" not in notebook
