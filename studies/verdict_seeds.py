@@ -35,14 +35,14 @@ def complete_seeds(tables: dict[tuple[str, str], pd.DataFrame], profile: str, ru
     """The seeds with a row for every planned cell of every study of ``rule``, in the order
     their last row landed (ties by seed). ``planned(study, profile)``: the cells a seed needs
     (default :func:`planned_cells`)."""
-    planned = planned or planned_cells
+    needed = {study: (planned or planned_cells)(study, profile) for study in rule.studies}
     landed: dict[int, pd.Timestamp] = {}
     for seed in sorted(seeds_in(tables, profile, rule)):
         last = []
         for study in rule.studies:
             frame = tables.get((study, profile))
             rows = frame[frame["seed"].astype(int) == seed] if frame is not None else None
-            if rows is None or not planned(study, profile) <= set(rows["cell"]):
+            if rows is None or not needed[study] <= set(rows["cell"]):
                 break
             last.append(pd.to_datetime(rows["finished_at"], utc=True).max())
         else:
