@@ -106,6 +106,7 @@ def test_the_verdict_seeds_of_the_committed_large_rows_are_complete():
     studies = ("capacity_gap", "early_stopping")
     tables = {study: committed[(study, "large")] for study in studies}
     every_seed = sorted(set().union(*(set(t["seed"].astype(int)) for t in tables.values())))
+
     def cells(study, seed):
         return set(tables[study].loc[tables[study]["seed"] == seed, "cell"])
 
