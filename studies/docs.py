@@ -104,21 +104,19 @@ def with_new_columns(scorecard: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 # The README's compact verdict table
 
+# One symbol per value of ``kd.experiment.verdict.SIZE_VERDICTS``, matched whole: "not tested"
+# once fell into a "not " substring test and read as "differs".
+SIZE_SYMBOL = {"agrees": "=", "differs": "≠", "other data set": "d",
+               "no paper value": DASH, "not tested": DASH}
+
+
 def size_symbol(value) -> str:
     """``=`` the paper's value agrees with ours, ``≠`` it does not, ``d`` the paper used another
-    data set, :data:`DASH` no size verdict (no paper value, or no column yet)."""
+    data set, :data:`DASH` no size verdict (not tested, no paper value, or no column yet), ``?``
+    a value the scorecard does not write."""
     if missing(value):
         return DASH
-    value = str(value).lower()
-    if value in ("no paper value", "not run", "n/a", DASH):
-        return DASH
-    if "other data" in value:
-        return "d"
-    if any(word in value for word in ("disagree", "differ", "not ", "outside")):
-        return "≠"
-    if "agree" in value or "inside" in value:
-        return "="
-    return "?"
+    return SIZE_SYMBOL.get(str(value).strip().lower(), "?")
 
 
 def regime_symbol(value) -> str:

@@ -9,6 +9,7 @@ import pytest
 
 from kd.experiment.cli import run_main
 from kd.errors import ConfigError
+from kd.experiment import verdict as rule
 from studies import docs
 from tests.conftest import REPO
 
@@ -82,9 +83,21 @@ def test_verdict_table_with_the_new_columns():
     assert rows[0][3] == "✔ = P"
     assert rows[1][3] == "~ – R"  # no paper value: no size verdict
     assert rows[2][3] == "✘ d R"
-    assert [docs.size_symbol(v) for v in ("differs", "disagrees", "does not agree", "agrees")] \
-        == ["≠", "≠", "≠", "="]
+    # Every value the scorecard writes, "not tested" included (a report, or fewer than 3 seeds):
+    # it is no size verdict, never "differs".
+    assert {v: docs.size_symbol(v) for v in rule.SIZE_VERDICTS} == {
+        "agrees": "=", "differs": "≠", "other data set": "d",
+        "no paper value": docs.DASH, "not tested": docs.DASH}
     assert docs.size_symbol(float("nan")) == docs.DASH
+    assert docs.size_symbol("disagrees") == "?"  # not a scorecard value: shown as unknown
+
+
+def test_a_report_without_a_size_verdict_shows_no_size_symbol():
+    card = scorecard(size_verdict=["not tested"] * 5, regime=["reduced"] * 5,
+                     p_value=[float("nan")] * 5)
+    card["verdict"] = "report"
+    rows = table_rows(docs.verdict_table(card, CLAIMS))
+    assert {row[3] for row in rows} == {"r – R"}
 
 
 def test_shortened_claims_fit_and_end_at_a_word():
