@@ -28,7 +28,7 @@ from kd.experiment import verdict as rule
 from kd.experiment.cli import OneLineErrorParser, report_text, run_main
 from kd.experiment.results import ResultsTable, markdown_table
 from kd.metrics import PLATEAU_DROP
-from studies import speed_docs, verdict_seeds
+from studies import regime, speed_docs, verdict_seeds
 from studies.scorecard import CUT, NOT_PLANNED, SCORECARD, expected_false_calls, read_claims
 
 STUDIES = ("hinton_mnist", "alpha_temperature", "capacity_gap", "early_stopping", "fidelity",
@@ -108,6 +108,7 @@ def with_new_columns(scorecard: pd.DataFrame) -> pd.DataFrame:
 # once fell into a "not " substring test and read as "differs".
 SIZE_SYMBOL = {"agrees": "=", "differs": "≠", "other data set": "d",
                "no paper value": DASH, "not tested": DASH}
+REGIME_SYMBOL = {regime.PAPER: "P", regime.REDUCED: "R", regime.UNKNOWN: "u"}
 
 
 def size_symbol(value) -> str:
@@ -120,20 +121,12 @@ def size_symbol(value) -> str:
 
 
 def regime_symbol(value) -> str:
-    """``P`` the paper's regime, ``R`` a reduced one, ``d`` another data set, ``u`` unknown (a
-    value the regime rule needs is missing)."""
+    """``P`` the paper's regime, ``R`` a reduced one (another data set included: its reason says
+    so), ``u`` unknown (a value the regime rule needs is missing), :data:`DASH` none, ``?`` a
+    value :mod:`studies.regime` does not write."""
     if missing(value):
         return DASH
-    value = str(value).lower()
-    if "other data" in value:
-        return "d"
-    if value.startswith("paper"):
-        return "P"
-    if value.startswith("reduced"):
-        return "R"
-    if value.startswith("unknown"):
-        return "u"
-    return DASH if value == "not run" else "?"
+    return REGIME_SYMBOL.get(str(value).strip().lower(), "?")
 
 
 def verdict_cell(row) -> str:
@@ -152,7 +145,7 @@ LEGEND = ("Each cell: the sign verdict, the size verdict and the regime. Sign: �
           "met, r reported without a claim, · not run, ○ not planned at that profile, ✂ cut "
           "from it by its budget (issue 28). Size: = the paper's value lies inside our interval "
           "(or its stated tolerance), ≠ it does not, d the paper used another data set. Regime: "
-          "P the paper's, R reduced, d another data set, u unknown (a value the rule needs is missing; docs/scorecard_rules.md). "
+          "P the paper's, R reduced (another data set included), u unknown (a value the rule needs is missing; docs/scorecard_rules.md). "
           f"{DASH}: no value (no paper value, or not in `results/scorecard.csv` yet).")
 
 

@@ -76,8 +76,9 @@ def test_verdict_table_without_the_new_columns():
 
 
 def test_verdict_table_with_the_new_columns():
+    reduced = "reduced regime"
     card = scorecard(size_verdict=["", "agrees", "", "other data set", ""],
-                     regime=["reduced", "paper regime", "reduced", "reduced", ""],
+                     regime=[reduced, "paper regime", reduced, reduced, ""],
                      p_value=[0.3, 0.001, 0.6, 0.01, float("nan")])
     rows = table_rows(docs.verdict_table(card, CLAIMS))
     assert rows[0][3] == "✔ = P"
@@ -90,10 +91,12 @@ def test_verdict_table_with_the_new_columns():
         "no paper value": docs.DASH, "not tested": docs.DASH}
     assert docs.size_symbol(float("nan")) == docs.DASH
     assert docs.size_symbol("disagrees") == "?"  # not a scorecard value: shown as unknown
+    assert [docs.regime_symbol(v) for v in ("paper regime", "reduced regime", "unknown", "paper")] \
+        == ["P", "R", "u", "?"]
 
 
 def test_a_report_without_a_size_verdict_shows_no_size_symbol():
-    card = scorecard(size_verdict=["not tested"] * 5, regime=["reduced"] * 5,
+    card = scorecard(size_verdict=["not tested"] * 5, regime=["reduced regime"] * 5,
                      p_value=[float("nan")] * 5)
     card["verdict"] = "report"
     rows = table_rows(docs.verdict_table(card, CLAIMS))
