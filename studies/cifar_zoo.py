@@ -192,6 +192,8 @@ class Zoo:
             training.spec, self.new_model(training.arch, training.seed), self.train, objective,
             training.config, seed=training.seed, augment=self.augment_for(training),
             desc=training.desc)
+        # the cache wrote the precision it trained in (or was begun in) into the spec
+        meta = {**meta, "precision": training.spec["train"]["precision"]}
         return self.as_teacher(training.arch, model, spec_key(training.spec)), meta, checkpoints
 
     def check_data(self, training: Training) -> None:
@@ -304,6 +306,8 @@ class Zoo:
                 "test_accuracy": self.accuracy(model),
                 "test_ece": metrics.expected_calibration_error(model.test_logits, labels),
                 "train_s": meta.get("train_s"),
+                # the precision it trained in: the row's, under auto (kd.experiment.results)
+                **({"precision": meta["precision"]} if "precision" in meta else {}),
                 # where train_s was spent: a model from the cache may have trained elsewhere
                 **({"trained_on": meta["trained_on"]} if "trained_on" in meta else {}),
                 "train_n": len(self.train),

@@ -357,3 +357,26 @@ def test_teachers_trained_elsewhere_are_cache_hits_and_rows_say_where_each_model
     assert run_main(zoo_teachers.main, ["--profile", "smoke", "--archs", "resnet8",
                                         "--precision", "fp32"]) == 2
     assert "not a teacher of profile smoke: resnet8" in capsys.readouterr().err
+
+
+def test_rows_under_auto_name_the_precision_each_model_trained_in(fake_cifar10, tmp_path,
+                                                                  monkeypatch):
+    """A run under ``--precision auto`` that scores models an earlier process trained (here the
+    teachers, in bf16) beside models it trains itself (measured faster in fp32 on this machine)
+    records each row's own precision: not ``auto``, and not the latest training's choice."""
+    from kd.train import precision
+    from studies import zoo_teachers
+
+    monkeypatch.setattr(engine, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "measure",
+                        lambda model, x, y, **_: {"fp32": 100.0, "bf16": 50.0})
+    zoo_teachers.main(["--profile", "smoke", "--device", "cpu", "--precision", "bf16"])
+    precision._LAST.clear()  # a new process: it has chosen nothing yet
+    for study in (capacity_gap, early_stopping):
+        study.main(["--profile", "smoke", "--device", "cpu", "--precision", "auto"])
+        rows = pd.read_csv(tmp_path / "results" / study.__name__.split(".")[-1] / "smoke.csv")
+        of_teacher = rows["role"].isin(["teacher", "teacher_checkpoint"])
+        assert of_teacher.any() and (~of_teacher).any()
+        assert (rows.loc[of_teacher, "precision"] == "bf16").all()
+        assert (rows.loc[~of_teacher, "precision"] == "fp32").all()

@@ -150,6 +150,21 @@ def test_rows_record_the_measured_choice(measured):
     assert "bf16_speedup" not in provenance(torch.device("cpu"), 1.0, "fp32")
 
 
+def test_a_row_that_names_its_models_precision_records_it(measured):
+    """A row about a model trained in an earlier process (a cache hit) records the precision
+    that model trained in, not the latest training's choice nor its measured speed-up."""
+    fake, _ = measured
+    fake.speeds = {"fp32": 100.0, "bf16": 50.0}
+    config = engine.TrainConfig(epochs=1, batch_size=16, precision="auto")
+    engine.fit(tiny_model(), tiny_split(), CrossEntropy(), config, seed=0)  # chooses fp32
+    row = provenance(torch.device("cpu"), 1.0, "auto", trained_in="bf16")
+    assert row["precision"] == "bf16" and "bf16_speedup" not in row
+    precision._LAST.clear()
+    assert provenance(torch.device("cpu"), 1.0, "auto", trained_in="fp32")["precision"] == "fp32"
+    # a named precision is the study's: every model it trains or reads is keyed by it
+    assert provenance(torch.device("cpu"), 1.0, "fp32", trained_in="fp32")["precision"] == "fp32"
+
+
 def test_study_precision_auto_is_fp32_where_bf16_is_emulated(monkeypatch):
     monkeypatch.setattr(engine, "native_bf16", lambda device: False)
     assert engine.resolve_precision("auto", torch.device("cpu")) == "fp32"

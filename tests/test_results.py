@@ -293,3 +293,22 @@ def test_tables_of_split_seeds_merge_unchanged_and_refuse_duplicates(tmp_path, c
                            "--results", str(target)]) == 2
     assert "study/quick" in capsys.readouterr().err
     assert (target / "study" / "paper.csv").read_bytes() == before
+
+
+def test_discard_removes_rows_to_score_again_all_or_none(tmp_path, capsys):
+    from kd.experiment.cli import run_main
+    from kd.experiment.results import main
+    table = ResultsTable("study", "large", tmp_path)
+    for seed in (0, 1):
+        for cell in ("teacher", "student"):
+            table.append({"cell": cell, "seed": seed, "test_errors": 1,
+                          **provenance(torch.device("cpu"), 1.0)})
+    before = table.path.read_bytes()
+    # one cell without a row: one line, exit 2, nothing removed
+    assert run_main(main, ["discard", "study", "large", "1", "teacher", "nowhere",
+                           "--results", str(tmp_path)]) == 2
+    assert "no row of seed 1 for nowhere" in capsys.readouterr().err
+    assert table.path.read_bytes() == before
+    main(["discard", "study", "large", "1", "teacher", "student", "--results", str(tmp_path)])
+    assert "2 rows of seed 1 removed" in capsys.readouterr().out
+    assert table.done() == {("teacher", 0), ("student", 0)}

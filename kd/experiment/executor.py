@@ -330,7 +330,8 @@ def _run_unit(job: Job, seed: int, cells: tuple, *needed) -> list[dict]:
                    f"{frame.lineno})")
     else:
         return [{"cell": cell.name, "seed": seed, "row": {
-            "cell": cell.name, "seed": seed, **row, **_provenance(job, command, wall)}}
+            "cell": cell.name, "seed": seed, **row,
+            **_provenance(job, command, wall, row.pop("precision", None))}}
             for cell, row, wall in zip(cells, rows, walls)]
     command = _STATE.get("command", job.command)
     wall = (time.perf_counter() - start) / len(cells)
@@ -342,8 +343,8 @@ def _failure(seed: int, name: str, message: str, provenance_columns: dict) -> di
     return {"cell": name, "seed": seed, "error": message, "provenance": provenance_columns}
 
 
-def _provenance(job: Job, command, wall: float) -> dict:
-    columns = provenance(command.device, wall, command.precision)
+def _provenance(job: Job, command, wall: float, trained_in: str | None = None) -> dict:
+    columns = provenance(command.device, wall, command.precision, trained_in)
     if columns["git_commit"] == "unknown":
         columns["git_commit"] = job.commit
     return columns

@@ -262,14 +262,19 @@ def hardware(device_type: str) -> str:
     return f"{cpu_model()}{emulated} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def provenance(device: torch.device, wall_s: float, precision: str = "fp32") -> dict:
+def provenance(device: torch.device, wall_s: float, precision: str = "fp32",
+               trained_in: str | None = None) -> dict:
     """The columns every row ends with: how long, where, in what precision, with what, from
-    which commit. A study run with ``--precision auto`` records what its latest training was
-    measured to train in, and bf16's measured speed-up over fp32 (``bf16_speedup``;
-    :func:`kd.train.precision.last_choice`)."""
+    which commit. A study run with ``--precision auto`` records ``trained_in``, the precision
+    the row's model trained in where the study knows it (the model's cache spec: it may have
+    trained in an earlier process, which this one's choices say nothing about), else what its
+    latest training was measured to train in, and bf16's measured speed-up over fp32
+    (``bf16_speedup``; :func:`kd.train.precision.last_choice`)."""
     measured = {}
-    choice = last_choice() if precision == "auto" else None
-    if choice is not None:
+    choice = last_choice() if precision == "auto" and trained_in is None else None
+    if precision == "auto" and trained_in is not None:
+        precision = trained_in
+    elif choice is not None:
         precision, measured = choice.precision, {"bf16_speedup": choice.bf16_speedup}
     return {"wall_s": round(wall_s, 2), "device": str(device), "precision": precision,
             **measured, "hardware": hardware(device.type),
@@ -356,8 +361,9 @@ def run_cells(table: ResultsTable, todo: Iterable[tuple[int, object]],
             continue
         # a training resumed from a snapshot: the killed processes' time too
         wall = time.perf_counter() - start + restored_time()
+        trained_in = row.pop("precision", None)  # a row may name its model's (provenance)
         table.append({"cell": cell.name, "seed": seed, **row,
-                      **provenance(device, wall, precision)})
+                      **provenance(device, wall, precision, trained_in)})
         table.failures().discard(cell.name, seed)
         print(f"  seed {seed} {cell.name:>36}: {summary(row)} ({wall:.0f} s)")
     return failed
@@ -403,7 +409,9 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m kd.experiment.results merge STUDY PROFILE ROOT [ROOT ...]`` adds the
     STUDY/PROFILE rows found under each results ROOT (e.g. the folders of processes that ran
     ``--seeds 0:1``, ``--seeds 1:2``, ...) to the table under ``--results`` (default
-    ``$KD_RESULTS`` or ``results/``), rows unchanged."""
+    ``$KD_RESULTS`` or ``results/``), rows unchanged. ``python -m kd.experiment.results discard
+    STUDY PROFILE SEED CELL [CELL ...]`` removes rows that a study is to score again from the
+    models it cached (rows written by a defect mended since; git keeps the old ones)."""
     from kd.experiment.command import OneLineErrorParser
 
     parser = OneLineErrorParser(description=main.__doc__.split(" adds")[0])
@@ -412,8 +420,17 @@ def main(argv: list[str] | None = None) -> None:
     merge.add_argument("study")
     merge.add_argument("profile")
     merge.add_argument("roots", nargs="+", type=Path)
-    merge.add_argument("--results", type=Path, default=None)
+    discard = commands.add_parser("discard", help="remove rows for the study to score again")
+    discard.add_argument("study")
+    discard.add_argument("profile")
+    discard.add_argument("seed", type=int)
+    discard.add_argument("cells", nargs="+")
+    for command in (merge, discard):
+        command.add_argument("--results", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.command == "discard":
+        return discard_rows(ResultsTable(args.study, args.profile, args.results), args.seed,
+                            args.cells)
     sources = [ResultsTable(args.study, args.profile, root) for root in args.roots]
     for table in sources:
         if not table.path.exists():
@@ -422,6 +439,19 @@ def main(argv: list[str] | None = None) -> None:
     target.lock()  # not while a study writes it
     added = target.merge(sources)
     print(f"{target.path}: {added} rows added")
+
+
+def discard_rows(table: ResultsTable, seed: int, cells: Sequence[str]) -> None:
+    """Remove the rows of ``cells`` of ``seed``, all or none: a cell without a row is said and
+    nothing is removed."""
+    table.lock()  # not while a study writes it
+    missing = [cell for cell in cells if (cell, seed) not in table.done()]
+    if missing:
+        raise ConfigError(f"{table.path} has no row of seed {seed} for {', '.join(missing)}: "
+                          "nothing removed")
+    for cell in cells:
+        table.discard(cell, seed)
+    print(f"{table.path}: {len(cells)} rows of seed {seed} removed")
 
 
 if __name__ == "__main__":
