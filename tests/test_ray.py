@@ -53,6 +53,24 @@ def run_local(main, tmp_path: Path, monkeypatch, argv: list[str]) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Without Ray: which task waits for which
 
+def test_a_task_row_puts_its_models_precision_where_a_local_row_does(monkeypatch):
+    """A row that names its model's precision gives it up to the provenance columns, so the
+    Ray path's row has the local path's columns in the local path's order."""
+    import types
+
+    import torch
+
+    from kd.experiment import executor
+    command = types.SimpleNamespace(device=torch.device("cpu"), precision="auto")
+    job = executor.Job("m", "r", command, grouped=False, cpus=1, gpus=0, token="t", commit="c")
+    run = lambda seed, cell: {"test_accuracy": 0.5, "precision": "bf16"}
+    monkeypatch.setattr(executor, "_STATE", {"token": "t", "command": command, "run": run})
+    [result] = executor._run_unit(job, 3, (types.SimpleNamespace(name="scratch"),))
+    row = result["row"]
+    assert list(row)[:3] == ["cell", "seed", "test_accuracy"] and row["precision"] == "bf16"
+    assert list(row)[3:] == [c for c in PROVENANCE_COLUMNS if c in row]  # provenance last
+
+
 def test_cells_wait_for_the_first_cell_that_trains_their_models():
     cells = capacity_gap.plan(capacity_gap.FAMILIES["smoke"])
     order = every(cells, 2)

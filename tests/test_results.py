@@ -295,7 +295,7 @@ def test_tables_of_split_seeds_merge_unchanged_and_refuse_duplicates(tmp_path, c
     assert (target / "study" / "paper.csv").read_bytes() == before
 
 
-def test_discard_removes_rows_to_score_again_all_or_none(tmp_path, capsys):
+def test_discard_removes_rows_to_score_again_all_or_none(tmp_path, capsys, monkeypatch):
     from kd.experiment.cli import run_main
     from kd.experiment.results import main
     table = ResultsTable("study", "large", tmp_path)
@@ -309,6 +309,11 @@ def test_discard_removes_rows_to_score_again_all_or_none(tmp_path, capsys):
                            "--results", str(tmp_path)]) == 2
     assert "no row of seed 1 for nowhere" in capsys.readouterr().err
     assert table.path.read_bytes() == before
+    writes = []
+    write = ResultsTable._write
+    monkeypatch.setattr(ResultsTable, "_write",
+                        lambda self, frame: (writes.append(len(frame)), write(self, frame)))
     main(["discard", "study", "large", "1", "teacher", "student", "--results", str(tmp_path)])
     assert "2 rows of seed 1 removed" in capsys.readouterr().out
     assert table.done() == {("teacher", 0), ("student", 0)}
+    assert writes == [2]  # one atomic write removes both: a kill leaves all rows or none gone

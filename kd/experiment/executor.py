@@ -329,14 +329,20 @@ def _run_unit(job: Job, seed: int, cells: tuple, *needed) -> list[dict]:
         message = (f"{type(error).__name__}: {error} (at {Path(frame.filename).name}:"
                    f"{frame.lineno})")
     else:
-        return [{"cell": cell.name, "seed": seed, "row": {
-            "cell": cell.name, "seed": seed, **row,
-            **_provenance(job, command, wall, row.pop("precision", None))}}
-            for cell, row, wall in zip(cells, rows, walls)]
+        return [_success(seed, cell.name, row, _provenance(job, command, wall,
+                                                           row.pop("precision", None)))
+                for cell, row, wall in zip(cells, rows, walls)]
     command = _STATE.get("command", job.command)
     wall = (time.perf_counter() - start) / len(cells)
     return [_failure(seed, cell.name, message, _provenance(job, command, wall))
             for cell in cells]
+
+
+def _success(seed: int, name: str, row: dict, provenance_columns: dict) -> dict:
+    """A cell's row; ``provenance_columns`` was made after the row gave up its own precision,
+    so every column sits where :func:`kd.experiment.results.run_cells` puts it."""
+    return {"cell": name, "seed": seed,
+            "row": {"cell": name, "seed": seed, **row, **provenance_columns}}
 
 
 def _failure(seed: int, name: str, message: str, provenance_columns: dict) -> dict:

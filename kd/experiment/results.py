@@ -180,11 +180,15 @@ class ResultsTable:
 
     def discard(self, cell: str, seed: int) -> None:
         """Remove the row of ``(cell, seed)`` if there is one (atomically, like :meth:`append`)."""
-        if (cell, seed) not in self.done():
-            return
+        self.discard_cells([cell], seed)
+
+    def discard_cells(self, cells: Sequence[str], seed: int) -> None:
+        """Remove the rows of ``cells`` of ``seed`` that exist, in one read and one atomic
+        write: after a kill the table has all of them or none of them removed."""
         frame = self.read()
-        keep = ~((frame["cell"].astype(str) == cell) & (frame["seed"].astype(int) == seed))
-        self._write(frame[keep])
+        drop = frame["cell"].astype(str).isin(cells) & (frame["seed"].astype(int) == seed)
+        if drop.any():
+            self._write(frame[~drop])
 
     def reorder(self, order: Sequence[tuple[str, int]]) -> None:
         """Rewrite the table with its rows in the order of ``(cell, seed)`` keys (rows not in
@@ -271,10 +275,9 @@ def provenance(device: torch.device, wall_s: float, precision: str = "fp32",
     latest training was measured to train in, and bf16's measured speed-up over fp32
     (``bf16_speedup``; :func:`kd.train.precision.last_choice`)."""
     measured = {}
-    choice = last_choice() if precision == "auto" and trained_in is None else None
     if precision == "auto" and trained_in is not None:
         precision = trained_in
-    elif choice is not None:
+    elif precision == "auto" and (choice := last_choice()) is not None:
         precision, measured = choice.precision, {"bf16_speedup": choice.bf16_speedup}
     return {"wall_s": round(wall_s, 2), "device": str(device), "precision": precision,
             **measured, "hardware": hardware(device.type),
@@ -449,8 +452,7 @@ def discard_rows(table: ResultsTable, seed: int, cells: Sequence[str]) -> None:
     if missing:
         raise ConfigError(f"{table.path} has no row of seed {seed} for {', '.join(missing)}: "
                           "nothing removed")
-    for cell in cells:
-        table.discard(cell, seed)
+    table.discard_cells(cells, seed)
     print(f"{table.path}: {len(cells)} rows of seed {seed} removed")
 
 
