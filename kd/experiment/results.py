@@ -448,7 +448,8 @@ def discard_rows(table: ResultsTable, seed: int, cells: Sequence[str]) -> None:
     """Remove the rows of ``cells`` of ``seed``, all or none: a cell without a row is said and
     nothing is removed."""
     table.lock()  # not while a study writes it
-    missing = [cell for cell in cells if (cell, seed) not in table.done()]
+    done = table.done()  # one read, not one a cell
+    missing = [cell for cell in cells if (cell, seed) not in done]
     if missing:
         raise ConfigError(f"{table.path} has no row of seed {seed} for {', '.join(missing)}: "
                           "nothing removed")
